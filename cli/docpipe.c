@@ -1,0 +1,335 @@
+/*
+ * docpipe: the command line.
+ *
+ *   docpipe migrate                 apply schemas/sql migrations
+ *   docpipe topics                  create every stage's topics
+ *   docpipe run <stage>... | all    run stages, each its own consumer group
+ *   docpipe demo-produce N [...]    publish demonstration records
+ *   docpipe config-doc              print docs/configuration.md
+ *
+ * Data goes to stdout, diagnostics (JSON lines) to stderr.  Exit codes:
+ * 0 success, 1 failure, 2 usage error.
+ */
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "log.h"
+#include "migrate.h"
+#include "pg.h"
+#include "runtime.h"
+#include "stages.h"
+#include "topics.h"
+
+#define EXIT_USAGE 2
+
+static volatile sig_atomic_t dp_stop;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    dp_stop = 1;
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+        "usage: docpipe <command> [arguments]\n\n"
+        "Commands:\n"
+        "  migrate                  apply pending SQL migrations\n"
+        "  topics                   create every stage's input, output and\n"
+        "                           dead-letter topics (existing ones are kept)\n"
+        "  run <stage>... | all     run stages in this process, each its own\n"
+        "                           consumer group; SIGTERM/SIGINT stop cleanly\n"
+        "  demo-produce N [--body TEXT] [--garbage]\n"
+        "                           publish N demonstration records to the demo\n"
+        "                           stage's input topic\n"
+        "  config-doc               print the settings as Markdown\n"
+        "  help                     this text\n\n"
+        "Stages:\n");
+    for (const dp_stage_def *d = dp_stage_defs; d->name; d++)
+        fprintf(out, "  %-24s %s\n", d->name, d->help);
+    fprintf(out, "\n");
+    dp_config_print_help(out);
+}
+
+static int cmd_migrate(const dp_config *cfg)
+{
+    char err[1024], dir[4096];
+    PGconn *db;
+    if (dp_pg_connect(cfg, "docpipe-migrate", &db, err, sizeof(err))) {
+        fprintf(stderr, "docpipe migrate: %s\n", err);
+        return 1;
+    }
+    snprintf(dir, sizeof(dir), "%s/sql", cfg->schema_dir);
+    int applied = 0;
+    dp_err e = dp_migrate(db, dir, stdout, &applied, err, sizeof(err));
+    PQfinish(db);
+    if (e) {
+        fprintf(stderr, "docpipe migrate: %s\n", err);
+        return 1;
+    }
+    printf("%d migration(s) applied, schema up to date\n", applied);
+    return 0;
+}
+
+static int cmd_topics(const dp_config *cfg)
+{
+    const char *names[256];
+    int n = 0;
+    dp_stage stages[32];
+    int nst = 0;
+    char err[1024];
+    for (const dp_stage_def *d = dp_stage_defs; d->name && nst < 32; d++) {
+        if (dp_stages_open(cfg, d->name, &stages[nst], err, sizeof(err))) {
+            fprintf(stderr, "docpipe topics: %s\n", err);
+            return 1;
+        }
+        dp_stage *s = &stages[nst++];
+        const char *mine[3] = {s->input_topic, s->dlq_topic, NULL};
+        for (int i = 0; mine[i] && n < 250; i++)
+            names[n++] = mine[i];
+        for (int i = 0; s->output_topics && s->output_topics[i] && n < 250; i++)
+            names[n++] = s->output_topics[i];
+    }
+    /* Topics shared by two stages appear twice: drop the repeats. */
+    int m = 0;
+    for (int i = 0; i < n; i++) {
+        int seen = 0;
+        for (int j = 0; j < m; j++)
+            seen |= strcmp(names[j], names[i]) == 0;
+        if (!seen)
+            names[m++] = names[i];
+    }
+    int created = 0;
+    dp_err e = dp_topics_ensure(cfg, names, m, cfg->topic_partitions, &created,
+                                err, sizeof(err));
+    for (int i = 0; i < nst; i++)
+        dp_stages_close(dp_stage_defs[i].name, &stages[i]);
+    if (e) {
+        fprintf(stderr, "docpipe topics: %s\n", err);
+        return 1;
+    }
+    printf("%d topic(s) checked, %d created\n", m, created);
+    return 0;
+}
+
+typedef struct stage_thread {
+    const dp_config *cfg;
+    const char *name;
+    dp_stage stage;
+    dp_runtime *rt;
+    pthread_t tid;
+    int rc;
+    char err[1024];
+} stage_thread;
+
+static void *stage_main(void *arg)
+{
+    stage_thread *t = arg;
+    if (dp_runtime_run(t->rt, &dp_stop, t->err, sizeof(t->err)) != DP_OK) {
+        t->rc = 1;
+        dp_stop = 1;
+    }
+    return NULL;
+}
+
+static int cmd_run(const dp_config *cfg, int argc, char **argv)
+{
+    const char *names[32];
+    int n = 0;
+    for (int i = 0; i < argc && n < 32; i++) {
+        if (strcmp(argv[i], "all") == 0) {
+            for (const dp_stage_def *d = dp_stage_defs; d->name && n < 32; d++)
+                if (strcmp(d->name, "demo") != 0)
+                    names[n++] = d->name;
+        } else if (!dp_stages_find(argv[i])) {
+            fprintf(stderr, "docpipe run: unknown stage '%s' (see docpipe help)\n",
+                    argv[i]);
+            return EXIT_USAGE;
+        } else {
+            names[n++] = argv[i];
+        }
+    }
+    if (n == 0) {
+        fprintf(stderr, "docpipe run: name at least one stage, or all\n");
+        return EXIT_USAGE;
+    }
+    dp_log_init(n == 1 ? names[0] : "docpipe", cfg->instance_id, cfg->log_level);
+    stage_thread *t = calloc((size_t)n, sizeof(*t));
+    int rc = 0;
+    for (int i = 0; i < n; i++) {
+        t[i].cfg = cfg;
+        t[i].name = names[i];
+        if (dp_stages_open(cfg, names[i], &t[i].stage, t[i].err,
+                           sizeof(t[i].err)) ||
+            dp_runtime_new(cfg, &t[i].stage, &t[i].rt, t[i].err,
+                           sizeof(t[i].err))) {
+            dp_log(DP_LOG_ERROR, NULL, "cannot start stage %s: %s", names[i],
+                   t[i].err);
+            rc = 1;
+            n = i + 1;
+            break;
+        }
+    }
+    if (rc == 0) {
+        if (n == 1) {
+            stage_main(&t[0]);
+        } else {
+            for (int i = 0; i < n; i++)
+                pthread_create(&t[i].tid, NULL, stage_main, &t[i]);
+            for (int i = 0; i < n; i++)
+                pthread_join(t[i].tid, NULL);
+        }
+        for (int i = 0; i < n; i++)
+            if (t[i].rc) {
+                dp_log(DP_LOG_ERROR, NULL, "stage %s failed: %s", t[i].name,
+                       t[i].err);
+                rc = 1;
+            }
+    }
+    for (int i = 0; i < n; i++) {
+        dp_runtime_free(t[i].rt);
+        if (t[i].stage.name)
+            dp_stages_close(t[i].name, &t[i].stage);
+    }
+    free(t);
+    return rc;
+}
+
+dp_err dp_demo_encode(const dp_config *cfg, const char *id, int64_t seq,
+                      const char *body, void **buf, size_t *len, char *err,
+                      size_t errlen);
+
+static int cmd_demo_produce(const dp_config *cfg, int argc, char **argv)
+{
+    if (argc < 1) {
+        fprintf(stderr, "docpipe demo-produce: how many records?\n");
+        return EXIT_USAGE;
+    }
+    char *end;
+    long n = strtol(argv[0], &end, 10);
+    if (*end || n < 0) {
+        fprintf(stderr, "docpipe demo-produce: '%s' is not a count\n", argv[0]);
+        return EXIT_USAGE;
+    }
+    const char *body = "hello from docpipe";
+    int garbage = 0;
+    long start = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--body") == 0 && i + 1 < argc)
+            body = argv[++i];
+        else if (strcmp(argv[i], "--start") == 0 && i + 1 < argc)
+            start = strtol(argv[++i], NULL, 10);
+        else if (strcmp(argv[i], "--garbage") == 0)
+            garbage = 1;
+        else {
+            fprintf(stderr, "docpipe demo-produce: unknown option '%s'\n", argv[i]);
+            return EXIT_USAGE;
+        }
+    }
+    char err[1024], kerr[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", cfg->brokers, kerr, sizeof(kerr));
+    rd_kafka_conf_set(conf, "enable.idempotence", "true", kerr, sizeof(kerr));
+    rd_kafka_conf_set(conf, "linger.ms", "20", kerr, sizeof(kerr));
+    if (dp_config_apply_kafka(cfg, conf, 1, err, sizeof(err))) {
+        fprintf(stderr, "docpipe demo-produce: %s\n", err);
+        rd_kafka_conf_destroy(conf);
+        return 1;
+    }
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, kerr, sizeof(kerr));
+    if (!rk) {
+        fprintf(stderr, "docpipe demo-produce: %s\n", kerr);
+        return 1;
+    }
+    char *topic = dp_topic_name(cfg, "demo.in");
+    int rc = 0;
+    for (long i = start; i < start + n; i++) {
+        char id[32];
+        snprintf(id, sizeof(id), "rec-%ld", i);
+        void *buf = NULL;
+        size_t len = 0;
+        if (garbage) {
+            buf = strdup("\x01not avro at all");
+            len = strlen(buf);
+        } else if (dp_demo_encode(cfg, id, i, body, &buf, &len, err, sizeof(err))) {
+            fprintf(stderr, "docpipe demo-produce: %s\n", err);
+            rc = 1;
+            break;
+        }
+        rd_kafka_resp_err_t ke;
+        while ((ke = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic),
+                    RD_KAFKA_V_KEY(id, strlen(id)), RD_KAFKA_V_VALUE(buf, len),
+                    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
+                    RD_KAFKA_V_END)) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+            rd_kafka_poll(rk, 10);
+        if (ke) {
+            free(buf);
+            fprintf(stderr, "docpipe demo-produce: %s\n", rd_kafka_err2str(ke));
+            rc = 1;
+            break;
+        }
+    }
+    if (rd_kafka_flush(rk, 60000) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        fprintf(stderr, "docpipe demo-produce: not every record was acknowledged\n");
+        rc = 1;
+    }
+    rd_kafka_destroy(rk);
+    if (rc == 0)
+        printf("%ld record(s) published to %s\n", n, topic);
+    free(topic);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "help") == 0 ||
+        strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? EXIT_USAGE : 0;
+    }
+    for (int i = 2; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        }
+    dp_config cfg;
+    char err[1024];
+    if (dp_config_load(&cfg, err, sizeof(err)) != DP_OK) {
+        fprintf(stderr, "docpipe: %s\n", err);
+        dp_config_free(&cfg);
+        return EXIT_USAGE;
+    }
+    dp_log_init("docpipe", cfg.instance_id, cfg.log_level);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    int rc;
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "migrate") == 0)
+        rc = cmd_migrate(&cfg);
+    else if (strcmp(cmd, "topics") == 0)
+        rc = cmd_topics(&cfg);
+    else if (strcmp(cmd, "run") == 0)
+        rc = cmd_run(&cfg, argc - 2, argv + 2);
+    else if (strcmp(cmd, "demo-produce") == 0)
+        rc = cmd_demo_produce(&cfg, argc - 2, argv + 2);
+    else if (strcmp(cmd, "config-doc") == 0) {
+        dp_config_print_markdown(stdout);
+        rc = 0;
+    } else {
+        fprintf(stderr, "docpipe: unknown command '%s' (see docpipe help)\n", cmd);
+        rc = EXIT_USAGE;
+    }
+    dp_config_free(&cfg);
+    return rc;
+}

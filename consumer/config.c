@@ -1,0 +1,397 @@
+/*
+ * config: the settings table and its loaders.
+ *
+ * Each row names a field of dp_config by offset, so adding a setting is one
+ * line here plus the field.  Values are validated when loaded: an integer
+ * setting that does not parse, or is out of its range, is an error naming the
+ * setting and its source, never a silent default.
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef enum { CT_STR, CT_INT, CT_DOUBLE } dp_config_type;
+
+typedef struct dp_config_entry {
+    const char *name;
+    dp_config_type type;
+    size_t offset;
+    const char *def;
+    double min, max;
+    const char *help;
+} dp_config_entry;
+
+#define F(field) offsetof(dp_config, field)
+
+static const dp_config_entry dp_config_table[] = {
+    {"brokers", CT_STR, F(brokers), "127.0.0.1:39092", 0, 0,
+     "Kafka bootstrap servers."},
+    {"database_url", CT_STR, F(database_url),
+     "postgresql://postgres@127.0.0.1:55432/docpipe", 0, 0,
+     "PostgreSQL connection string (libpq URI or key=value)."},
+    {"instance_id", CT_STR, F(instance_id), "", 0, 0,
+     "Name of this process in logs and offset ownership (default host-pid)."},
+    {"schema_dir", CT_STR, F(schema_dir), DOCPIPE_SOURCE_DIR "/schemas", 0, 0,
+     "Folder holding the Avro schemas (*.avsc) and sql/ migrations."},
+    {"storage_dir", CT_STR, F(storage_dir), "./.run/storage", 0, 0,
+     "Folder for content-addressed raw and parsed files."},
+    {"offset_reset", CT_STR, F(offset_reset), "earliest", 0, 0,
+     "Where a partition with no stored offset starts: earliest or latest."},
+    {"log_level", CT_STR, F(log_level), "info", 0, 0,
+     "Lowest level logged: debug, info, warn or error."},
+    {"topic_prefix", CT_STR, F(topic_prefix), "docpipe.", 0, 0,
+     "Prefix of every topic name docpipe creates or reads."},
+    {"batch_max", CT_INT, F(batch_max), "0", 0, 100000,
+     "Most records in one batch (0: the stage's own default)."},
+    {"batch_wait_ms", CT_INT, F(batch_wait_ms), "50", 0, 60000,
+     "Longest wait for a batch to fill once its first record arrived."},
+    {"retry_max", CT_INT, F(retry_max), "3", 0, 100,
+     "Retries of a record that failed retryably before it is dead-lettered."},
+    {"retry_base_ms", CT_INT, F(retry_base_ms), "3000", 1, 3600000,
+     "First retry delay; retry n waits base * 2^n."},
+    {"retry_jitter", CT_DOUBLE, F(retry_jitter), "0.2", 0, 1,
+     "Random spread of a retry delay, as a fraction (0.2: +-20%)."},
+    {"produce_timeout_ms", CT_INT, F(produce_timeout_ms), "30000", 100, 600000,
+     "How long a batch waits for Kafka to acknowledge its outputs."},
+    {"lock_timeout_ms", CT_INT, F(lock_timeout_ms), "10000", 100, 600000,
+     "How long claiming a partition waits for a previous owner's commit."},
+    {"idle_txn_timeout_ms", CT_INT, F(idle_txn_timeout_ms), "60000", 1000, 86400000,
+     "PostgreSQL ends a transaction left idle this long (a stalled zombie)."},
+    {"topic_partitions", CT_INT, F(topic_partitions), "4", 1, 1024,
+     "Partitions of each topic created by `docpipe topics`."},
+    {"embed_url", CT_STR, F(embed_url), "http://127.0.0.1:39980", 0, 0,
+     "Base URL of the OpenAI-compatible embedding service."},
+    {"embed_model", CT_STR, F(embed_model), "text-embedding-3-small", 0, 0,
+     "Embedding model name."},
+    {"embed_api_key", CT_STR, F(embed_api_key), "", 0, 0,
+     "Bearer token for the embedding service (env DOCPIPE_EMBED_API_KEY)."},
+    {"embed_dim", CT_INT, F(embed_dim), "1536", 1, 65536,
+     "Expected embedding dimension; other sizes are rejected."},
+    {"embed_inflight", CT_INT, F(embed_inflight), "32", 1, 1024,
+     "Embedding requests kept in flight by one embed instance."},
+    {"embed_rpm", CT_INT, F(embed_rpm), "3500", 1, 100000000,
+     "Client-side limit of embedding requests per minute."},
+    {"embed_tpm", CT_INT, F(embed_tpm), "90000", 1, 1000000000,
+     "Client-side limit of estimated embedding tokens per minute."},
+    {"embed_timeout_ms", CT_INT, F(embed_timeout_ms), "60000", 100, 600000,
+     "Timeout of one embedding request."},
+    {"tika_url", CT_STR, F(tika_url), "http://127.0.0.1:39998", 0, 0,
+     "Base URL of the Apache Tika server used by the parse stage."},
+    {"tika_timeout_ms", CT_INT, F(tika_timeout_ms), "120000", 100, 600000,
+     "Timeout of one parse request."},
+    {"breaker_threshold", CT_INT, F(breaker_threshold), "5", 1, 1000,
+     "Consecutive failures that open a service's circuit breaker."},
+    {"breaker_reset_ms", CT_INT, F(breaker_reset_ms), "60000", 10, 3600000,
+     "Time an open breaker waits before a half-open probe."},
+};
+
+#define DP_CONFIG_N (sizeof(dp_config_table) / sizeof(dp_config_table[0]))
+
+static void env_name(const char *name, char *out, size_t outlen)
+{
+    size_t n = (size_t)snprintf(out, outlen, "DOCPIPE_");
+    for (const char *p = name; *p && n + 1 < outlen; p++)
+        out[n++] = (char)toupper((unsigned char)*p);
+    out[n] = '\0';
+}
+
+static dp_err set_value(dp_config *cfg, const dp_config_entry *e,
+                        const char *value, const char *source,
+                        char *err, size_t errlen)
+{
+    char *field = (char *)cfg + e->offset;
+    char *end;
+    switch (e->type) {
+    case CT_STR: {
+        char **s = (char **)field;
+        free(*s);
+        *s = strdup(value);
+        return DP_OK;
+    }
+    case CT_INT: {
+        errno = 0;
+        long v = strtol(value, &end, 10);
+        if (errno || end == value || *end || v < e->min || v > e->max)
+            return dp_errf(DP_ERR_PERMANENT, err, errlen,
+                           "setting %s from %s: '%s' is not a whole number "
+                           "from %.0f to %.0f", e->name, source, value,
+                           e->min, e->max);
+        *(int *)field = (int)v;
+        return DP_OK;
+    }
+    case CT_DOUBLE: {
+        errno = 0;
+        double v = strtod(value, &end);
+        if (errno || end == value || *end || v < e->min || v > e->max)
+            return dp_errf(DP_ERR_PERMANENT, err, errlen,
+                           "setting %s from %s: '%s' is not a number from "
+                           "%g to %g", e->name, source, value, e->min, e->max);
+        *(double *)field = v;
+        return DP_OK;
+    }
+    }
+    return DP_OK;
+}
+
+/* Appends name=value to a NULL-terminated pair list, replacing a previous
+ * value of the same name (so the environment overrides the file). */
+static void pairs_set(char ***list, const char *name, const char *value)
+{
+    size_t n = 0;
+    if (*list) {
+        for (; (*list)[n]; n += 2) {
+            if (strcmp((*list)[n], name) == 0) {
+                free((*list)[n + 1]);
+                (*list)[n + 1] = strdup(value);
+                return;
+            }
+        }
+    }
+    *list = realloc(*list, (n + 3) * sizeof(char *));
+    (*list)[n] = strdup(name);
+    (*list)[n + 1] = strdup(value);
+    (*list)[n + 2] = NULL;
+}
+
+static void pairs_free(char **list)
+{
+    if (!list)
+        return;
+    for (size_t i = 0; list[i]; i++)
+        free(list[i]);
+    free(list);
+}
+
+/* kafka.fetch.max.bytes -> (common, "fetch.max.bytes"); returns 0 if the key
+ * is not a pass-through key. */
+static int passthrough_key(dp_config *cfg, const char *key, char ****list,
+                           const char **prop)
+{
+    static const struct { const char *prefix; size_t off; } kinds[] = {
+        {"kafka.", offsetof(dp_config, kafka_common)},
+        {"consumer.", offsetof(dp_config, kafka_consumer)},
+        {"producer.", offsetof(dp_config, kafka_producer)},
+    };
+    for (size_t i = 0; i < 3; i++) {
+        size_t len = strlen(kinds[i].prefix);
+        if (strncmp(key, kinds[i].prefix, len) == 0 && key[len]) {
+            *list = (char ***)((char *)cfg + kinds[i].off);
+            *prop = key + len;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static const dp_config_entry *find_entry(const char *name)
+{
+    for (size_t i = 0; i < DP_CONFIG_N; i++)
+        if (strcmp(dp_config_table[i].name, name) == 0)
+            return &dp_config_table[i];
+    return NULL;
+}
+
+static char *trim(char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1]))
+        *--e = '\0';
+    return s;
+}
+
+static dp_err load_file(dp_config *cfg, const char *path, char *err,
+                        size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return dp_errf(DP_ERR_PERMANENT, err, errlen,
+                       "config file %s: %s", path, strerror(errno));
+    char line[4096];
+    int lineno = 0;
+    dp_err rc = DP_OK;
+    while (rc == DP_OK && fgets(line, sizeof(line), f)) {
+        lineno++;
+        char *s = trim(line);
+        if (!*s || *s == '#')
+            continue;
+        char *eq = strchr(s, '=');
+        if (!eq) {
+            rc = dp_errf(DP_ERR_PERMANENT, err, errlen,
+                         "config file %s:%d: expected name = value", path,
+                         lineno);
+            break;
+        }
+        *eq = '\0';
+        char *key = trim(s), *value = trim(eq + 1);
+        char source[600];
+        snprintf(source, sizeof(source), "%s:%d", path, lineno);
+        char ***list;
+        const char *prop;
+        const dp_config_entry *e = find_entry(key);
+        if (e)
+            rc = set_value(cfg, e, value, source, err, errlen);
+        else if (passthrough_key(cfg, key, &list, &prop))
+            pairs_set(list, prop, value);
+        else
+            rc = dp_errf(DP_ERR_PERMANENT, err, errlen,
+                         "config file %s: unknown setting '%s'", source, key);
+    }
+    fclose(f);
+    return rc;
+}
+
+/* DOCPIPE_KAFKA_FETCH_MAX_BYTES -> fetch.max.bytes */
+static void env_to_property(const char *env, char *out, size_t outlen)
+{
+    size_t n = 0;
+    for (; *env && n + 1 < outlen; env++)
+        out[n++] = *env == '_' ? '.' : (char)tolower((unsigned char)*env);
+    out[n] = '\0';
+}
+
+extern char **environ;
+
+dp_err dp_config_load(dp_config *cfg, char *err, size_t errlen)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    dp_err rc;
+    for (size_t i = 0; i < DP_CONFIG_N; i++) {
+        rc = set_value(cfg, &dp_config_table[i], dp_config_table[i].def,
+                       "default", err, errlen);
+        if (rc != DP_OK)
+            return rc;
+    }
+    const char *file = getenv("DOCPIPE_CONFIG");
+    if (file && *file && (rc = load_file(cfg, file, err, errlen)) != DP_OK)
+        return rc;
+    for (size_t i = 0; i < DP_CONFIG_N; i++) {
+        char name[128];
+        env_name(dp_config_table[i].name, name, sizeof(name));
+        const char *v = getenv(name);
+        if (v && (rc = set_value(cfg, &dp_config_table[i], v, name, err,
+                                 errlen)) != DP_OK)
+            return rc;
+    }
+    static const struct { const char *prefix; const char *file_prefix; } pt[] = {
+        {"DOCPIPE_KAFKA_", "kafka."},
+        {"DOCPIPE_CONSUMER_", "consumer."},
+        {"DOCPIPE_PRODUCER_", "producer."},
+    };
+    for (char **e = environ; *e; e++) {
+        for (size_t k = 0; k < 3; k++) {
+            size_t plen = strlen(pt[k].prefix);
+            if (strncmp(*e, pt[k].prefix, plen) != 0)
+                continue;
+            const char *eq = strchr(*e, '=');
+            if (!eq || eq == *e + plen)
+                continue;
+            char envkey[256], prop[256], key[300];
+            size_t klen = (size_t)(eq - (*e + plen));
+            if (klen >= sizeof(envkey))
+                continue;
+            memcpy(envkey, *e + plen, klen);
+            envkey[klen] = '\0';
+            env_to_property(envkey, prop, sizeof(prop));
+            snprintf(key, sizeof(key), "%s%s", pt[k].file_prefix, prop);
+            char ***list;
+            const char *p;
+            if (passthrough_key(cfg, key, &list, &p))
+                pairs_set(list, p, eq + 1);
+        }
+    }
+    if (strcmp(cfg->offset_reset, "earliest") && strcmp(cfg->offset_reset, "latest"))
+        return dp_errf(DP_ERR_PERMANENT, err, errlen,
+                       "setting offset_reset: '%s' is neither earliest nor "
+                       "latest", cfg->offset_reset);
+    if (!*cfg->instance_id) {
+        char host[128] = "docpipe";
+        gethostname(host, sizeof(host) - 1);
+        char id[200];
+        snprintf(id, sizeof(id), "%s-%d", host, (int)getpid());
+        free(cfg->instance_id);
+        cfg->instance_id = strdup(id);
+    }
+    return DP_OK;
+}
+
+void dp_config_free(dp_config *cfg)
+{
+    for (size_t i = 0; i < DP_CONFIG_N; i++) {
+        if (dp_config_table[i].type == CT_STR) {
+            char **s = (char **)((char *)cfg + dp_config_table[i].offset);
+            free(*s);
+            *s = NULL;
+        }
+    }
+    pairs_free(cfg->kafka_common);
+    pairs_free(cfg->kafka_consumer);
+    pairs_free(cfg->kafka_producer);
+    memset(cfg, 0, sizeof(*cfg));
+}
+
+dp_err dp_config_apply_kafka(const dp_config *cfg, rd_kafka_conf_t *conf,
+                             int is_producer, char *err, size_t errlen)
+{
+    char **lists[2] = {cfg->kafka_common,
+                       is_producer ? cfg->kafka_producer : cfg->kafka_consumer};
+    for (int l = 0; l < 2; l++) {
+        for (char **p = lists[l]; p && *p; p += 2) {
+            char kerr[256];
+            if (rd_kafka_conf_set(conf, p[0], p[1], kerr, sizeof(kerr)) !=
+                RD_KAFKA_CONF_OK)
+                return dp_errf(DP_ERR_PERMANENT, err, errlen,
+                               "Kafka property %s=%s: %s", p[0], p[1], kerr);
+        }
+    }
+    return DP_OK;
+}
+
+void dp_config_print_help(FILE *out)
+{
+    fprintf(out, "Settings (environment variable, default):\n");
+    for (size_t i = 0; i < DP_CONFIG_N; i++) {
+        char name[128];
+        env_name(dp_config_table[i].name, name, sizeof(name));
+        fprintf(out, "  %-28s %s\n  %-28s   default: %s\n", name,
+                dp_config_table[i].help, "",
+                *dp_config_table[i].def ? dp_config_table[i].def : "(empty)");
+    }
+    fprintf(out, "  DOCPIPE_KAFKA_<PROPERTY>     any librdkafka property for "
+                 "every client\n"
+                 "  DOCPIPE_CONSUMER_<PROPERTY>  ... for consumers only\n"
+                 "  DOCPIPE_PRODUCER_<PROPERTY>  ... for producers only\n"
+                 "  DOCPIPE_CONFIG               a file of `name = value` "
+                 "lines read before the environment\n");
+}
+
+void dp_config_print_markdown(FILE *out)
+{
+    fprintf(out, "# docpipe configuration\n\n"
+                 "Generated by `docpipe config-doc` from the settings table "
+                 "in `consumer/config.c`.\n\n"
+                 "Precedence: default < file named by `DOCPIPE_CONFIG` "
+                 "(`name = value` lines) < environment.\n\n"
+                 "| setting (file) | environment | default | meaning |\n"
+                 "|---|---|---|---|\n");
+    for (size_t i = 0; i < DP_CONFIG_N; i++) {
+        char name[128];
+        env_name(dp_config_table[i].name, name, sizeof(name));
+        const char *def = dp_config_table[i].def;
+        if (strncmp(def, DOCPIPE_SOURCE_DIR, strlen(DOCPIPE_SOURCE_DIR)) == 0)
+            def = "<source>/schemas";
+        fprintf(out, "| `%s` | `%s` | `%s` | %s |\n", dp_config_table[i].name,
+                name, def, dp_config_table[i].help);
+    }
+    fprintf(out, "\nlibrdkafka properties pass through: `DOCPIPE_KAFKA_<PROPERTY>` "
+                 "(dots as underscores, e.g. `DOCPIPE_KAFKA_FETCH_MAX_BYTES`) for "
+                 "every Kafka client, `DOCPIPE_CONSUMER_…` and `DOCPIPE_PRODUCER_…` "
+                 "for one kind; in the file `kafka.<property>`, "
+                 "`consumer.<property>`, `producer.<property>`.\n");
+}

@@ -1,0 +1,132 @@
+/* pg: libpq helpers (see pg.h). */
+#include "pg.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+dp_err dp_pg_connect(const dp_config *cfg, const char *app, PGconn **out,
+                     char *err, size_t errlen)
+{
+    char opts[256];
+    snprintf(opts, sizeof(opts),
+             "-c idle_in_transaction_session_timeout=%d -c lock_timeout=%d",
+             cfg->idle_txn_timeout_ms, cfg->lock_timeout_ms);
+    const char *keys[] = {"dbname", "application_name", "options", NULL};
+    const char *vals[] = {cfg->database_url, app, opts, NULL};
+    PGconn *conn = PQconnectdbParams(keys, vals, 1);
+    if (!conn || PQstatus(conn) != CONNECTION_OK) {
+        dp_errf(DP_ERR_RETRYABLE, err, errlen, "connect to PostgreSQL: %s",
+                conn ? PQerrorMessage(conn) : "out of memory");
+        PQfinish(conn);
+        *out = NULL;
+        return DP_ERR_RETRYABLE;
+    }
+    *out = conn;
+    return DP_OK;
+}
+
+dp_err dp_pg_classify(PGconn *conn, const PGresult *res)
+{
+    if (!conn || PQstatus(conn) != CONNECTION_OK)
+        return DP_ERR_RETRYABLE;
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (!state)
+        return DP_ERR_RETRYABLE;
+    if (strncmp(state, "08", 2) == 0 ||  /* connection exception */
+        strncmp(state, "40", 2) == 0 ||  /* serialization, deadlock */
+        strncmp(state, "53", 2) == 0 ||  /* insufficient resources */
+        strncmp(state, "57", 2) == 0 ||  /* operator intervention */
+        strcmp(state, "55P03") == 0 ||   /* lock not available */
+        strcmp(state, "25P03") == 0)     /* idle transaction timeout */
+        return DP_ERR_RETRYABLE;
+    return DP_ERR_PERMANENT;
+}
+
+dp_err dp_pg_check(PGconn *conn, PGresult *res, ExecStatusType want,
+                   const char *what, char *err, size_t errlen)
+{
+    if (res && PQresultStatus(res) == want)
+        return DP_OK;
+    dp_err e = dp_pg_classify(conn, res);
+    const char *msg = res ? PQresultErrorMessage(res) : "";
+    if (!msg || !*msg)
+        msg = PQerrorMessage(conn);
+    char clean[512];
+    snprintf(clean, sizeof(clean), "%s", msg ? msg : "unknown error");
+    size_t n = strlen(clean);
+    while (n && (clean[n - 1] == '\n' || clean[n - 1] == ' '))
+        clean[--n] = '\0';
+    dp_errf(e, err, errlen, "%s: %s", what, clean);
+    PQclear(res);
+    return e;
+}
+
+dp_err dp_pg_exec(PGconn *conn, const char *sql, char *err, size_t errlen)
+{
+    PGresult *res = PQexec(conn, sql);
+    dp_err e = dp_pg_check(conn, res, PGRES_COMMAND_OK, sql, err, errlen);
+    if (e == DP_OK)
+        PQclear(res);
+    return e;
+}
+
+void dp_buf_append(dp_buf *b, const void *data, size_t len)
+{
+    if (b->len + len + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + len + 1)
+            cap *= 2;
+        b->data = realloc(b->data, cap);
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, data, len);
+    b->len += len;
+    b->data[b->len] = '\0';
+}
+
+void dp_buf_appendf(dp_buf *b, const char *fmt, ...)
+{
+    char tmp[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n < sizeof(tmp)) {
+        dp_buf_append(b, tmp, (size_t)n);
+        return;
+    }
+    char *big = malloc((size_t)n + 1);
+    va_start(ap, fmt);
+    vsnprintf(big, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    dp_buf_append(b, big, (size_t)n);
+    free(big);
+}
+
+void dp_buf_array_text(dp_buf *b, const char *s, size_t len)
+{
+    dp_buf_append(b, "\"", 1);
+    size_t start = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '"' || s[i] == '\\') {
+            dp_buf_append(b, s + start, i - start);
+            dp_buf_append(b, "\\", 1);
+            start = i;
+        }
+    }
+    dp_buf_append(b, s + start, len - start);
+    dp_buf_append(b, "\"", 1);
+}
+
+void dp_buf_reset(dp_buf *b) { b->len = 0; if (b->data) b->data[0] = '\0'; }
+
+void dp_buf_free(dp_buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}

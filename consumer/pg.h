@@ -1,0 +1,46 @@
+/*
+ * pg: the few libpq helpers every module shares.
+ *
+ * Connections are opened with the session settings the runtime relies on
+ * (idle_in_transaction_session_timeout, so the server itself ends a stalled
+ * zombie's transaction and releases its locks; application_name = instance).
+ * dp_pg_check() turns a PGresult into a dp_err: connection loss, deadlocks,
+ * serialization failures, lock timeouts and server shutdowns are retryable,
+ * everything else permanent.
+ */
+#ifndef DP_PG_H
+#define DP_PG_H
+
+#include <libpq-fe.h>
+
+#include "config.h"
+#include "dp_error.h"
+
+dp_err dp_pg_connect(const dp_config *cfg, const char *app, PGconn **out,
+                     char *err, size_t errlen);
+
+/* Checks res against the expected status, clears it unless it is wanted
+ * (keep != 0 and status ok).  Writes "what: server message" into err. */
+dp_err dp_pg_check(PGconn *conn, PGresult *res, ExecStatusType want,
+                   const char *what, char *err, size_t errlen);
+
+/* Runs a statement with no result rows (BEGIN, COMMIT, SET ...). */
+dp_err dp_pg_exec(PGconn *conn, const char *sql, char *err, size_t errlen);
+
+/* Classification of a failed result (or of conn when res is NULL). */
+dp_err dp_pg_classify(PGconn *conn, const PGresult *res);
+
+/* Appends a PostgreSQL array literal element, quoted and escaped, to a
+ * growing buffer: used to pass arrays to unnest() as one parameter. */
+typedef struct dp_buf {
+    char *data;
+    size_t len, cap;
+} dp_buf;
+void dp_buf_append(dp_buf *b, const void *data, size_t len);
+void dp_buf_appendf(dp_buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void dp_buf_array_text(dp_buf *b, const char *s, size_t len);
+void dp_buf_reset(dp_buf *b);
+void dp_buf_free(dp_buf *b);
+
+#endif

@@ -1,0 +1,1179 @@
+/*
+ * runtime: the stage loop (see runtime.h and docs/design.md).
+ *
+ * One thread drives one consumer, one producer and one PostgreSQL
+ * connection.  Records are polled into a batch until it holds batch_max
+ * records or batch_wait_ms passed since its first record; then run_batch()
+ * settles it.  Rebalance callbacks run inside poll, never during a batch:
+ * an assignment claims the partitions in PostgreSQL (bumping their epoch) and
+ * assigns at the stored offsets; a revocation drops the uncommitted batch.
+ *
+ * A record that fails retryably halts its partition: the records after it in
+ * the batch are dropped, the partition is paused and rewound to it, and it is
+ * tried again after base * 2^n ms (with jitter) while the consumer keeps
+ * polling the others.  Per-partition retry state lives here, so a new owner
+ * after a rebalance starts that record's budget afresh.
+ */
+#include "runtime.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+
+#include "backoff.h"
+#include "log.h"
+#include "offsets.h"
+#include "pg.h"
+
+#define HDR_STREAM "docpipe-stream"
+#define HDR_SEQ "docpipe-seq"
+#define HDR_EVENT "docpipe-event-id"
+#define HDR_CORR "docpipe-correlation-id"
+
+typedef struct dp_output {
+    char *topic;
+    void *key;
+    size_t key_len;
+    void *value;
+    size_t value_len;
+} dp_output;
+
+typedef enum {
+    RS_PENDING,   /* to be handled */
+    RS_DUP,       /* already seen upstream duplicate: skip, commit offset */
+    RS_DLQ,       /* dead-letter it, commit offset */
+    RS_DROPPED,   /* behind a retrying record: not part of this batch */
+} rec_state;
+
+typedef struct dp_slot {
+    dp_record rec;
+    rd_kafka_message_t *msg;
+    rec_state state;
+    dp_err verdict;              /* handler's verdict in the current pass */
+    char *error;
+    dp_err dlq_category;
+    int64_t first_failure_ms, last_failure_ms;
+    char corr[40];
+    char stream[256];            /* empty: no upstream identity */
+    int64_t src_offset;
+    int32_t src_index;
+    dp_output *outs;
+    size_t nouts, capouts;
+} dp_slot;
+
+struct dp_batch {
+    dp_runtime *rt;
+    dp_slot **live;
+    size_t n;
+};
+
+typedef struct dp_mark {
+    char *stream;
+    int64_t offset;
+    int32_t index;
+    int dirty;
+} dp_mark;
+
+typedef struct dp_part {
+    int assigned;
+    int64_t epoch;
+    int64_t committed;           /* next offset stored in PostgreSQL, -1 none */
+    int64_t retry_offset;        /* record being retried, -1 none */
+    int retry_attempts;          /* failed attempts of retry_offset */
+    int64_t first_failure_ms, last_failure_ms;
+    char last_error[512];
+    int64_t paused_until_ms;     /* 0: running */
+    dp_mark *marks;
+    int nmarks;
+} dp_part;
+
+struct dp_runtime {
+    const dp_config *cfg;
+    const dp_stage *stage;
+    char group[256];
+    rd_kafka_t *consumer;
+    rd_kafka_t *producer;
+    PGconn *db;
+    dp_part *parts;
+    int nparts;
+    dp_slot *slots;
+    size_t nslots, capslots;
+    int batch_max;
+    int64_t batch_deadline_ms;
+    int delivery_failures;
+    char delivery_error[256];
+    int rejoin;                  /* fenced or unsure: re-subscribe */
+    int batch_failures;          /* consecutive batch-wide failures */
+    dp_runtime_stats stats;
+    unsigned int rand_state;
+};
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static dp_log_ctx slot_ctx(const dp_runtime *rt, const dp_slot *s)
+{
+    dp_log_ctx c = {rt->stage->name, s->corr, s->rec.topic, s->rec.partition,
+                    s->rec.offset};
+    return c;
+}
+
+/* ---- the handler's view ------------------------------------------------ */
+
+size_t dp_batch_count(const dp_batch *b) { return b->n; }
+dp_record *dp_batch_record(dp_batch *b, size_t i) { return &b->live[i]->rec; }
+PGconn *dp_batch_db(dp_batch *b) { return b->rt->db; }
+const char *dp_batch_instance(const dp_batch *b) { return b->rt->cfg->instance_id; }
+const dp_config *dp_batch_config(const dp_batch *b) { return b->rt->cfg; }
+
+void dp_batch_fail(dp_batch *b, size_t i, dp_err verdict, const char *fmt, ...)
+{
+    dp_slot *s = b->live[i];
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    s->verdict = verdict == DP_ERR_RETRYABLE ? DP_ERR_RETRYABLE
+                                             : DP_ERR_PERMANENT;
+    free(s->error);
+    s->error = strdup(msg);
+}
+
+void dp_batch_emit(dp_batch *b, size_t i, const char *topic, const void *key,
+                   size_t key_len, const void *value, size_t value_len)
+{
+    dp_slot *s = b->live[i];
+    if (s->nouts == s->capouts) {
+        s->capouts = s->capouts ? s->capouts * 2 : 2;
+        s->outs = realloc(s->outs, s->capouts * sizeof(dp_output));
+    }
+    dp_output *o = &s->outs[s->nouts++];
+    o->topic = strdup(topic);
+    o->key = malloc(key_len ? key_len : 1);
+    memcpy(o->key, key, key_len);
+    o->key_len = key_len;
+    o->value = malloc(value_len ? value_len : 1);
+    memcpy(o->value, value, value_len);
+    o->value_len = value_len;
+}
+
+static void slot_clear_outputs(dp_slot *s)
+{
+    for (size_t i = 0; i < s->nouts; i++) {
+        free(s->outs[i].topic);
+        free(s->outs[i].key);
+        free(s->outs[i].value);
+    }
+    s->nouts = 0;
+}
+
+static void slot_release(dp_runtime *rt, dp_slot *s)
+{
+    slot_clear_outputs(s);
+    free(s->outs);
+    free(s->error);
+    if (s->rec.decoded && rt->stage->free_decoded)
+        rt->stage->free_decoded(rt->stage->state, s->rec.decoded);
+    if (s->msg)
+        rd_kafka_message_destroy(s->msg);
+    memset(s, 0, sizeof(*s));
+}
+
+static void batch_clear(dp_runtime *rt)
+{
+    for (size_t i = 0; i < rt->nslots; i++)
+        slot_release(rt, &rt->slots[i]);
+    rt->nslots = 0;
+}
+
+/* ---- partitions -------------------------------------------------------- */
+
+static dp_part *part_get(dp_runtime *rt, int32_t p)
+{
+    if (p >= rt->nparts) {
+        int n = p + 1;
+        rt->parts = realloc(rt->parts, (size_t)n * sizeof(dp_part));
+        memset(rt->parts + rt->nparts, 0,
+               (size_t)(n - rt->nparts) * sizeof(dp_part));
+        rt->nparts = n;
+    }
+    return &rt->parts[p];
+}
+
+static void part_reset(dp_part *pt)
+{
+    for (int i = 0; i < pt->nmarks; i++)
+        free(pt->marks[i].stream);
+    free(pt->marks);
+    memset(pt, 0, sizeof(*pt));
+    pt->retry_offset = -1;
+    pt->committed = -1;
+}
+
+static dp_mark *mark_find(dp_part *pt, const char *stream, int create)
+{
+    for (int i = 0; i < pt->nmarks; i++)
+        if (strcmp(pt->marks[i].stream, stream) == 0)
+            return &pt->marks[i];
+    if (!create)
+        return NULL;
+    pt->marks = realloc(pt->marks, (size_t)(pt->nmarks + 1) * sizeof(dp_mark));
+    dp_mark *m = &pt->marks[pt->nmarks++];
+    m->stream = strdup(stream);
+    m->offset = -1;
+    m->index = -1;
+    m->dirty = 0;
+    return m;
+}
+
+static int seq_le(int64_t o1, int32_t i1, int64_t o2, int32_t i2)
+{
+    return o1 < o2 || (o1 == o2 && i1 <= i2);
+}
+
+static dp_err load_marks(dp_runtime *rt, int32_t p, char *err, size_t errlen)
+{
+    char ps[16];
+    snprintf(ps, sizeof(ps), "%d", p);
+    const char *params[3] = {rt->group, rt->stage->input_topic, ps};
+    PGresult *res = PQexecParams(rt->db,
+        "SELECT stream, src_offset, src_index FROM docpipe.dp_dedup"
+        " WHERE group_id = $1 AND topic = $2 AND partition = $3::int",
+        3, NULL, params, NULL, NULL, 0);
+    dp_err e = dp_pg_check(rt->db, res, PGRES_TUPLES_OK, "load dedup marks",
+                           err, errlen);
+    if (e)
+        return e;
+    dp_part *pt = part_get(rt, p);
+    for (int r = 0; r < PQntuples(res); r++) {
+        dp_mark *m = mark_find(pt, PQgetvalue(res, r, 0), 1);
+        m->offset = strtoll(PQgetvalue(res, r, 1), NULL, 10);
+        m->index = atoi(PQgetvalue(res, r, 2));
+    }
+    PQclear(res);
+    return DP_OK;
+}
+
+static dp_err db_ensure(dp_runtime *rt, char *err, size_t errlen)
+{
+    if (rt->db && PQstatus(rt->db) == CONNECTION_OK)
+        return DP_OK;
+    if (rt->db) {
+        PQreset(rt->db);
+        if (PQstatus(rt->db) == CONNECTION_OK)
+            return DP_OK;
+        PQfinish(rt->db);
+        rt->db = NULL;
+    }
+    return dp_pg_connect(rt->cfg, rt->cfg->instance_id, &rt->db, err, errlen);
+}
+
+/* ---- rebalance --------------------------------------------------------- */
+
+static void on_assign(dp_runtime *rt, rd_kafka_topic_partition_list_t *parts)
+{
+    int n = parts->cnt;
+    dp_offset_claim *claims = calloc((size_t)(n ? n : 1), sizeof(*claims));
+    for (int i = 0; i < n; i++)
+        claims[i].partition = parts->elems[i].partition;
+    char err[512];
+    dp_err e;
+    int64_t delay = 200;
+    dp_log_ctx ctx = {rt->stage->name, NULL, rt->stage->input_topic, -1, -1};
+    /* Without a claim nothing may be processed, so insist (with backoff). */
+    for (;;) {
+        e = db_ensure(rt, err, sizeof(err));
+        if (e == DP_OK)
+            e = dp_offsets_claim(rt->db, rt->group, rt->stage->input_topic,
+                                 rt->cfg->instance_id, claims, n, err,
+                                 sizeof(err));
+        for (int i = 0; e == DP_OK && i < n; i++)
+            e = load_marks(rt, claims[i].partition, err, sizeof(err));
+        if (e == DP_OK)
+            break;
+        dp_log(DP_LOG_WARN, &ctx, "claiming partitions failed, retrying in "
+               "%" PRId64 " ms: %s", delay, err);
+        for (int i = 0; i < n; i++)
+            part_reset(part_get(rt, claims[i].partition));
+        usleep((useconds_t)delay * 1000);
+        if (delay < 5000)
+            delay *= 2;
+    }
+    json_t *assigned = json_array();
+    for (int i = 0; i < n; i++) {
+        dp_part *pt = part_get(rt, claims[i].partition);
+        pt->assigned = 1;
+        pt->epoch = claims[i].epoch;
+        pt->committed = claims[i].next_offset;
+        pt->retry_offset = -1;
+        pt->paused_until_ms = 0;
+        parts->elems[i].offset =
+            claims[i].next_offset >= 0 ? claims[i].next_offset
+            : strcmp(rt->cfg->offset_reset, "latest") == 0 ? RD_KAFKA_OFFSET_END
+                                                         : RD_KAFKA_OFFSET_BEGINNING;
+        json_array_append_new(assigned, json_pack("{s:i,s:I,s:I}",
+            "partition", claims[i].partition, "offset",
+            (json_int_t)claims[i].next_offset, "epoch",
+            (json_int_t)claims[i].epoch));
+    }
+    free(claims);
+    dp_logj(DP_LOG_INFO, &ctx, json_pack("{s:o}", "partitions", assigned),
+            "partitions assigned and claimed");
+    rd_kafka_assign(rt->consumer, parts);
+}
+
+static void on_revoke(dp_runtime *rt)
+{
+    dp_log_ctx ctx = {rt->stage->name, NULL, rt->stage->input_topic, -1, -1};
+    if (rt->nslots)
+        dp_log(DP_LOG_INFO, &ctx, "revoked: dropping %zu uncommitted records",
+               rt->nslots);
+    batch_clear(rt);
+    for (int i = 0; i < rt->nparts; i++)
+        part_reset(&rt->parts[i]);
+    rd_kafka_assign(rt->consumer, NULL);
+}
+
+static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    (void)rk;
+    dp_runtime *rt = opaque;
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
+        on_assign(rt, parts);
+    else
+        on_revoke(rt);
+}
+
+static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    (void)rk;
+    dp_runtime *rt = opaque;
+    if (m->err) {
+        rt->delivery_failures++;
+        snprintf(rt->delivery_error, sizeof(rt->delivery_error), "%s",
+                 rd_kafka_err2str(m->err));
+    }
+}
+
+static void log_cb(const rd_kafka_t *rk, int level, const char *fac,
+                   const char *buf)
+{
+    (void)rk;
+    dp_log(level <= 3 ? DP_LOG_ERROR : level <= 4 ? DP_LOG_WARN : DP_LOG_DEBUG,
+           NULL, "kafka %s: %s", fac, buf);
+}
+
+/* ---- building the clients ---------------------------------------------- */
+
+static dp_err kafka_conf(dp_runtime *rt, int producer, rd_kafka_conf_t **out,
+                         char *err, size_t errlen)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    char kerr[256];
+    struct { const char *k, *v; } base_consumer[] = {
+        {"bootstrap.servers", rt->cfg->brokers},
+        {"group.id", rt->group},
+        {"enable.auto.commit", "false"},
+        {"enable.auto.offset.store", "false"},
+        {"partition.assignment.strategy", "range"},
+        {"isolation.level", "read_committed"},
+        {"queued.max.messages.kbytes", "4096"},
+        {"fetch.max.bytes", "4194304"},
+        {"client.id", rt->cfg->instance_id},
+        {NULL, NULL}}, base_producer[] = {
+        {"bootstrap.servers", rt->cfg->brokers},
+        {"enable.idempotence", "true"},
+        {"acks", "all"},
+        {"linger.ms", "5"},
+        {"partitioner", "murmur2_random"},
+        {"compression.type", "lz4"},
+        {"client.id", rt->cfg->instance_id},
+        {NULL, NULL}};
+    for (int i = 0; (producer ? base_producer : base_consumer)[i].k; i++) {
+        const char *k = (producer ? base_producer : base_consumer)[i].k;
+        const char *v = (producer ? base_producer : base_consumer)[i].v;
+        if (rd_kafka_conf_set(conf, k, v, kerr, sizeof(kerr)) != RD_KAFKA_CONF_OK) {
+            rd_kafka_conf_destroy(conf);
+            return dp_errf(DP_ERR_PERMANENT, err, errlen, "Kafka %s=%s: %s", k,
+                           v, kerr);
+        }
+    }
+    dp_err e = dp_config_apply_kafka(rt->cfg, conf, producer, err, errlen);
+    if (e) {
+        rd_kafka_conf_destroy(conf);
+        return e;
+    }
+    rd_kafka_conf_set_log_cb(conf, log_cb);
+    rd_kafka_conf_set_opaque(conf, rt);
+    *out = conf;
+    return DP_OK;
+}
+
+dp_err dp_runtime_new(const dp_config *cfg, const dp_stage *stage,
+                      dp_runtime **out, char *err, size_t errlen)
+{
+    dp_runtime *rt = calloc(1, sizeof(*rt));
+    rt->cfg = cfg;
+    rt->stage = stage;
+    rt->rand_state = (unsigned int)(getpid() ^ now_ms());
+    snprintf(rt->group, sizeof(rt->group), "%s%s", cfg->topic_prefix,
+             stage->name);
+    rt->batch_max = cfg->batch_max > 0 ? cfg->batch_max
+                    : stage->batch_max > 0 ? stage->batch_max : 500;
+    rd_kafka_conf_t *cc = NULL, *pc = NULL;
+    char kerr[512];
+    dp_err e = kafka_conf(rt, 0, &cc, err, errlen);
+    if (e == DP_OK)
+        e = kafka_conf(rt, 1, &pc, err, errlen);
+    if (e)
+        goto fail;
+    rd_kafka_conf_set_rebalance_cb(cc, rebalance_cb);
+    rd_kafka_conf_set_dr_msg_cb(pc, dr_cb);
+    rt->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, cc, kerr, sizeof(kerr));
+    if (!rt->consumer) {
+        rd_kafka_conf_destroy(pc);
+        e = dp_errf(DP_ERR_PERMANENT, err, errlen, "consumer: %s", kerr);
+        goto fail;
+    }
+    cc = NULL;
+    rd_kafka_poll_set_consumer(rt->consumer);
+    rt->producer = rd_kafka_new(RD_KAFKA_PRODUCER, pc, kerr, sizeof(kerr));
+    if (!rt->producer) {
+        e = dp_errf(DP_ERR_PERMANENT, err, errlen, "producer: %s", kerr);
+        goto fail;
+    }
+    e = dp_pg_connect(cfg, cfg->instance_id, &rt->db, err, errlen);
+    if (e)
+        goto fail;
+    *out = rt;
+    return DP_OK;
+fail:
+    if (cc)
+        rd_kafka_conf_destroy(cc);
+    dp_runtime_free(rt);
+    *out = NULL;
+    return e;
+}
+
+/* ---- one batch --------------------------------------------------------- */
+
+static const char *header_str(rd_kafka_headers_t *h, const char *name,
+                              char *buf, size_t buflen)
+{
+    const void *v;
+    size_t len;
+    if (!h || rd_kafka_header_get_last(h, name, &v, &len) != RD_KAFKA_RESP_ERR_NO_ERROR
+        || !v || len >= buflen)
+        return NULL;
+    memcpy(buf, v, len);
+    buf[len] = '\0';
+    return buf;
+}
+
+/* A correlation id for a record that came without one: a UUIDv5-shaped
+ * digest of its position, so every replay of it logs the same id. */
+static void derive_corr(const char *topic, int32_t p, int64_t off, char out[40])
+{
+    char name[300];
+    int n = snprintf(name, sizeof(name), "%s/%d/%" PRId64, topic, p, off);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    EVP_Digest(name, (size_t)n, md, &mdlen, EVP_sha1(), NULL);
+    md[6] = (unsigned char)((md[6] & 0x0f) | 0x50);
+    md[8] = (unsigned char)((md[8] & 0x3f) | 0x80);
+    snprintf(out, 40, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-"
+             "%02x%02x%02x%02x%02x%02x", md[0], md[1], md[2], md[3], md[4],
+             md[5], md[6], md[7], md[8], md[9], md[10], md[11], md[12], md[13],
+             md[14], md[15]);
+}
+
+/* Fills a slot from a polled message: identity, correlation id, dedup
+ * verdict against the partition's marks (and earlier slots), decoding. */
+static void slot_prepare(dp_runtime *rt, dp_slot *s, rd_kafka_message_t *m)
+{
+    s->msg = m;
+    s->rec.topic = rt->stage->input_topic;
+    s->rec.partition = m->partition;
+    s->rec.offset = m->offset;
+    rd_kafka_timestamp_type_t tst;
+    s->rec.timestamp_ms = rd_kafka_message_timestamp(m, &tst);
+    s->rec.key = m->key;
+    s->rec.key_len = m->key_len;
+    s->rec.value = m->payload;
+    s->rec.value_len = m->len;
+    s->state = RS_PENDING;
+    s->src_offset = -1;
+    s->src_index = -1;
+
+    rd_kafka_headers_t *h = NULL;
+    rd_kafka_message_headers(m, &h);
+    char buf[64];
+    if (!header_str(h, HDR_CORR, s->corr, sizeof(s->corr)))
+        derive_corr(s->rec.topic, m->partition, m->offset, s->corr);
+    s->rec.correlation_id = s->corr;
+    dp_part *pt = part_get(rt, m->partition);
+    s->rec.attempts = pt->retry_offset == m->offset ? pt->retry_attempts + 1 : 1;
+
+    if (header_str(h, HDR_STREAM, s->stream, sizeof(s->stream)) &&
+        header_str(h, HDR_SEQ, buf, sizeof(buf)) &&
+        sscanf(buf, "%" SCNd64 ":%" SCNd32, &s->src_offset, &s->src_index) == 2) {
+        dp_mark *mk = mark_find(pt, s->stream, 0);
+        int dup = mk && mk->offset >= 0 &&
+                  seq_le(s->src_offset, s->src_index, mk->offset, mk->index);
+        /* A copy may also sit earlier in this very batch. */
+        for (size_t i = 0; !dup && i + 1 < rt->nslots; i++) {
+            dp_slot *o = &rt->slots[i];
+            if (o != s && o->rec.partition == s->rec.partition &&
+                o->state != RS_DUP && strcmp(o->stream, s->stream) == 0 &&
+                seq_le(s->src_offset, s->src_index, o->src_offset, o->src_index))
+                dup = 1;
+        }
+        if (dup) {
+            s->state = RS_DUP;
+            return;
+        }
+    } else {
+        s->stream[0] = '\0';
+    }
+
+    if (rt->stage->decode) {
+        char err[512] = "";
+        dp_err e = rt->stage->decode(rt->stage->state, m->payload, m->len,
+                                     &s->rec.decoded, err, sizeof(err));
+        if (e != DP_OK) {
+            s->state = RS_DLQ;
+            s->dlq_category = DP_ERR_POISON;
+            s->error = strdup(*err ? err : "record cannot be decoded");
+            s->first_failure_ms = s->last_failure_ms = now_ms();
+        }
+    }
+}
+
+/* Moves the failures of one handler pass into slot states; returns 1 if any
+ * record failed (so the pass must be rolled back and re-run). */
+static int settle_failures(dp_runtime *rt, dp_batch *b)
+{
+    int any = 0;
+    for (size_t i = 0; i < b->n; i++) {
+        dp_slot *s = b->live[i];
+        if (s->verdict == DP_OK)
+            continue;
+        any = 1;
+        dp_part *pt = part_get(rt, s->rec.partition);
+        dp_log_ctx ctx = slot_ctx(rt, s);
+        int64_t t = now_ms();
+        if (pt->retry_offset != s->rec.offset) {
+            pt->retry_offset = s->rec.offset;
+            pt->retry_attempts = 0;
+            pt->first_failure_ms = t;
+        }
+        pt->retry_attempts = s->rec.attempts;
+        pt->last_failure_ms = t;
+        snprintf(pt->last_error, sizeof(pt->last_error), "%s",
+                 s->error ? s->error : "");
+        if (s->verdict == DP_ERR_RETRYABLE && s->rec.attempts <= rt->cfg->retry_max) {
+            int64_t delay = dp_backoff_ms(rt->cfg->retry_base_ms,
+                                          s->rec.attempts - 1,
+                                          rt->cfg->retry_jitter, &rt->rand_state);
+            pt->paused_until_ms = mono_ms() + delay;
+            rt->stats.retries++;
+            dp_logj(DP_LOG_WARN, &ctx, json_pack("{s:i,s:I,s:s}", "attempt",
+                    s->rec.attempts, "retry_in_ms", (json_int_t)delay, "error",
+                    s->error ? s->error : ""),
+                    "record failed retryably; partition paused until retry");
+            /* This record and everything after it in its partition wait. */
+            for (size_t k = 0; k < rt->nslots; k++) {
+                dp_slot *o = &rt->slots[k];
+                if (o->rec.partition == s->rec.partition &&
+                    o->rec.offset >= s->rec.offset)
+                    o->state = RS_DROPPED;
+            }
+        } else {
+            s->state = RS_DLQ;
+            s->dlq_category = s->verdict == DP_ERR_RETRYABLE ? DP_ERR_RETRYABLE
+                                                             : DP_ERR_PERMANENT;
+            s->first_failure_ms = pt->first_failure_ms;
+            s->last_failure_ms = t;
+            if (s->verdict == DP_ERR_RETRYABLE) {
+                char *msg = NULL;
+                if (asprintf(&msg, "retries exhausted after %d attempts: %s",
+                             s->rec.attempts, s->error ? s->error : "") > 0) {
+                    free(s->error);
+                    s->error = msg;
+                }
+            }
+        }
+        s->verdict = DP_OK;
+    }
+    return any;
+}
+
+static dp_err insert_dead_letter(dp_runtime *rt, dp_slot *s, char *err,
+                                 size_t errlen)
+{
+    char ps[16], os[32], att[16], ts[32], ff[32], lf[32];
+    snprintf(ps, sizeof(ps), "%d", s->rec.partition);
+    snprintf(os, sizeof(os), "%" PRId64, s->rec.offset);
+    snprintf(att, sizeof(att), "%d", s->rec.attempts);
+    snprintf(ts, sizeof(ts), "%" PRId64, s->rec.timestamp_ms);
+    snprintf(ff, sizeof(ff), "%" PRId64, s->first_failure_ms);
+    snprintf(lf, sizeof(lf), "%" PRId64, s->last_failure_ms);
+    const char *params[15] = {rt->group, s->rec.topic, ps, os, rt->stage->name,
+        rt->stage->dlq_topic, s->rec.key, s->rec.value,
+        s->rec.timestamp_ms >= 0 ? ts : NULL, att,
+        dp_err2str(s->dlq_category), s->error ? s->error : "", ff, lf, s->corr};
+    int lens[15] = {0};
+    int fmts[15] = {0};
+    lens[6] = (int)s->rec.key_len;
+    lens[7] = (int)s->rec.value_len;
+    fmts[6] = fmts[7] = 1;
+    if (!s->rec.key)
+        params[6] = NULL;
+    if (!s->rec.value)
+        params[7] = NULL;
+    PGresult *res = PQexecParams(rt->db,
+        "INSERT INTO docpipe.dp_dead_letters (group_id, topic, partition,"
+        " \"offset\", stage, dlq_topic, record_key, record_value, record_ts,"
+        " attempts, category, error, first_failure, last_failure,"
+        " correlation_id) VALUES ($1, $2, $3::int, $4::bigint, $5, $6, $7,"
+        " $8, to_timestamp($9::bigint / 1000.0), $10::int, $11, $12,"
+        " to_timestamp($13::bigint / 1000.0), to_timestamp($14::bigint / 1000.0),"
+        " $15)", 15, NULL, params, lens, fmts, 0);
+    dp_err e = dp_pg_check(rt->db, res, PGRES_COMMAND_OK, "record dead letter",
+                           err, errlen);
+    if (e == DP_OK)
+        PQclear(res);
+    return e;
+}
+
+static dp_err store_marks(dp_runtime *rt, char *err, size_t errlen)
+{
+    for (int p = 0; p < rt->nparts; p++) {
+        dp_part *pt = &rt->parts[p];
+        for (int i = 0; i < pt->nmarks; i++) {
+            dp_mark *m = &pt->marks[i];
+            if (!m->dirty)
+                continue;
+            char ps[16], os[32], is[16];
+            snprintf(ps, sizeof(ps), "%d", p);
+            snprintf(os, sizeof(os), "%" PRId64, m->offset);
+            snprintf(is, sizeof(is), "%d", m->index);
+            const char *params[6] = {rt->group, rt->stage->input_topic, ps,
+                                     m->stream, os, is};
+            PGresult *res = PQexecParams(rt->db,
+                "INSERT INTO docpipe.dp_dedup AS d (group_id, topic, partition,"
+                " stream, src_offset, src_index) VALUES ($1, $2, $3::int, $4,"
+                " $5::bigint, $6::int) ON CONFLICT (group_id, topic, partition,"
+                " stream) DO UPDATE SET src_offset = EXCLUDED.src_offset,"
+                " src_index = EXCLUDED.src_index",
+                6, NULL, params, NULL, NULL, 0);
+            dp_err e = dp_pg_check(rt->db, res, PGRES_COMMAND_OK,
+                                   "store dedup marks", err, errlen);
+            if (e)
+                return e;
+            PQclear(res);
+        }
+    }
+    return DP_OK;
+}
+
+static void add_header(rd_kafka_headers_t *h, const char *name, const char *v)
+{
+    rd_kafka_header_add(h, name, -1, v, -1);
+}
+
+static dp_err produce_one(dp_runtime *rt, const char *topic, const void *key,
+                          size_t klen, const void *value, size_t vlen,
+                          rd_kafka_headers_t *h, char *err, size_t errlen)
+{
+    for (;;) {
+        rd_kafka_resp_err_t ke = rd_kafka_producev(rt->producer,
+            RD_KAFKA_V_TOPIC(topic),
+            RD_KAFKA_V_KEY((void *)key, klen),
+            RD_KAFKA_V_VALUE((void *)value, vlen),
+            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+            RD_KAFKA_V_HEADERS(h),
+            RD_KAFKA_V_END);
+        if (ke == RD_KAFKA_RESP_ERR_NO_ERROR)
+            return DP_OK;
+        if (ke == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
+            rd_kafka_poll(rt->producer, 10);
+            continue;
+        }
+        rd_kafka_headers_destroy(h);
+        return dp_errf(DP_ERR_RETRYABLE, err, errlen, "produce to %s: %s",
+                       topic, rd_kafka_err2str(ke));
+    }
+}
+
+static dp_err produce_outputs(dp_runtime *rt, dp_slot *s, char *err,
+                              size_t errlen)
+{
+    char stream[300], seq[64], event[400];
+    snprintf(stream, sizeof(stream), "%s/%s/%d", rt->group, s->rec.topic,
+             s->rec.partition);
+    for (size_t i = 0; i < s->nouts; i++) {
+        dp_output *o = &s->outs[i];
+        snprintf(seq, sizeof(seq), "%" PRId64 ":%zu", s->rec.offset, i);
+        snprintf(event, sizeof(event), "%s/%s", stream, seq);
+        rd_kafka_headers_t *h = rd_kafka_headers_new(4);
+        add_header(h, HDR_EVENT, event);
+        add_header(h, HDR_STREAM, stream);
+        add_header(h, HDR_SEQ, seq);
+        add_header(h, HDR_CORR, s->corr);
+        dp_err e = produce_one(rt, o->topic, o->key, o->key_len, o->value,
+                               o->value_len, h, err, errlen);
+        if (e)
+            return e;
+    }
+    return DP_OK;
+}
+
+static void iso_time(int64_t ms, char out[64])
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    snprintf(out, 64, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+             (int)(ms % 1000));
+}
+
+static dp_err produce_dead_letter(dp_runtime *rt, dp_slot *s, char *err,
+                                  size_t errlen)
+{
+    char buf[64], ff[64], lf[64], ts[64], event[400];
+    rd_kafka_headers_t *h = rd_kafka_headers_new(16);
+    snprintf(event, sizeof(event), "%s/%s/%d/%" PRId64 ":dlq", rt->group,
+             s->rec.topic, s->rec.partition, s->rec.offset);
+    add_header(h, HDR_EVENT, event);
+    add_header(h, "docpipe-stage", rt->stage->name);
+    add_header(h, "docpipe-group", rt->group);
+    add_header(h, "docpipe-original-topic", s->rec.topic);
+    snprintf(buf, sizeof(buf), "%d", s->rec.partition);
+    add_header(h, "docpipe-original-partition", buf);
+    snprintf(buf, sizeof(buf), "%" PRId64, s->rec.offset);
+    add_header(h, "docpipe-original-offset", buf);
+    if (s->rec.timestamp_ms >= 0) {
+        iso_time(s->rec.timestamp_ms, ts);
+        add_header(h, "docpipe-original-timestamp", ts);
+    }
+    if (s->rec.key)
+        rd_kafka_header_add(h, "docpipe-original-key", -1, s->rec.key,
+                            (ssize_t)s->rec.key_len);
+    snprintf(buf, sizeof(buf), "%d", s->rec.attempts);
+    add_header(h, "docpipe-attempts", buf);
+    add_header(h, "docpipe-error-category", dp_err2str(s->dlq_category));
+    add_header(h, "docpipe-error-message", s->error ? s->error : "");
+    iso_time(s->first_failure_ms, ff);
+    iso_time(s->last_failure_ms, lf);
+    add_header(h, "docpipe-first-failure", ff);
+    add_header(h, "docpipe-last-failure", lf);
+    add_header(h, HDR_CORR, s->corr);
+    return produce_one(rt, rt->stage->dlq_topic, s->rec.key, s->rec.key_len,
+                       s->rec.value, s->rec.value_len, h, err, errlen);
+}
+
+typedef enum { BATCH_DONE, BATCH_RETRY, BATCH_SPLIT, BATCH_FENCED } batch_result;
+
+/* One attempt to settle slots[from, to): handler passes until every live
+ * record is ok, then the commit sequence.  See runtime.h for the order. */
+static batch_result settle(dp_runtime *rt, size_t from, size_t to)
+{
+    char err[1024] = "";
+    dp_err e;
+    dp_log_ctx ctx = {rt->stage->name, NULL, rt->stage->input_topic, -1, -1};
+    dp_batch b = {rt, calloc(to - from + 1, sizeof(dp_slot *)), 0};
+    batch_result result = BATCH_RETRY;
+
+    if ((e = db_ensure(rt, err, sizeof(err))))
+        goto retry;
+    for (;;) {
+        b.n = 0;
+        for (size_t i = from; i < to; i++) {
+            dp_slot *s = &rt->slots[i];
+            slot_clear_outputs(s);
+            s->verdict = DP_OK;
+            if (s->state == RS_PENDING)
+                b.live[b.n++] = s;
+        }
+        if ((e = dp_pg_exec(rt->db, "BEGIN", err, sizeof(err))))
+            goto retry;
+        if (b.n) {
+            e = rt->stage->handle(rt->stage->state, &b, err, sizeof(err));
+            if (e != DP_OK) {
+                PQclear(PQexec(rt->db, "ROLLBACK"));
+                rt->stats.rollbacks++;
+                if (e == DP_ERR_RETRYABLE)
+                    goto retry;
+                if (b.n > 1) {
+                    dp_log(DP_LOG_WARN, &ctx, "batch of %zu failed (%s); "
+                           "retrying its records one at a time", b.n, err);
+                    result = BATCH_SPLIT;
+                    goto out;
+                }
+                dp_batch_fail(&b, 0, DP_ERR_PERMANENT, "%s", err);
+            }
+            if (settle_failures(rt, &b)) {
+                if (e == DP_OK) {
+                    PQclear(PQexec(rt->db, "ROLLBACK"));
+                    rt->stats.rollbacks++;
+                }
+                continue;
+            }
+        }
+        break;
+    }
+
+    /* Every live record is ok: dead letters, marks, offsets, outputs. */
+    dp_offset_advance adv[64];
+    int nadv = 0;
+    for (size_t i = from; i < to; i++) {
+        dp_slot *s = &rt->slots[i];
+        if (s->state == RS_DROPPED)
+            continue;
+        if (s->state == RS_DLQ &&
+            (e = insert_dead_letter(rt, s, err, sizeof(err))))
+            goto rollback;
+        dp_part *pt = part_get(rt, s->rec.partition);
+        if (s->stream[0] && s->state != RS_DUP) {
+            dp_mark *m = mark_find(pt, s->stream, 1);
+            if (!seq_le(s->src_offset, s->src_index, m->offset, m->index)) {
+                m->offset = s->src_offset;
+                m->index = s->src_index;
+                m->dirty = 1;
+            }
+        }
+        int k;
+        for (k = 0; k < nadv && adv[k].partition != s->rec.partition; k++)
+            ;
+        if (k == nadv) {
+            if (nadv == (int)(sizeof(adv) / sizeof(adv[0]))) {
+                e = dp_errf(DP_ERR_PERMANENT, err, sizeof(err),
+                            "more than 64 partitions in one batch");
+                goto rollback;
+            }
+            adv[k].partition = s->rec.partition;
+            adv[k].epoch = pt->epoch;
+            adv[k].expected = pt->committed;
+            nadv++;
+        }
+        adv[k].next_offset = s->rec.offset + 1;
+    }
+    if ((e = store_marks(rt, err, sizeof(err))))
+        goto rollback;
+    e = dp_offsets_advance(rt->db, rt->group, rt->stage->input_topic, adv,
+                           nadv, err, sizeof(err));
+    if (e == DP_ERR_FENCED) {
+        PQclear(PQexec(rt->db, "ROLLBACK"));
+        rt->stats.fenced++;
+        rt->stats.rollbacks++;
+        dp_log(DP_LOG_ERROR, &ctx, "commit refused, batch rolled back: %s",
+               err);
+        result = BATCH_FENCED;
+        goto out;
+    }
+    if (e)
+        goto rollback;
+
+    /* Our partitions are row-locked until COMMIT: publish, await acks. */
+    rt->delivery_failures = 0;
+    uint64_t dlq = 0, done = 0, dups = 0;
+    for (size_t i = from; i < to; i++) {
+        dp_slot *s = &rt->slots[i];
+        if (s->state == RS_PENDING) {
+            e = produce_outputs(rt, s, err, sizeof(err));
+            done++;
+        } else if (s->state == RS_DLQ) {
+            e = produce_dead_letter(rt, s, err, sizeof(err));
+            dlq++;
+        } else if (s->state == RS_DUP) {
+            dups++;
+        }
+        if (e)
+            goto rollback;
+    }
+    if (rd_kafka_flush(rt->producer, rt->cfg->produce_timeout_ms) !=
+        RD_KAFKA_RESP_ERR_NO_ERROR || rt->delivery_failures) {
+        e = dp_errf(DP_ERR_RETRYABLE, err, sizeof(err),
+                    "outputs not acknowledged by Kafka: %s",
+                    rt->delivery_failures ? rt->delivery_error : "timed out");
+        goto rollback;
+    }
+    if ((e = dp_pg_exec(rt->db, "COMMIT", err, sizeof(err)))) {
+        /* The commit may or may not have happened: re-claim to find out. */
+        dp_log(DP_LOG_ERROR, &ctx, "commit outcome unknown: %s", err);
+        rt->rejoin = 1;
+        result = BATCH_FENCED;
+        goto out;
+    }
+
+    /* Committed: move our view of the partitions forward. */
+    for (int k = 0; k < nadv; k++) {
+        dp_part *pt = part_get(rt, adv[k].partition);
+        pt->committed = adv[k].next_offset;
+        if (pt->retry_offset >= 0 && pt->retry_offset < pt->committed) {
+            pt->retry_offset = -1;
+            pt->retry_attempts = 0;
+        }
+        for (int i = 0; i < pt->nmarks; i++)
+            pt->marks[i].dirty = 0;
+    }
+    for (size_t i = from; i < to; i++) {
+        dp_slot *s = &rt->slots[i];
+        if (s->state == RS_DLQ) {
+            dp_log_ctx c = slot_ctx(rt, s);
+            dp_logj(DP_LOG_WARN, &c, json_pack("{s:s,s:i,s:s,s:s}", "category",
+                    dp_err2str(s->dlq_category), "attempts", s->rec.attempts,
+                    "error", s->error ? s->error : "", "dlq_topic",
+                    rt->stage->dlq_topic), "record dead-lettered");
+        }
+    }
+    rt->stats.batches++;
+    rt->stats.records += done;
+    rt->stats.dead_letters += dlq;
+    rt->stats.duplicates += dups;
+    rt->batch_failures = 0;
+    result = BATCH_DONE;
+    goto out;
+
+rollback:
+    PQclear(PQexec(rt->db, "ROLLBACK"));
+    rt->stats.rollbacks++;
+retry:
+    /* Marks touched by this attempt are reloaded from the database. */
+    for (int p = 0; p < rt->nparts; p++)
+        for (int i = 0; i < rt->parts[p].nmarks; i++)
+            if (rt->parts[p].marks[i].dirty)
+                rt->rejoin = 1;
+    rt->batch_failures++;
+    dp_log(DP_LOG_WARN, &ctx, "batch failed (%s), will retry: %s",
+           dp_err2str(e), err);
+    result = BATCH_RETRY;
+out:
+    free(b.live);
+    return result;
+}
+
+/* Pauses and rewinds every partition whose record waits for a retry. */
+static void apply_deferrals(dp_runtime *rt)
+{
+    for (int p = 0; p < rt->nparts; p++) {
+        dp_part *pt = &rt->parts[p];
+        if (!pt->assigned || !pt->paused_until_ms || pt->retry_offset < 0)
+            continue;
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(l, rt->stage->input_topic, p)->offset =
+            pt->retry_offset;
+        rd_kafka_pause_partitions(rt->consumer, l);
+        rd_kafka_error_t *ke = rd_kafka_seek_partitions(rt->consumer, l, 5000);
+        if (ke) {
+            dp_log(DP_LOG_ERROR, NULL, "seek back for retry failed: %s",
+                   rd_kafka_error_string(ke));
+            rd_kafka_error_destroy(ke);
+            rt->rejoin = 1;
+        }
+        rd_kafka_topic_partition_list_destroy(l);
+        pt->retry_offset = pt->retry_offset; /* kept: attempts continue */
+        pt->paused_until_ms = -pt->paused_until_ms; /* negative: applied */
+    }
+}
+
+static void resume_due(dp_runtime *rt)
+{
+    int64_t t = mono_ms();
+    for (int p = 0; p < rt->nparts; p++) {
+        dp_part *pt = &rt->parts[p];
+        if (pt->paused_until_ms < 0 && -pt->paused_until_ms <= t) {
+            rd_kafka_topic_partition_list_t *l =
+                rd_kafka_topic_partition_list_new(1);
+            rd_kafka_topic_partition_list_add(l, rt->stage->input_topic, p);
+            rd_kafka_resume_partitions(rt->consumer, l);
+            rd_kafka_topic_partition_list_destroy(l);
+            pt->paused_until_ms = 0;
+        }
+    }
+}
+
+static void process_batch(dp_runtime *rt, volatile sig_atomic_t *stop)
+{
+    while (rt->nslots) {
+        batch_result r = settle(rt, 0, rt->nslots);
+        if (r == BATCH_SPLIT) {
+            for (size_t i = 0; i < rt->nslots; i++) {
+                while (rt->slots[i].state != RS_DROPPED) {
+                    batch_result ri = settle(rt, i, i + 1);
+                    if (ri == BATCH_DONE || ri == BATCH_FENCED)
+                        break;
+                    if (*stop || rt->rejoin)
+                        break;
+                    usleep(200 * 1000);
+                }
+                if (rt->rejoin)
+                    break;
+            }
+            r = BATCH_DONE;
+        }
+        if (r == BATCH_FENCED)
+            rt->rejoin = 1;
+        if (r != BATCH_RETRY || rt->rejoin || *stop)
+            break;
+        /* A batch-wide transient failure (database or Kafka down, a
+         * service's breaker open): keep the batch, keep polling. */
+        int64_t delay = dp_backoff_ms(rt->cfg->retry_base_ms < 1000
+                                          ? rt->cfg->retry_base_ms : 1000,
+                                      rt->batch_failures - 1 < 6
+                                          ? rt->batch_failures - 1 : 6,
+                                      rt->cfg->retry_jitter, &rt->rand_state);
+        rd_kafka_topic_partition_list_t *l = NULL;
+        rd_kafka_assignment(rt->consumer, &l);
+        if (l)
+            rd_kafka_pause_partitions(rt->consumer, l);
+        int64_t until = mono_ms() + delay;
+        size_t before = rt->nslots;
+        while (mono_ms() < until && !*stop && rt->nslots == before) {
+            rd_kafka_message_t *m = rd_kafka_consumer_poll(rt->consumer, 100);
+            if (m)
+                rd_kafka_message_destroy(m); /* paused: stale prefetch */
+        }
+        if (l) {
+            rd_kafka_resume_partitions(rt->consumer, l);
+            rd_kafka_topic_partition_list_destroy(l);
+        }
+        if (rt->nslots != before)
+            return; /* a revocation dropped the batch */
+    }
+    apply_deferrals(rt);
+    batch_clear(rt);
+}
+
+static void rejoin_group(dp_runtime *rt)
+{
+    dp_log_ctx ctx = {rt->stage->name, NULL, rt->stage->input_topic, -1, -1};
+    dp_log(DP_LOG_WARN, &ctx, "rejoining the group to re-claim partitions");
+    batch_clear(rt);
+    rd_kafka_unsubscribe(rt->consumer);
+    for (int i = 0; i < 20; i++) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rt->consumer, 50);
+        if (m)
+            rd_kafka_message_destroy(m);
+    }
+    rd_kafka_topic_partition_list_t *t = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(t, rt->stage->input_topic,
+                                      RD_KAFKA_PARTITION_UA);
+    rd_kafka_subscribe(rt->consumer, t);
+    rd_kafka_topic_partition_list_destroy(t);
+    rt->rejoin = 0;
+}
+
+dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
+                      size_t errlen)
+{
+    dp_log_ctx ctx = {rt->stage->name, NULL, rt->stage->input_topic, -1, -1};
+    rd_kafka_topic_partition_list_t *t = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(t, rt->stage->input_topic,
+                                      RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t ke = rd_kafka_subscribe(rt->consumer, t);
+    rd_kafka_topic_partition_list_destroy(t);
+    if (ke)
+        return dp_errf(DP_ERR_PERMANENT, err, errlen, "subscribe to %s: %s",
+                       rt->stage->input_topic, rd_kafka_err2str(ke));
+    dp_logj(DP_LOG_INFO, &ctx, json_pack("{s:s,s:i,s:i}", "group", rt->group,
+            "batch_max", rt->batch_max, "batch_wait_ms", rt->cfg->batch_wait_ms),
+            "stage started");
+
+    while (!*stop) {
+        if (rt->rejoin)
+            rejoin_group(rt);
+        resume_due(rt);
+        int timeout = 100;
+        if (rt->nslots) {
+            int64_t left = rt->batch_deadline_ms - mono_ms();
+            timeout = left < 0 ? 0 : (int)left;
+        }
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rt->consumer, timeout);
+        if (m) {
+            if (m->err) {
+                if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                    dp_log(DP_LOG_WARN, &ctx, "consumer: %s",
+                           rd_kafka_message_errstr(m));
+                rd_kafka_message_destroy(m);
+            } else {
+                dp_part *pt = part_get(rt, m->partition);
+                if (!pt->assigned || pt->paused_until_ms) {
+                    rd_kafka_message_destroy(m); /* rewound: refetched later */
+                } else {
+                    if (rt->nslots == rt->capslots) {
+                        rt->capslots = rt->capslots ? rt->capslots * 2 : 64;
+                        rt->slots = realloc(rt->slots,
+                                            rt->capslots * sizeof(dp_slot));
+                    }
+                    if (rt->nslots == 0)
+                        rt->batch_deadline_ms = mono_ms() + rt->cfg->batch_wait_ms;
+                    dp_slot *s = &rt->slots[rt->nslots++];
+                    memset(s, 0, sizeof(*s));
+                    slot_prepare(rt, s, m);
+                }
+            }
+        }
+        if (rt->nslots && ((int)rt->nslots >= rt->batch_max ||
+                           mono_ms() >= rt->batch_deadline_ms))
+            process_batch(rt, stop);
+    }
+    /* Stopping: settle what we hold, then leave the group cleanly. */
+    if (rt->nslots && !rt->rejoin)
+        process_batch(rt, stop);
+    batch_clear(rt);
+    dp_log(DP_LOG_INFO, &ctx, "stopping: leaving the group");
+    rd_kafka_consumer_close(rt->consumer);
+    rd_kafka_flush(rt->producer, rt->cfg->produce_timeout_ms);
+    dp_runtime_stats s = rt->stats;
+    dp_logj(DP_LOG_INFO, &ctx, json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}",
+            "batches", (json_int_t)s.batches, "records", (json_int_t)s.records,
+            "duplicates", (json_int_t)s.duplicates, "dead_letters",
+            (json_int_t)s.dead_letters, "retries", (json_int_t)s.retries,
+            "fenced", (json_int_t)s.fenced), "stage stopped");
+    return DP_OK;
+}
+
+void dp_runtime_get_stats(dp_runtime *rt, dp_runtime_stats *out)
+{
+    *out = rt->stats;
+}
+
+void dp_runtime_free(dp_runtime *rt)
+{
+    if (!rt)
+        return;
+    batch_clear(rt);
+    free(rt->slots);
+    for (int i = 0; i < rt->nparts; i++)
+        part_reset(&rt->parts[i]);
+    free(rt->parts);
+    if (rt->consumer)
+        rd_kafka_destroy(rt->consumer);
+    if (rt->producer)
+        rd_kafka_destroy(rt->producer);
+    if (rt->db)
+        PQfinish(rt->db);
+    free(rt);
+}

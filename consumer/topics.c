@@ -1,0 +1,71 @@
+/* topics: idempotent topic creation (see topics.h). */
+#include "topics.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+dp_err dp_topics_ensure(const dp_config *cfg, const char *const *names, int n,
+                        int partitions, int *created, char *err, size_t errlen)
+{
+    char kerr[512];
+    if (created)
+        *created = 0;
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", cfg->brokers, kerr,
+                          sizeof(kerr)) != RD_KAFKA_CONF_OK) {
+        rd_kafka_conf_destroy(conf);
+        return dp_errf(DP_ERR_PERMANENT, err, errlen, "%s", kerr);
+    }
+    dp_err e = dp_config_apply_kafka(cfg, conf, 1, err, errlen);
+    if (e) {
+        rd_kafka_conf_destroy(conf);
+        return e;
+    }
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, kerr, sizeof(kerr));
+    if (!rk)
+        return dp_errf(DP_ERR_PERMANENT, err, errlen, "admin client: %s", kerr);
+    rd_kafka_NewTopic_t **nt = calloc((size_t)n, sizeof(*nt));
+    for (int i = 0; i < n; i++)
+        nt[i] = rd_kafka_NewTopic_new(names[i], partitions, 1, kerr,
+                                      sizeof(kerr));
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    rd_kafka_AdminOptions_t *opts =
+        rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+    rd_kafka_AdminOptions_set_operation_timeout(opts, 30000, kerr, sizeof(kerr));
+    rd_kafka_CreateTopics(rk, nt, (size_t)n, opts, q);
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 60000);
+    e = DP_OK;
+    if (!ev) {
+        e = dp_errf(DP_ERR_RETRYABLE, err, errlen,
+                    "create topics: no answer from %s", cfg->brokers);
+    } else if (rd_kafka_event_error(ev)) {
+        e = dp_errf(DP_ERR_RETRYABLE, err, errlen, "create topics: %s",
+                    rd_kafka_event_error_string(ev));
+    } else {
+        const rd_kafka_CreateTopics_result_t *r =
+            rd_kafka_event_CreateTopics_result(ev);
+        size_t cnt;
+        const rd_kafka_topic_result_t **tr =
+            rd_kafka_CreateTopics_result_topics(r, &cnt);
+        for (size_t i = 0; i < cnt; i++) {
+            rd_kafka_resp_err_t te = rd_kafka_topic_result_error(tr[i]);
+            if (te == RD_KAFKA_RESP_ERR_NO_ERROR) {
+                if (created)
+                    (*created)++;
+            } else if (te != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS && e == DP_OK) {
+                e = dp_errf(DP_ERR_PERMANENT, err, errlen, "create topic %s: %s",
+                            rd_kafka_topic_result_name(tr[i]),
+                            rd_kafka_topic_result_error_string(tr[i]));
+            }
+        }
+    }
+    if (ev)
+        rd_kafka_event_destroy(ev);
+    rd_kafka_AdminOptions_destroy(opts);
+    rd_kafka_queue_destroy(q);
+    rd_kafka_NewTopic_destroy_array(nt, (size_t)n);
+    free(nt);
+    rd_kafka_destroy(rk);
+    return e;
+}

@@ -1,0 +1,237 @@
+/*
+ * demo: the pass-through demonstration stage.
+ *
+ * Reads DemoRecord values (schemas/demo_record.avsc, Avro single-object
+ * encoding) from <prefix>demo.in, writes one row per record into
+ * docpipe.demo_results with COPY, and publishes each record unchanged to
+ * <prefix>demo.out.  It exists to show and test the runtime, so its body
+ * text may carry fault directives:
+ *   "fail:permanent"        the record fails permanently;
+ *   "fail:retry-until:N"    it fails retryably until its N-th attempt;
+ *   "stall:MS"              the handler sleeps MS ms on its first attempt
+ *                           (to make a stalled zombie in tests).
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <avro.h>
+
+#include "avro_codec.h"
+#include "pg.h"
+#include "stages.h"
+
+typedef struct demo_state {
+    dp_avro_registry *reg;
+    uint64_t reader_fp;
+    char *in, *out, *dlq;
+    const char *outputs[2];
+    dp_buf copy;
+} demo_state;
+
+typedef struct demo_rec {
+    char *id;
+    int64_t seq;
+    char *body;
+} demo_rec;
+
+static dp_err demo_decode(void *state, const void *value, size_t len,
+                          void **out, char *err, size_t errlen)
+{
+    demo_state *st = state;
+    avro_value_t v, f;
+    dp_err e = dp_avro_decode(st->reg, st->reader_fp, value, len, &v, err,
+                              errlen);
+    if (e)
+        return e;
+    demo_rec *r = calloc(1, sizeof(*r));
+    const char *s;
+    size_t sl;
+    if (avro_value_get_by_name(&v, "id", &f, NULL) == 0 &&
+        avro_value_get_string(&f, &s, &sl) == 0)
+        r->id = strndup(s, sl ? sl - 1 : 0);
+    if (avro_value_get_by_name(&v, "seq", &f, NULL) == 0)
+        avro_value_get_long(&f, &r->seq);
+    if (avro_value_get_by_name(&v, "body", &f, NULL) == 0 &&
+        avro_value_get_string(&f, &s, &sl) == 0)
+        r->body = strndup(s, sl ? sl - 1 : 0);
+    avro_value_decref(&v);
+    if (!r->id || !r->body) {
+        free(r->id);
+        free(r->body);
+        free(r);
+        return dp_errf(DP_ERR_POISON, err, errlen, "DemoRecord lacks id or body");
+    }
+    *out = r;
+    return DP_OK;
+}
+
+static void demo_free_decoded(void *state, void *decoded)
+{
+    (void)state;
+    demo_rec *r = decoded;
+    free(r->id);
+    free(r->body);
+    free(r);
+}
+
+/* COPY text format: backslash, tab, newline and CR escaped. */
+static void copy_field(dp_buf *b, const char *s)
+{
+    size_t start = 0, i = 0;
+    for (; s[i]; i++) {
+        const char *esc = s[i] == '\\' ? "\\\\" : s[i] == '\t' ? "\\t"
+                          : s[i] == '\n' ? "\\n" : s[i] == '\r' ? "\\r" : NULL;
+        if (esc) {
+            dp_buf_append(b, s + start, i - start);
+            dp_buf_append(b, esc, 2);
+            start = i + 1;
+        }
+    }
+    dp_buf_append(b, s + start, i - start);
+}
+
+static dp_err demo_handle(void *state, dp_batch *batch, char *err,
+                          size_t errlen)
+{
+    demo_state *st = state;
+    PGconn *db = dp_batch_db(batch);
+    const char *instance = dp_batch_instance(batch);
+    size_t n = dp_batch_count(batch);
+    dp_buf_reset(&st->copy);
+    for (size_t i = 0; i < n; i++) {
+        dp_record *rec = dp_batch_record(batch, i);
+        demo_rec *r = rec->decoded;
+        int until;
+        long ms;
+        if (strcmp(r->body, "fail:permanent") == 0) {
+            dp_batch_fail(batch, i, DP_ERR_PERMANENT,
+                          "demo record %s asks to fail permanently", r->id);
+            continue;
+        }
+        if (sscanf(r->body, "fail:retry-until:%d", &until) == 1 &&
+            rec->attempts < until) {
+            dp_batch_fail(batch, i, DP_ERR_RETRYABLE,
+                          "demo record %s fails until attempt %d (this is %d)",
+                          r->id, until, rec->attempts);
+            continue;
+        }
+        if (sscanf(r->body, "stall:%ld", &ms) == 1 && rec->attempts == 1)
+            usleep((useconds_t)ms * 1000);
+        copy_field(&st->copy, r->id);
+        dp_buf_appendf(&st->copy, "\t%" PRId64 "\t", r->seq);
+        copy_field(&st->copy, rec->topic);
+        dp_buf_appendf(&st->copy, "\t%d\t%" PRId64 "\t", rec->partition,
+                       rec->offset);
+        copy_field(&st->copy, r->body);
+        dp_buf_append(&st->copy, "\t", 1);
+        copy_field(&st->copy, instance);
+        dp_buf_append(&st->copy, "\n", 1);
+        dp_batch_emit(batch, i, st->out, r->id, strlen(r->id), rec->value,
+                      rec->value_len);
+    }
+    if (st->copy.len == 0)
+        return DP_OK;
+    PGresult *res = PQexec(db, "COPY docpipe.demo_results (id, seq, topic,"
+                               " partition, \"offset\", body, instance)"
+                               " FROM STDIN");
+    dp_err e = dp_pg_check(db, res, PGRES_COPY_IN, "copy demo rows", err,
+                           errlen);
+    if (e)
+        return e;
+    PQclear(res);
+    if (PQputCopyData(db, st->copy.data, (int)st->copy.len) != 1 ||
+        PQputCopyEnd(db, NULL) != 1)
+        return dp_errf(dp_pg_classify(db, NULL), err, errlen, "copy demo rows: %s",
+                       PQerrorMessage(db));
+    res = PQgetResult(db);
+    e = dp_pg_check(db, res, PGRES_COMMAND_OK, "copy demo rows", err, errlen);
+    if (e == DP_OK)
+        PQclear(res);
+    while ((res = PQgetResult(db)))
+        PQclear(res);
+    return e;
+}
+
+dp_err dp_demo_open(const dp_config *cfg, dp_stage *stage, char *err,
+                    size_t errlen)
+{
+    demo_state *st = calloc(1, sizeof(*st));
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/demo_record.avsc", cfg->schema_dir);
+    st->reg = dp_avro_registry_new();
+    dp_err e = dp_avro_registry_add_file(st->reg, path, &st->reader_fp, err,
+                                         errlen);
+    if (e) {
+        dp_avro_registry_free(st->reg);
+        free(st);
+        return e;
+    }
+    st->in = dp_topic_name(cfg, "demo.in");
+    st->out = dp_topic_name(cfg, "demo.out");
+    st->dlq = dp_topic_name(cfg, "demo.dlq");
+    st->outputs[0] = st->out;
+    stage->name = "demo";
+    stage->input_topic = st->in;
+    stage->output_topics = st->outputs;
+    stage->dlq_topic = st->dlq;
+    stage->batch_max = 1000;
+    stage->state = st;
+    stage->decode = demo_decode;
+    stage->free_decoded = demo_free_decoded;
+    stage->handle = demo_handle;
+    return DP_OK;
+}
+
+void dp_demo_close(dp_stage *stage)
+{
+    demo_state *st = stage->state;
+    if (!st)
+        return;
+    dp_avro_registry_free(st->reg);
+    free(st->in);
+    free(st->out);
+    free(st->dlq);
+    dp_buf_free(&st->copy);
+    free(st);
+    stage->state = NULL;
+}
+
+/* Encodes one DemoRecord (used by `docpipe demo-produce`, tests, bench). */
+dp_err dp_demo_encode(const dp_config *cfg, const char *id, int64_t seq,
+                      const char *body, void **buf, size_t *len, char *err,
+                      size_t errlen);
+dp_err dp_demo_encode(const dp_config *cfg, const char *id, int64_t seq,
+                      const char *body, void **buf, size_t *len, char *err,
+                      size_t errlen)
+{
+    static dp_avro_registry *reg;
+    static uint64_t fp;
+    if (!reg) {
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/demo_record.avsc", cfg->schema_dir);
+        reg = dp_avro_registry_new();
+        dp_err e = dp_avro_registry_add_file(reg, path, &fp, err, errlen);
+        if (e) {
+            dp_avro_registry_free(reg);
+            reg = NULL;
+            return e;
+        }
+    }
+    avro_schema_t schema = dp_avro_registry_schema(reg, fp);
+    avro_value_iface_t *iface = avro_generic_class_from_schema(schema);
+    avro_value_t v, f;
+    avro_generic_value_new(iface, &v);
+    avro_value_get_by_name(&v, "id", &f, NULL);
+    avro_value_set_string(&f, id);
+    avro_value_get_by_name(&v, "seq", &f, NULL);
+    avro_value_set_long(&f, seq);
+    avro_value_get_by_name(&v, "body", &f, NULL);
+    avro_value_set_string(&f, body);
+    dp_err e = dp_avro_encode(reg, fp, &v, buf, len, err, errlen);
+    avro_value_decref(&v);
+    avro_value_iface_decref(iface);
+    return e;
+}
