@@ -1,0 +1,269 @@
+/* support_env: shared integration-test machinery (see support_env.h). */
+#include "support_env.h"
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static const char *env_or(const char *name, const char *def)
+{
+    const char *v = getenv(name);
+    return v && *v ? v : def;
+}
+
+static long long mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void tenv_setup(tenv *t, const char *name)
+{
+    memset(t, 0, sizeof(*t));
+    snprintf(t->prefix, sizeof(t->prefix), "t%d_%ld_%s.", (int)getpid(),
+             (long)(time(NULL) % 100000), name);
+    snprintf(t->brokers, sizeof(t->brokers), "%s",
+             env_or("DOCPIPE_BROKERS", "127.0.0.1:39092"));
+    snprintf(t->dburl, sizeof(t->dburl), "%s",
+             env_or("DOCPIPE_DATABASE_URL",
+                    "postgresql://postgres@127.0.0.1:55432/docpipe"));
+    snprintf(t->bin, sizeof(t->bin), "%s", env_or("DOCPIPE_BIN", "docpipe"));
+    snprintf(t->srcdir, sizeof(t->srcdir), "%s",
+             env_or("DOCPIPE_SOURCE_DIR", DOCPIPE_SOURCE_DIR));
+    t->db = PQconnectdb(t->dburl);
+    cr_assert_eq(PQstatus(t->db), CONNECTION_OK,
+                 "PostgreSQL at %s: %s (start it: scripts/test-env.sh up)",
+                 t->dburl, PQerrorMessage(t->db));
+    const char *migrate[] = {"migrate", NULL};
+    cr_assert_eq(tenv_docpipe(t, migrate, NULL), 0, "docpipe migrate failed");
+    const char *topics[] = {"topics", NULL};
+    cr_assert_eq(tenv_docpipe(t, topics, NULL), 0,
+                 "docpipe topics failed (is Kafka up at %s?)", t->brokers);
+}
+
+void tenv_teardown(tenv *t)
+{
+    if (t->db)
+        PQfinish(t->db);
+    t->db = NULL;
+}
+
+static void child_env(tenv *t, const char *const *env)
+{
+    setenv("DOCPIPE_TOPIC_PREFIX", t->prefix, 1);
+    setenv("DOCPIPE_BROKERS", t->brokers, 1);
+    setenv("DOCPIPE_DATABASE_URL", t->dburl, 1);
+    char schema[1100];
+    snprintf(schema, sizeof(schema), "%s/schemas", t->srcdir);
+    setenv("DOCPIPE_SCHEMA_DIR", schema, 1);
+    for (int i = 0; env && env[i]; i++)
+        putenv((char *)env[i]);
+}
+
+static pid_t spawn(tenv *t, const char *const *args, const char *const *env,
+                   const char *logfile)
+{
+    int argc = 0;
+    while (args[argc])
+        argc++;
+    const char **argv = calloc((size_t)argc + 2, sizeof(char *));
+    argv[0] = t->bin;
+    for (int i = 0; i < argc; i++)
+        argv[i + 1] = args[i];
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1, "fork: %s", strerror(errno));
+    if (pid == 0) {
+        child_env(t, env);
+        if (logfile) {
+            int fd = open(logfile, O_WRONLY | O_CREAT | O_APPEND, 0644);
+            if (fd >= 0) {
+                dup2(fd, STDERR_FILENO);
+                dup2(fd, STDOUT_FILENO);
+                close(fd);
+            }
+        }
+        execv(t->bin, (char *const *)argv);
+        fprintf(stderr, "exec %s: %s\n", t->bin, strerror(errno));
+        _exit(127);
+    }
+    free(argv);
+    return pid;
+}
+
+int tenv_docpipe(tenv *t, const char *const *args, const char *const *env)
+{
+    pid_t pid = spawn(t, args, env, NULL);
+    int st;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+pid_t tenv_spawn_stage(tenv *t, const char *stage, const char *logfile,
+                       const char *const *env)
+{
+    const char *args[] = {"run", stage, NULL};
+    return spawn(t, args, env, logfile);
+}
+
+int tenv_stop(pid_t pid, int sig, int timeout_ms)
+{
+    kill(pid, sig);
+    long long until = mono_ms() + timeout_ms;
+    int st;
+    while (mono_ms() < until) {
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid)
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        usleep(20000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    return -1;
+}
+
+long long tenv_scalar(tenv *t, const char *sql)
+{
+    PGresult *res = PQexec(t->db, sql);
+    cr_assert_eq(PQresultStatus(res), PGRES_TUPLES_OK, "%s: %s", sql,
+                 PQresultErrorMessage(res));
+    cr_assert(PQntuples(res) == 1 && !PQgetisnull(res, 0, 0),
+              "%s returned no value", sql);
+    long long v = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    PQclear(res);
+    return v;
+}
+
+long long tenv_wait_scalar(tenv *t, const char *sql, long long want,
+                           int timeout_ms)
+{
+    long long until = mono_ms() + timeout_ms, v = 0;
+    do {
+        v = tenv_scalar(t, sql);
+        if (v == want)
+            return v;
+        usleep(100000);
+    } while (mono_ms() < until);
+    return v;
+}
+
+void tenv_produce(tenv *t, const char *topic, const char *key,
+                  const void *value, size_t len, const char *const *headers)
+{
+    char err[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", t->brokers, err, sizeof(err));
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+    cr_assert(rk, "producer: %s", err);
+    rd_kafka_headers_t *h = rd_kafka_headers_new(8);
+    for (int i = 0; headers && headers[i]; i += 2)
+        rd_kafka_header_add(h, headers[i], -1, headers[i + 1], -1);
+    rd_kafka_resp_err_t e = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic),
+        RD_KAFKA_V_KEY((void *)key, key ? strlen(key) : 0),
+        RD_KAFKA_V_VALUE((void *)value, len),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
+        RD_KAFKA_V_END);
+    cr_assert_eq(e, 0, "produce: %s", rd_kafka_err2str(e));
+    cr_assert_eq(rd_kafka_flush(rk, 30000), 0, "flush timed out");
+    rd_kafka_destroy(rk);
+}
+
+int tenv_consume_all(tenv *t, const char *topic, rd_kafka_message_t ***out,
+                     int timeout_ms)
+{
+    char err[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", t->brokers, err, sizeof(err));
+    rd_kafka_conf_set(conf, "group.id", "docpipe-test-reader", err, sizeof(err));
+    rd_kafka_conf_set(conf, "enable.auto.commit", "false", err, sizeof(err));
+    rd_kafka_conf_set(conf, "isolation.level", "read_committed", err, sizeof(err));
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
+    cr_assert(rk, "consumer: %s", err);
+    const rd_kafka_metadata_t *md;
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+    cr_assert_eq(rd_kafka_metadata(rk, 0, rkt, &md, 10000), 0, "metadata");
+    int nparts = md->topics[0].partition_cnt;
+    rd_kafka_metadata_destroy(md);
+    rd_kafka_topic_destroy(rkt);
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(nparts);
+    int64_t *high = calloc((size_t)nparts, sizeof(int64_t));
+    int64_t *next = calloc((size_t)nparts, sizeof(int64_t));
+    for (int p = 0; p < nparts; p++) {
+        int64_t lo;
+        rd_kafka_query_watermark_offsets(rk, topic, p, &lo, &high[p], 10000);
+        next[p] = lo;
+        rd_kafka_topic_partition_list_add(l, topic, p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+    }
+    rd_kafka_assign(rk, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    int n = 0, cap = 64;
+    rd_kafka_message_t **msgs = malloc((size_t)cap * sizeof(*msgs));
+    long long until = mono_ms() + timeout_ms;
+    for (;;) {
+        int done = 1;
+        for (int p = 0; p < nparts; p++)
+            if (next[p] < high[p])
+                done = 0;
+        if (done || mono_ms() > until)
+            break;
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 200);
+        if (!m)
+            continue;
+        if (m->err) {
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        next[m->partition] = m->offset + 1;
+        if (n == cap) {
+            cap *= 2;
+            msgs = realloc(msgs, (size_t)cap * sizeof(*msgs));
+        }
+        msgs[n++] = m;
+    }
+    /* read_committed skips control records: the last offset may be one. */
+    rd_kafka_consumer_close(rk);
+    rd_kafka_destroy(rk);
+    free(high);
+    free(next);
+    *out = msgs;
+    return n;
+}
+
+const char *tenv_header(rd_kafka_message_t *m, const char *name, char *buf,
+                        size_t buflen)
+{
+    rd_kafka_headers_t *h = NULL;
+    const void *v;
+    size_t len;
+    if (rd_kafka_message_headers(m, &h) || rd_kafka_header_get_last(h, name, &v, &len) ||
+        len >= buflen)
+        return NULL;
+    memcpy(buf, v, len);
+    buf[len] = '\0';
+    return buf;
+}
+
+char *tenv_slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return strdup("");
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    size_t got = fread(buf, 1, (size_t)n, f);
+    buf[got] = '\0';
+    fclose(f);
+    return buf;
+}

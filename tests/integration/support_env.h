@@ -1,0 +1,64 @@
+/*
+ * support_env: what the integration tests share.
+ *
+ * Every test gets its own topic prefix (so its own topics and consumer
+ * groups) on the real Kafka broker and PostgreSQL server started by
+ * scripts/test-env.sh; docpipe itself runs as child processes, exactly as
+ * an operator would run it, so SIGKILL and SIGTERM are the real thing.
+ */
+#ifndef DP_SUPPORT_ENV_H
+#define DP_SUPPORT_ENV_H
+
+#include <libpq-fe.h>
+#include <librdkafka/rdkafka.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+typedef struct tenv {
+    char prefix[64];     /* topic prefix, e.g. "t1234_passthrough." */
+    char brokers[256];
+    char dburl[512];
+    char bin[1024];      /* the docpipe executable */
+    char srcdir[1024];
+    PGconn *db;
+} tenv;
+
+/* Prepares a test: unique prefix, migrations, topics. */
+void tenv_setup(tenv *t, const char *name);
+void tenv_teardown(tenv *t);
+
+/* Runs docpipe with args (NULL-terminated) and extra "K=V" environment
+ * entries (NULL-terminated, may be NULL); returns the exit status. */
+int tenv_docpipe(tenv *t, const char *const *args, const char *const *env);
+
+/* Starts `docpipe run <stage>` in the background; stderr goes to logfile. */
+pid_t tenv_spawn_stage(tenv *t, const char *stage, const char *logfile,
+                       const char *const *env);
+/* Sends sig and waits for exit (up to timeout_ms); returns the exit status,
+ * 128+signal if killed by one, or -1 on timeout. */
+int tenv_stop(pid_t pid, int sig, int timeout_ms);
+
+/* One integer from a query (with %s for the prefix'ed topic, etc.). */
+long long tenv_scalar(tenv *t, const char *sql);
+
+/* Polls sql until it returns want (or timeout): returns the last value. */
+long long tenv_wait_scalar(tenv *t, const char *sql, long long want,
+                           int timeout_ms);
+
+/* Produces raw records to topic; headers as NULL-terminated name/value. */
+void tenv_produce(tenv *t, const char *topic, const char *key,
+                  const void *value, size_t len, const char *const *headers);
+
+/* Reads every record now in topic (all partitions, from the start). The
+ * caller destroys each message and frees the array. */
+int tenv_consume_all(tenv *t, const char *topic, rd_kafka_message_t ***out,
+                     int timeout_ms);
+
+/* Header value as a NUL-terminated string (static buffer per call site). */
+const char *tenv_header(rd_kafka_message_t *m, const char *name, char *buf,
+                        size_t buflen);
+
+/* Reads the whole file. */
+char *tenv_slurp(const char *path);
+
+#endif
