@@ -32,7 +32,7 @@ START_TIMEOUT=120
 jars() {
     local key
     key="kafka-$VERSION-$(sha256sum "$POM" "$REPO/scripts/lib.sh" | sha256sum | cut -c1-8)"
-    dp_jars "$POM" "$key" -Dkafka.version="$VERSION"
+    dp_jars "$POM" "$key" -Dkafka.version="$VERSION" dependency:copy-dependencies
 }
 
 answers() { kcat -b "$BOOTSTRAP" -m 3 -L >/dev/null 2>&1; }
@@ -110,6 +110,9 @@ start() {
         return 0
     fi
     if dp_pid_alive "$PIDFILE" kafka.Kafka; then
+        if [[ "$(cat "$KDIR/ports" 2>/dev/null)" != "$PORT $CPORT" ]]; then
+            die "the broker of this tree (pid $(<"$PIDFILE")) runs on other ports ($(cat "$KDIR/ports" 2>/dev/null)); stop it first"
+        fi
         # Started but not answering yet (or hung): wait for it below.
         say "broker pid $(<"$PIDFILE") is running but not answering yet"
     else
@@ -122,6 +125,7 @@ start() {
         java_cmd "$KDIR/server.log" kafka.Kafka "$CONFIG"
         say "starting Kafka $VERSION on $BOOTSTRAP (controller 127.0.0.1:$CPORT)"
         dp_spawn "$PIDFILE" "$KDIR/stdout.log" "${JAVA_CMD[@]}"
+        printf '%s\n' "$PORT $CPORT" >"$KDIR/ports"
     fi
     local t0=$SECONDS
     if ! dp_wait "$START_TIMEOUT" "Kafka on $BOOTSTRAP" answers_or_died; then

@@ -30,9 +30,10 @@ dp_wait() {
     done
 }
 
-# dp_jars POM KEY: print a folder holding the runtime closure of POM's
-# dependencies, resolving it with Maven unless $CACHE_DIR/KEY is complete.
-# KEY should change whenever POM or the versions passed in MVN_ARGS change.
+# dp_jars POM KEY MAVEN_ARGS...: print a folder of jars made by running
+# `mvn MAVEN_ARGS` on POM with -Ddocpipe.out=$CACHE_DIR/KEY (the pom puts
+# its jars in ${docpipe.out}/jars), unless that was done before. KEY must
+# change whenever POM or the versions passed in MAVEN_ARGS change.
 dp_jars() {
     local pom=$1 key=$2 dir="$CACHE_DIR/$2"
     shift 2
@@ -41,18 +42,18 @@ dp_jars() {
         return 0
     fi
     command -v mvn >/dev/null || die "mvn not found (run scripts/deps.sh)"
-    say "resolving $(basename "$(dirname "$pom")") jars into $dir (first time only)"
+    say "fetching $key with Maven into $dir (first time only)"
     rm -rf "$dir"
     mkdir -p "$dir"
     local start=$SECONDS
-    if ! mvn -B -q -f "$pom" -Dstyle.color=never "$@" \
-            dependency:copy-dependencies -DincludeScope=runtime \
-            -DoutputDirectory="$dir/jars" </dev/null >"$dir/mvn.log" 2>&1; then
-        tail -n 40 "$dir/mvn.log" >&2
-        die "maven could not resolve $pom (log: $dir/mvn.log)"
+    if ! mvn -B -q -Dstyle.color=never -f "$pom" -Ddocpipe.out="$dir" "$@" \
+            </dev/null >"$dir.mvn.log" 2>&1; then
+        tail -n 40 "$dir.mvn.log" >&2
+        die "maven could not resolve $pom (log: $dir.mvn.log)"
     fi
+    compgen -G "$dir/jars/*.jar" >/dev/null || die "maven left no jars in $dir/jars"
     touch "$dir/.complete"
-    say "resolved $(find "$dir/jars" -name '*.jar' | wc -l) jars in $((SECONDS - start))s"
+    say "fetched $(find "$dir/jars" -name '*.jar' | wc -l) jars ($(du -sh "$dir/jars" | cut -f1)) in $((SECONDS - start))s"
     printf '%s\n' "$dir/jars"
 }
 

@@ -88,6 +88,13 @@ start() {
         ensure_db
         return 0
     fi
+    if ours_running; then
+        dp_wait 10 "PostgreSQL on 127.0.0.1:$PORT" ready ||
+            die "the cluster in $DATA runs, but not on port $PORT; stop it first"
+        say "reusing the cluster running in $DATA on port $PORT"
+        ensure_db
+        return 0
+    fi
     if [[ ! -f "$DATA/PG_VERSION" ]]; then
         say "initdb into $DATA"
         as_owner "$PGBIN/initdb" -D "$DATA" -A trust -U postgres -E UTF8 \
