@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Run docpipe's whole test suite, the way CI does (.ci/run execs this):
+#
+#   1. install missing Debian packages (scripts/deps.sh),
+#   2. start PostgreSQL, Kafka and Tika, or reuse ones already answering,
+#   3. build in build/ (RelWithDebInfo) and run ctest,
+#   4. build in build-asan/ with -DDOCPIPE_SANITIZE=ON (ASan + UBSan) and
+#      run ctest again, failing on any leak report too,
+#   5. stop the services this run started; ones it reused keep running.
+#
+#   scripts/test.sh [CTEST_ARGS...]   e.g. scripts/test.sh -L unit
+#
+# Environment: DOCPIPE_SKIP_ASAN=1 skips step 4; DOCPIPE_SKIP_APT=1 skips
+# step 1; the port overrides of the service scripts apply.
+# Exit status: 0 only when every build and every test passed.
+set -euo pipefail
+DP_NAME=test.sh
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO"
+
+JOBS="${DOCPIPE_BUILD_JOBS:-2}"
+STARTED=()
+RESULTS=()
+FAILED=0
+
+stop_started() {
+    local i
+    for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
+        scripts/"${STARTED[i]}".sh stop || say "could not stop ${STARTED[i]}"
+    done
+}
+trap stop_started EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# use_service NAME: reuse a running service, or start it and remember to
+# stop it at the end (remembered first, so a half-started one is stopped too).
+use_service() {
+    if scripts/"$1".sh status >/dev/null 2>&1; then
+        say "reusing the running $1"
+    else
+        STARTED+=("$1")
+        scripts/"$1".sh start
+    fi
+}
+
+# step NAME CMD...: run CMD, record its outcome, keep going.
+step() {
+    local name=$1 t0=$SECONDS
+    shift
+    say "== $name"
+    if "$@"; then
+        RESULTS+=("ok      $name ($((SECONDS - t0))s)")
+        return 0
+    fi
+    RESULTS+=("FAILED  $name ($((SECONDS - t0))s)")
+    FAILED=1
+    return 1
+}
+
+build() {
+    local dir=$1
+    shift
+    cmake -S . -B "$dir" "$@" && cmake --build "$dir" -j "$JOBS"
+}
+
+# Criterion reports a test as passed even when LeakSanitizer finds leaks in
+# it at exit (the worker's exit status is not looked at), so read the log.
+no_leaks() {
+    local log=$1/Testing/Temporary/LastTest.log
+    [[ -f "$log" ]] || return 0
+    if grep -q 'ERROR: LeakSanitizer' "$log"; then
+        say "LeakSanitizer reports in $log:"
+        awk '/ERROR: LeakSanitizer/,/SUMMARY: AddressSanitizer/' "$log" >&2
+        return 1
+    fi
+}
+
+scripts/deps.sh
+use_service postgres
+use_service kafka
+use_service tika
+source scripts/env.sh
+
+if step "build (build/)" build build -DCMAKE_BUILD_TYPE=RelWithDebInfo; then
+    step "ctest (build/)" ctest --test-dir build --output-on-failure "$@" || true
+fi
+
+if [[ "${DOCPIPE_SKIP_ASAN:-0}" != 1 ]]; then
+    export ASAN_OPTIONS="detect_leaks=1:check_initialization_order=1:strict_string_checks=1"
+    export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+    export LSAN_OPTIONS="suppressions=$REPO/scripts/lsan.supp:print_suppressions=0"
+    if step "build with sanitizers (build-asan/)" \
+            build build-asan -DCMAKE_BUILD_TYPE=Debug -DDOCPIPE_SANITIZE=ON; then
+        step "ctest with sanitizers (build-asan/)" \
+            ctest --test-dir build-asan --output-on-failure "$@" || true
+        step "no leaks reported (build-asan/)" no_leaks build-asan || true
+    fi
+fi
+
+say "summary:"
+printf '  %s\n' "${RESULTS[@]}" >&2
+if ((FAILED)); then
+    say "FAILED"
+    exit 1
+fi
+say "all passed"
