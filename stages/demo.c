@@ -8,8 +8,9 @@
  * text may carry fault directives:
  *   "fail:permanent"        the record fails permanently;
  *   "fail:retry-until:N"    it fails retryably until its N-th attempt;
- *   "stall:MS"              the handler sleeps MS ms on its first attempt
- *                           (to make a stalled zombie in tests).
+ *   "stall-once:MS:PATH"    the handler sleeps MS ms unless the file PATH
+ *                           exists, creating it first: only one process
+ *                           ever stalls on it (a stalled zombie in tests).
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -106,6 +107,7 @@ static dp_err demo_handle(void *state, dp_batch *batch, char *err,
         demo_rec *r = rec->decoded;
         int until;
         long ms;
+        char path[512];
         if (strcmp(r->body, "fail:permanent") == 0) {
             dp_batch_fail(batch, i, DP_ERR_PERMANENT,
                           "demo record %s asks to fail permanently", r->id);
@@ -118,8 +120,13 @@ static dp_err demo_handle(void *state, dp_batch *batch, char *err,
                           r->id, until, rec->attempts);
             continue;
         }
-        if (sscanf(r->body, "stall:%ld", &ms) == 1 && rec->attempts == 1)
-            usleep((useconds_t)ms * 1000);
+        if (sscanf(r->body, "stall-once:%ld:%511s", &ms, path) == 2) {
+            FILE *f = fopen(path, "wx");
+            if (f) {
+                fclose(f);
+                usleep((useconds_t)ms * 1000);
+            }
+        }
         copy_field(&st->copy, r->id);
         dp_buf_appendf(&st->copy, "\t%" PRId64 "\t", r->seq);
         copy_field(&st->copy, rec->topic);

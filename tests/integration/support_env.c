@@ -178,8 +178,7 @@ void tenv_produce(tenv *t, const char *topic, const char *key,
     rd_kafka_destroy(rk);
 }
 
-int tenv_consume_all(tenv *t, const char *topic, rd_kafka_message_t ***out,
-                     int timeout_ms)
+int tenv_consume_all(tenv *t, const char *topic, tmsg **out, int timeout_ms)
 {
     char err[256];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
@@ -207,7 +206,7 @@ int tenv_consume_all(tenv *t, const char *topic, rd_kafka_message_t ***out,
     rd_kafka_assign(rk, l);
     rd_kafka_topic_partition_list_destroy(l);
     int n = 0, cap = 64;
-    rd_kafka_message_t **msgs = malloc((size_t)cap * sizeof(*msgs));
+    tmsg *msgs = malloc((size_t)cap * sizeof(*msgs));
     long long until = mono_ms() + timeout_ms;
     for (;;) {
         int done = 1;
@@ -228,7 +227,19 @@ int tenv_consume_all(tenv *t, const char *topic, rd_kafka_message_t ***out,
             cap *= 2;
             msgs = realloc(msgs, (size_t)cap * sizeof(*msgs));
         }
-        msgs[n++] = m;
+        tmsg *c = &msgs[n++];
+        c->partition = m->partition;
+        c->offset = m->offset;
+        c->key_len = m->key_len;
+        c->key = malloc(m->key_len + 1);
+        memcpy(c->key, m->key ? m->key : "", m->key_len);
+        c->key[m->key_len] = '\0';
+        c->len = m->len;
+        c->value = malloc(m->len + 1);
+        memcpy(c->value, m->payload ? m->payload : "", m->len);
+        rd_kafka_headers_t *h = NULL;
+        c->headers = rd_kafka_message_headers(m, &h) ? NULL : rd_kafka_headers_copy(h);
+        rd_kafka_message_destroy(m);
     }
     /* read_committed skips control records: the last offset may be one. */
     rd_kafka_consumer_close(rk);
@@ -239,13 +250,23 @@ int tenv_consume_all(tenv *t, const char *topic, rd_kafka_message_t ***out,
     return n;
 }
 
-const char *tenv_header(rd_kafka_message_t *m, const char *name, char *buf,
+void tenv_free_msgs(tmsg *msgs, int n)
+{
+    for (int i = 0; i < n; i++) {
+        free(msgs[i].key);
+        free(msgs[i].value);
+        if (msgs[i].headers)
+            rd_kafka_headers_destroy(msgs[i].headers);
+    }
+    free(msgs);
+}
+
+const char *tenv_header(const tmsg *m, const char *name, char *buf,
                         size_t buflen)
 {
-    rd_kafka_headers_t *h = NULL;
     const void *v;
     size_t len;
-    if (rd_kafka_message_headers(m, &h) || rd_kafka_header_get_last(h, name, &v, &len) ||
+    if (!m->headers || rd_kafka_header_get_last(m->headers, name, &v, &len) ||
         len >= buflen)
         return NULL;
     memcpy(buf, v, len);

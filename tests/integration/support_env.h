@@ -49,13 +49,24 @@ long long tenv_wait_scalar(tenv *t, const char *sql, long long want,
 void tenv_produce(tenv *t, const char *topic, const char *key,
                   const void *value, size_t len, const char *const *headers);
 
-/* Reads every record now in topic (all partitions, from the start). The
- * caller destroys each message and frees the array. */
-int tenv_consume_all(tenv *t, const char *topic, rd_kafka_message_t ***out,
-                     int timeout_ms);
+/* A record read back from a topic (copied: librdkafka handles are gone). */
+typedef struct tmsg {
+    int32_t partition;
+    int64_t offset;
+    char *key;
+    size_t key_len;
+    unsigned char *value;
+    size_t len;
+    rd_kafka_headers_t *headers;
+} tmsg;
 
-/* Header value as a NUL-terminated string (static buffer per call site). */
-const char *tenv_header(rd_kafka_message_t *m, const char *name, char *buf,
+/* Reads every record now in topic (all partitions, from the start). Free
+ * the array with tenv_free_msgs. */
+int tenv_consume_all(tenv *t, const char *topic, tmsg **out, int timeout_ms);
+void tenv_free_msgs(tmsg *msgs, int n);
+
+/* Header value as a NUL-terminated string in buf, or NULL. */
+const char *tenv_header(const tmsg *m, const char *name, char *buf,
                         size_t buflen);
 
 /* Reads the whole file. */

@@ -77,14 +77,12 @@ Test(runtime, test_passthrough_processes_10000_records_exactly_once)
     /* Every input reached the output topic, each with its event id. */
     char topic[256], buf[512];
     snprintf(topic, sizeof(topic), "%sdemo.out", T.prefix);
-    rd_kafka_message_t **msgs;
+    tmsg *msgs;
     int n = tenv_consume_all(&T, topic, &msgs, 60000);
     cr_assert_eq(n, 10000, "outputs: %d", n);
-    cr_assert(tenv_header(msgs[0], "docpipe-event-id", buf, sizeof(buf)),
+    cr_assert(tenv_header(&msgs[0], "docpipe-event-id", buf, sizeof(buf)),
               "outputs carry an event id");
-    for (int i = 0; i < n; i++)
-        rd_kafka_message_destroy(msgs[i]);
-    free(msgs);
+    tenv_free_msgs(msgs, n);
 }
 
 Test(runtime, test_killed_instance_is_taken_over_exactly_once)
@@ -129,7 +127,12 @@ Test(runtime, test_zombie_instance_cannot_commit)
     /* Let A own every partition first. */
     produce_demo(100, 0, "payload");
     cr_assert_eq(wait_rows(100, 60000), 100);
-    produce_demo(1, 100, "stall:16000");
+    char stall[600];
+    snprintf(stall, sizeof(stall), "/tmp/docpipe-%sstalled", T.prefix);
+    unlink(stall);
+    char body[700];
+    snprintf(body, sizeof(body), "stall-once:16000:%s", stall);
+    produce_demo(1, 100, body);
     sleep(2); /* A is now stalled inside its transaction */
     pid_t b = tenv_spawn_stage(&T, "demo", lb, env);
     produce_demo(100, 101, "payload");
@@ -143,9 +146,10 @@ Test(runtime, test_zombie_instance_cannot_commit)
     char *alog = tenv_slurp(la);
     cr_assert(strstr(alog, "commit refused"), "A was fenced; its log:\n%s", alog);
     free(alog);
+    unlink(stall);
 }
 
-static int dead_letters(rd_kafka_message_t ***msgs)
+static int dead_letters(tmsg **msgs)
 {
     char topic[256];
     snprintf(topic, sizeof(topic), "%sdemo.dlq", T.prefix);
@@ -168,7 +172,7 @@ Test(runtime, test_permanent_failure_is_dead_lettered_with_headers_and_partition
     cr_assert_eq(tenv_wait_scalar(&T, sql, 1, 30000), 1, "one dead-letter row");
     cr_assert_eq(tenv_stop(a, SIGTERM, 30000), 0);
 
-    rd_kafka_message_t **m;
+    tmsg *m;
     int n = dead_letters(&m);
     cr_assert_eq(n, 1, "one record on the dead-letter topic, got %d", n);
     char buf[1024];
@@ -178,22 +182,20 @@ Test(runtime, test_permanent_failure_is_dead_lettered_with_headers_and_partition
         "docpipe-error-category", "docpipe-error-message", "docpipe-first-failure",
         "docpipe-last-failure", "docpipe-correlation-id", NULL};
     for (int i = 0; want[i]; i++)
-        cr_assert(tenv_header(m[0], want[i], buf, sizeof(buf)), "header %s", want[i]);
-    cr_assert_str_eq(tenv_header(m[0], "docpipe-stage", buf, sizeof(buf)), "demo");
-    cr_assert_str_eq(tenv_header(m[0], "docpipe-error-category", buf, sizeof(buf)),
+        cr_assert(tenv_header(&m[0], want[i], buf, sizeof(buf)), "header %s", want[i]);
+    cr_assert_str_eq(tenv_header(&m[0], "docpipe-stage", buf, sizeof(buf)), "demo");
+    cr_assert_str_eq(tenv_header(&m[0], "docpipe-error-category", buf, sizeof(buf)),
                      "permanent");
-    cr_assert_str_eq(tenv_header(m[0], "docpipe-original-key", buf, sizeof(buf)),
+    cr_assert_str_eq(tenv_header(&m[0], "docpipe-original-key", buf, sizeof(buf)),
                      "rec-20");
-    cr_assert_str_eq(tenv_header(m[0], "docpipe-attempts", buf, sizeof(buf)), "1");
+    cr_assert_str_eq(tenv_header(&m[0], "docpipe-attempts", buf, sizeof(buf)), "1");
     char group[256];
     snprintf(group, sizeof(group), "%sdemo", T.prefix);
-    cr_assert_str_eq(tenv_header(m[0], "docpipe-group", buf, sizeof(buf)), group);
-    cr_assert(strstr(tenv_header(m[0], "docpipe-error-message", buf, sizeof(buf)),
+    cr_assert_str_eq(tenv_header(&m[0], "docpipe-group", buf, sizeof(buf)), group);
+    cr_assert(strstr(tenv_header(&m[0], "docpipe-error-message", buf, sizeof(buf)),
                      "fail permanently"));
-    cr_assert(m[0]->len > 10 && ((unsigned char *)m[0]->payload)[0] == 0xC3,
-              "the original value is kept");
-    rd_kafka_message_destroy(m[0]);
-    free(m);
+    cr_assert(m[0].len > 10 && m[0].value[0] == 0xC3, "the original value is kept");
+    tenv_free_msgs(m, n);
 }
 
 Test(runtime, test_retryable_failure_succeeds_on_third_attempt_without_dead_letter)
@@ -214,9 +216,9 @@ Test(runtime, test_retryable_failure_succeeds_on_third_attempt_without_dead_lett
     snprintf(sql, sizeof(sql), "SELECT count(*) FROM docpipe.dp_dead_letters"
              " WHERE topic = '%sdemo.in'", T.prefix);
     cr_assert_eq(tenv_scalar(&T, sql), 0, "never dead-lettered");
-    rd_kafka_message_t **m;
+    tmsg *m;
     cr_assert_eq(dead_letters(&m), 0);
-    free(m);
+    tenv_free_msgs(m, 0);
     char *text = tenv_slurp(log);
     int retries = 0;
     for (char *p = text; (p = strstr(p, "record failed retryably")); p++)
@@ -261,13 +263,12 @@ Test(runtime, test_undecodable_bytes_are_dead_lettered_as_poison)
              T.prefix);
     cr_assert_eq(tenv_wait_scalar(&T, sql, 1, 30000), 1);
     cr_assert_eq(tenv_stop(a, SIGTERM, 30000), 0);
-    rd_kafka_message_t **m;
+    tmsg *m;
     cr_assert_eq(dead_letters(&m), 1);
     char buf[256];
-    cr_assert_str_eq(tenv_header(m[0], "docpipe-error-category", buf, sizeof(buf)),
+    cr_assert_str_eq(tenv_header(&m[0], "docpipe-error-category", buf, sizeof(buf)),
                      "poison");
-    rd_kafka_message_destroy(m[0]);
-    free(m);
+    tenv_free_msgs(m, 1);
 }
 
 Test(runtime, test_sigterm_exits_cleanly_and_restart_reprocesses_nothing)
