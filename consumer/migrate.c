@@ -98,6 +98,7 @@ dp_err dp_migrate(PGconn *conn, const char *sql_dir, FILE *out, int *applied,
     qsort(names, n, sizeof(char *), cmp_str);
 
     dp_err e = dp_pg_exec(conn,
+        "SET client_min_messages = warning;"
         "SELECT pg_advisory_lock(4242001);"
         "CREATE SCHEMA IF NOT EXISTS docpipe;"
         "CREATE TABLE IF NOT EXISTS docpipe.schema_migrations ("

@@ -110,6 +110,7 @@ struct dp_runtime {
     char delivery_error[256];
     int rejoin;                  /* fenced or unsure: re-subscribe */
     int batch_failures;          /* consecutive batch-wide failures */
+    int64_t retry_hint_ms;       /* from dp_batch_retry_after */
     dp_runtime_stats stats;
     unsigned int rand_state;
 };
@@ -155,6 +156,12 @@ void dp_batch_fail(dp_batch *b, size_t i, dp_err verdict, const char *fmt, ...)
                                              : DP_ERR_PERMANENT;
     free(s->error);
     s->error = strdup(msg);
+}
+
+void dp_batch_retry_after(dp_batch *b, int64_t ms)
+{
+    if (ms > b->rt->retry_hint_ms)
+        b->rt->retry_hint_ms = ms;
 }
 
 void dp_batch_emit(dp_batch *b, size_t i, const char *topic, const void *key,
@@ -378,7 +385,8 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac,
                    const char *buf)
 {
     (void)rk;
-    dp_log(level <= 3 ? DP_LOG_ERROR : level <= 4 ? DP_LOG_WARN : DP_LOG_DEBUG,
+    dp_log(strcmp(fac, "CONFWARN") == 0 ? DP_LOG_DEBUG
+           : level <= 3 ? DP_LOG_ERROR : level <= 4 ? DP_LOG_WARN : DP_LOG_DEBUG,
            NULL, "kafka %s: %s", fac, buf);
 }
 
@@ -851,9 +859,16 @@ static batch_result settle(dp_runtime *rt, size_t from, size_t to)
         dp_slot *s = &rt->slots[i];
         if (s->state == RS_DROPPED)
             continue;
-        if (s->state == RS_DLQ &&
-            (e = insert_dead_letter(rt, s, err, sizeof(err))))
-            goto rollback;
+        if (s->state == RS_DLQ) {
+            if ((e = insert_dead_letter(rt, s, err, sizeof(err))))
+                goto rollback;
+            if (rt->stage->dead_letter &&
+                (e = rt->stage->dead_letter(rt->stage->state, rt->db, &s->rec,
+                                            s->dlq_category,
+                                            s->error ? s->error : "", err,
+                                            sizeof(err))))
+                goto rollback;
+        }
         dp_part *pt = part_get(rt, s->rec.partition);
         if (s->stream[0] && s->state != RS_DUP) {
             dp_mark *m = mark_find(pt, s->stream, 1);
@@ -1044,6 +1059,9 @@ static void process_batch(dp_runtime *rt, volatile sig_atomic_t *stop)
                                       rt->batch_failures - 1 < 6
                                           ? rt->batch_failures - 1 : 6,
                                       rt->cfg->retry_jitter, &rt->rand_state);
+        if (rt->retry_hint_ms > delay)
+            delay = rt->retry_hint_ms;
+        rt->retry_hint_ms = 0;
         rd_kafka_topic_partition_list_t *l = NULL;
         rd_kafka_assignment(rt->consumer, &l);
         if (l)

@@ -62,6 +62,10 @@ void dp_batch_fail(dp_batch *b, size_t i, dp_err verdict, const char *fmt, ...)
 void dp_batch_emit(dp_batch *b, size_t i, const char *topic, const void *key,
                    size_t key_len, const void *value, size_t value_len);
 
+/* A batch-wide DP_ERR_RETRYABLE from the handler (e.g. a circuit breaker is
+ * open) waits at least ms before the batch is tried again. */
+void dp_batch_retry_after(dp_batch *b, int64_t ms);
+
 typedef struct dp_stage {
     const char *name;            /* consumer group is <prefix><name> */
     const char *input_topic;     /* full topic name */
@@ -75,6 +79,12 @@ typedef struct dp_stage {
                      char *err, size_t errlen);
     void (*free_decoded)(void *state, void *decoded);
     dp_err (*handle)(void *state, dp_batch *batch, char *err, size_t errlen);
+    /* Optional: called inside the commit transaction for each record being
+     * dead-lettered (rec->decoded may be NULL for poison), to record the
+     * failure in the stage's own tables. */
+    dp_err (*dead_letter)(void *state, PGconn *db, const dp_record *rec,
+                          dp_err category, const char *error, char *err,
+                          size_t errlen);
 } dp_stage;
 
 #endif
