@@ -8,7 +8,7 @@
 #   scripts/kafka.sh topic NAME N     create topic NAME with N partitions
 #
 # The broker's jars are the dependency closure of scripts/kafka/pom.xml,
-# resolved once by Maven into $CACHE_DIR/kafka-<version>-<pom hash>/jars.
+# resolved once by Maven into $CACHE_DIR/kafka-<version>-<hash>/jars.
 # State: .run/kafka/{server.properties,data,server.log,stdout.log,kafka.pid}.
 # Environment: DOCPIPE_KAFKA_PORT (39092), DOCPIPE_KAFKA_CONTROLLER_PORT
 # (39093), DOCPIPE_KAFKA_VERSION (the pom's), KAFKA_HEAP_OPTS (512 MiB).
@@ -29,11 +29,7 @@ PIDFILE="$KDIR/kafka.pid"
 CONFIG="$KDIR/server.properties"
 START_TIMEOUT=120
 
-jars() {
-    local key
-    key="kafka-$VERSION-$(sha256sum "$POM" "$REPO/scripts/lib.sh" | sha256sum | cut -c1-8)"
-    dp_jars "$POM" "$key" -Dkafka.version="$VERSION" dependency:copy-dependencies
-}
+jars() { dp_jars "$POM" "kafka-$VERSION" -Dkafka.version="$VERSION" dependency:copy-dependencies; }
 
 answers() { kcat -b "$BOOTSTRAP" -m 3 -L >/dev/null 2>&1; }
 

@@ -30,14 +30,26 @@ dp_wait() {
     done
 }
 
-# dp_jars POM KEY MAVEN_ARGS...: print a folder of jars made by running
-# `mvn MAVEN_ARGS` on POM with -Ddocpipe.out=$CACHE_DIR/KEY (the pom puts
-# its jars in ${docpipe.out}/jars), unless that was done before. KEY must
-# change whenever POM or the versions passed in MAVEN_ARGS change.
+# dp_jars POM NAME MAVEN_ARGS...: print a folder of jars made by running
+# `mvn MAVEN_ARGS` on POM with -Ddocpipe.out=FOLDER (the pom puts its jars
+# in ${docpipe.out}/jars), unless that was done before. FOLDER is
+# $CACHE_DIR/NAME-<hash of POM and MAVEN_ARGS>, so editing either refetches.
+# A lock file keeps two scripts from fetching into the same folder at once.
 dp_jars() {
-    local pom=$1 key=$2 dir="$CACHE_DIR/$2"
+    local pom=$1 key dir
+    key="$2-$( (cat "$pom"; printf '%s\n' "${@:3}") | sha256sum | cut -c1-8)"
+    dir="$CACHE_DIR/$key"
     shift 2
     if [[ -f "$dir/.complete" ]]; then
+        printf '%s\n' "$dir/jars"
+        return 0
+    fi
+    mkdir -p "$CACHE_DIR"
+    local lock
+    exec {lock}>"$dir.lock"
+    flock "$lock"
+    if [[ -f "$dir/.complete" ]]; then
+        exec {lock}>&-
         printf '%s\n' "$dir/jars"
         return 0
     fi
@@ -53,6 +65,7 @@ dp_jars() {
     fi
     compgen -G "$dir/jars/*.jar" >/dev/null || die "maven left no jars in $dir/jars"
     touch "$dir/.complete"
+    exec {lock}>&-
     say "fetched $(find "$dir/jars" -name '*.jar' | wc -l) jars ($(du -sh "$dir/jars" | cut -f1)) in $((SECONDS - start))s"
     printf '%s\n' "$dir/jars"
 }

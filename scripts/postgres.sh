@@ -62,7 +62,7 @@ choose_base() {
 
 ready() { "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$PORT" -d postgres -U postgres; }
 
-psql_cmd() { psql -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres "$@"; }
+psql_cmd() { "$PGBIN/psql" -X -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres "$@"; }
 
 ensure_db() {
     if [[ "$(psql_cmd -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB'")" != 1 ]]; then
@@ -140,6 +140,6 @@ case "${1:-}" in
     start) start ;;
     stop) stop ;;
     status) status ;;
-    psql) shift; exec psql -X -h 127.0.0.1 -p "$PORT" -U postgres -d "$DB" "$@" ;;
+    psql) shift; exec "$PGBIN/psql" -X -h 127.0.0.1 -p "$PORT" -U postgres -d "$DB" "$@" ;;
     *) echo "usage: $0 start|stop|status|psql [ARGS]" >&2; exit 2 ;;
 esac

@@ -43,9 +43,8 @@ start() {
     else
         command -v java >/dev/null || die "java not found (run scripts/deps.sh)"
         mkdir -p "$TDIR"
-        local key jars
-        key="tika-$VERSION-$(sha256sum "$POM" "$REPO/scripts/lib.sh" | sha256sum | cut -c1-8)"
-        jars="$(dp_jars "$POM" "$key" -Dtika.version="$VERSION" dependency:copy antrun:run)"
+        local jars
+        jars="$(dp_jars "$POM" "tika-$VERSION" -Dtika.version="$VERSION" dependency:copy antrun:run)"
         # shellcheck disable=SC2206 # TIKA_HEAP_OPTS is a list of flags
         local heap=(${TIKA_HEAP_OPTS:--Xmx256m})
         say "starting Tika $VERSION on $URL"
