@@ -4,6 +4,9 @@
  *   docpipe migrate                 apply schemas/sql migrations
  *   docpipe topics                  create every stage's topics
  *   docpipe run <stage>... | all    run stages, each its own consumer group
+ *   docpipe submit <file|dir>...    store files and publish their uploads
+ *   docpipe status [<document>...]  counts by state, or one document's story
+ *   docpipe wait [<document>...]    until complete or failed
  *   docpipe demo-produce N [...]    publish demonstration records
  *   docpipe config-doc              print docs/configuration.md
  *
@@ -45,6 +48,14 @@ static void usage(FILE *out)
         "                           dead-letter topics (existing ones are kept)\n"
         "  run <stage>... | all     run stages in this process, each its own\n"
         "                           consumer group; SIGTERM/SIGINT stop cleanly\n"
+        "  submit [--user UUID] <file|dir>...\n"
+        "                           store files (PDF, HTML, text, markdown) and\n"
+        "                           publish their uploads; prints document ids\n"
+        "  status [<document>...]   documents by state, or per document: state,\n"
+        "                           progress, error and the timeline of stages\n"
+        "  wait [--timeout S] [<document>...]\n"
+        "                           until the documents (default: all) are complete\n"
+        "                           or failed; exit 0 only if all complete\n"
         "  demo-produce N [--body TEXT] [--garbage]\n"
         "                           publish N demonstration records to the demo\n"
         "                           stage's input topic\n"
@@ -56,6 +67,10 @@ static void usage(FILE *out)
     fprintf(out, "\n");
     dp_config_print_help(out);
 }
+
+int dp_cmd_submit(const dp_config *cfg, int argc, char **argv);
+int dp_cmd_status(const dp_config *cfg, int argc, char **argv);
+int dp_cmd_wait(const dp_config *cfg, int argc, char **argv);
 
 static int cmd_migrate(const dp_config *cfg)
 {
@@ -321,6 +336,12 @@ int main(int argc, char **argv)
         rc = cmd_topics(&cfg);
     else if (strcmp(cmd, "run") == 0)
         rc = cmd_run(&cfg, argc - 2, argv + 2);
+    else if (strcmp(cmd, "submit") == 0)
+        rc = dp_cmd_submit(&cfg, argc - 2, argv + 2);
+    else if (strcmp(cmd, "status") == 0)
+        rc = dp_cmd_status(&cfg, argc - 2, argv + 2);
+    else if (strcmp(cmd, "wait") == 0)
+        rc = dp_cmd_wait(&cfg, argc - 2, argv + 2);
     else if (strcmp(cmd, "demo-produce") == 0)
         rc = cmd_demo_produce(&cfg, argc - 2, argv + 2);
     else if (strcmp(cmd, "config-doc") == 0) {

@@ -56,6 +56,7 @@ typedef struct dp_slot {
     rd_kafka_message_t *msg;
     rec_state state;
     dp_err verdict;              /* handler's verdict in the current pass */
+    int64_t defer_ms;            /* with verdict retryable: no budget spent */
     char *error;
     dp_err dlq_category;
     int64_t first_failure_ms, last_failure_ms;
@@ -154,6 +155,20 @@ void dp_batch_fail(dp_batch *b, size_t i, dp_err verdict, const char *fmt, ...)
     va_end(ap);
     s->verdict = verdict == DP_ERR_RETRYABLE ? DP_ERR_RETRYABLE
                                              : DP_ERR_PERMANENT;
+    free(s->error);
+    s->error = strdup(msg);
+}
+
+void dp_batch_defer(dp_batch *b, size_t i, int64_t ms, const char *fmt, ...)
+{
+    dp_slot *s = b->live[i];
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    s->verdict = DP_ERR_RETRYABLE;
+    s->defer_ms = ms > 0 ? ms : 1;
     free(s->error);
     s->error = strdup(msg);
 }
@@ -598,7 +613,19 @@ static int settle_failures(dp_runtime *rt, dp_batch *b)
         pt->last_failure_ms = t;
         snprintf(pt->last_error, sizeof(pt->last_error), "%s",
                  s->error ? s->error : "");
-        if (s->verdict == DP_ERR_RETRYABLE && s->rec.attempts <= rt->cfg->retry_max) {
+        if (s->defer_ms > 0) {
+            /* Not a failure of the record: wait, keep its budget. */
+            pt->retry_attempts = s->rec.attempts - 1;
+            pt->paused_until_ms = mono_ms() + s->defer_ms;
+            dp_log(DP_LOG_DEBUG, &ctx, "record deferred %" PRId64 " ms: %s",
+                   s->defer_ms, s->error ? s->error : "");
+            for (size_t k = 0; k < rt->nslots; k++) {
+                dp_slot *o = &rt->slots[k];
+                if (o->rec.partition == s->rec.partition &&
+                    o->rec.offset >= s->rec.offset)
+                    o->state = RS_DROPPED;
+            }
+        } else if (s->verdict == DP_ERR_RETRYABLE && s->rec.attempts <= rt->cfg->retry_max) {
             int64_t delay = dp_backoff_ms(rt->cfg->retry_base_ms,
                                           s->rec.attempts - 1,
                                           rt->cfg->retry_jitter, &rt->rand_state);
@@ -631,6 +658,7 @@ static int settle_failures(dp_runtime *rt, dp_batch *b)
             }
         }
         s->verdict = DP_OK;
+        s->defer_ms = 0;
     }
     return any;
 }
@@ -671,6 +699,28 @@ static dp_err insert_dead_letter(dp_runtime *rt, dp_slot *s, char *err,
     if (e == DP_OK)
         PQclear(res);
     return e;
+}
+
+/* The stage's own record of a dead letter runs under a savepoint: if it
+ * fails for a reason of its own, the dead letter still goes out (and the
+ * failure is logged) rather than stalling the partition on it. */
+static dp_err dead_letter_hook(dp_runtime *rt, dp_slot *s, char *err,
+                               size_t errlen)
+{
+    dp_err e = dp_pg_exec(rt->db, "SAVEPOINT dp_dead_letter", err, errlen);
+    if (e)
+        return e;
+    e = rt->stage->dead_letter(rt->stage->state, rt->db, &s->rec,
+                               s->dlq_category, s->error ? s->error : "", err,
+                               errlen);
+    if (e == DP_OK)
+        return dp_pg_exec(rt->db, "RELEASE SAVEPOINT dp_dead_letter", err, errlen);
+    if (e == DP_ERR_RETRYABLE)
+        return e;
+    dp_log_ctx ctx = slot_ctx(rt, s);
+    dp_log(DP_LOG_ERROR, &ctx, "recording the dead letter in the stage's tables"
+           " failed (dead-lettering anyway): %s", err);
+    return dp_pg_exec(rt->db, "ROLLBACK TO SAVEPOINT dp_dead_letter", err, errlen);
 }
 
 static dp_err store_marks(dp_runtime *rt, char *err, size_t errlen)
@@ -863,10 +913,7 @@ static batch_result settle(dp_runtime *rt, size_t from, size_t to)
             if ((e = insert_dead_letter(rt, s, err, sizeof(err))))
                 goto rollback;
             if (rt->stage->dead_letter &&
-                (e = rt->stage->dead_letter(rt->stage->state, rt->db, &s->rec,
-                                            s->dlq_category,
-                                            s->error ? s->error : "", err,
-                                            sizeof(err))))
+                (e = dead_letter_hook(rt, s, err, sizeof(err))))
                 goto rollback;
         }
         dp_part *pt = part_get(rt, s->rec.partition);
@@ -927,8 +974,12 @@ static batch_result settle(dp_runtime *rt, size_t from, size_t to)
         if (e)
             goto rollback;
     }
-    if (rd_kafka_flush(rt->producer, rt->cfg->produce_timeout_ms) !=
-        RD_KAFKA_RESP_ERR_NO_ERROR || rt->delivery_failures) {
+    int64_t t_flush = mono_ms();
+    rd_kafka_resp_err_t fe = rd_kafka_flush(rt->producer, rt->cfg->produce_timeout_ms);
+    if (dp_log_enabled(DP_LOG_DEBUG))
+        dp_log(DP_LOG_DEBUG, &ctx, "batch of %zu: outputs acknowledged in %" PRId64
+               " ms", to - from, mono_ms() - t_flush);
+    if (fe != RD_KAFKA_RESP_ERR_NO_ERROR || rt->delivery_failures) {
         e = dp_errf(DP_ERR_RETRYABLE, err, sizeof(err),
                     "outputs not acknowledged by Kafka: %s",
                     rt->delivery_failures ? rt->delivery_error : "timed out");
@@ -1115,6 +1166,20 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
     if (ke)
         return dp_errf(DP_ERR_PERMANENT, err, errlen, "subscribe to %s: %s",
                        rt->stage->input_topic, rd_kafka_err2str(ke));
+    /* Learn the output topics now, not on the first batch's flush. */
+    const char *warm[34];
+    int nw = 0;
+    for (int i = 0; rt->stage->output_topics && rt->stage->output_topics[i] && nw < 32; i++)
+        warm[nw++] = rt->stage->output_topics[i];
+    if (rt->stage->dlq_topic)
+        warm[nw++] = rt->stage->dlq_topic;
+    for (int i = 0; i < nw; i++) {
+        rd_kafka_topic_t *rkt = rd_kafka_topic_new(rt->producer, warm[i], NULL);
+        const rd_kafka_metadata_t *md = NULL;
+        if (rd_kafka_metadata(rt->producer, 0, rkt, &md, 5000) == 0 && md)
+            rd_kafka_metadata_destroy(md);
+        rd_kafka_topic_destroy(rkt);
+    }
     dp_logj(DP_LOG_INFO, &ctx, json_pack("{s:s,s:i,s:i}", "group", rt->group,
             "batch_max", rt->batch_max, "batch_wait_ms", rt->cfg->batch_wait_ms),
             "stage started");

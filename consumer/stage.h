@@ -56,6 +56,11 @@ const dp_config *dp_batch_config(const dp_batch *b);
 void dp_batch_fail(dp_batch *b, size_t i, dp_err verdict, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* Record i cannot be handled yet (e.g. an upstream commit is not visible
+ * yet): it is retried after ms without spending its retry budget. */
+void dp_batch_defer(dp_batch *b, size_t i, int64_t ms, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
 /* Queues an output of record i for topic; key and value are copied.  The
  * runtime publishes it only if the batch commits, with headers naming its
  * source and a deterministic event id. */

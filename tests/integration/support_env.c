@@ -1,5 +1,6 @@
 /* support_env: shared integration-test machinery (see support_env.h). */
 #include "support_env.h"
+#include "pg.h"
 
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -71,7 +72,7 @@ static void child_env(tenv *t, const char *const *env)
 }
 
 static pid_t spawn(tenv *t, const char *const *args, const char *const *env,
-                   const char *logfile)
+                   const char *logfile, const char *outfile)
 {
     int argc = 0;
     while (args[argc])
@@ -93,6 +94,13 @@ static pid_t spawn(tenv *t, const char *const *args, const char *const *env,
                 close(fd);
             }
         }
+        if (outfile) {
+            int fd = open(outfile, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            if (fd >= 0) {
+                dup2(fd, STDOUT_FILENO);
+                close(fd);
+            }
+        }
         execv(t->bin, (char *const *)argv);
         fprintf(stderr, "exec %s: %s\n", t->bin, strerror(errno));
         _exit(127);
@@ -103,7 +111,7 @@ static pid_t spawn(tenv *t, const char *const *args, const char *const *env,
 
 int tenv_docpipe(tenv *t, const char *const *args, const char *const *env)
 {
-    pid_t pid = spawn(t, args, env, NULL);
+    pid_t pid = spawn(t, args, env, NULL, NULL);
     int st;
     waitpid(pid, &st, 0);
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
@@ -113,7 +121,22 @@ pid_t tenv_spawn_stage(tenv *t, const char *stage, const char *logfile,
                        const char *const *env)
 {
     const char *args[] = {"run", stage, NULL};
-    return spawn(t, args, env, logfile);
+    return spawn(t, args, env, logfile, NULL);
+}
+
+int tenv_docpipe_out(tenv *t, const char *const *args, const char *const *env,
+                     const char *outfile)
+{
+    pid_t pid = spawn(t, args, env, NULL, outfile);
+    int st;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+pid_t tenv_spawn(tenv *t, const char *const *args, const char *logfile,
+                 const char *const *env)
+{
+    return spawn(t, args, env, logfile, NULL);
 }
 
 int tenv_stop(pid_t pid, int sig, int timeout_ms)
@@ -287,4 +310,94 @@ char *tenv_slurp(const char *path)
     buf[got] = '\0';
     fclose(f);
     return buf;
+}
+
+pid_t tenv_start_embedserver(tenv *t, const char *const *flags, char *url,
+                             size_t urllen)
+{
+    char bin[1200];
+    const char *env = getenv("DOCPIPE_EMBEDSERVER");
+    if (env && *env) {
+        snprintf(bin, sizeof(bin), "%s", env);
+    } else {
+        snprintf(bin, sizeof(bin), "%s", t->bin);
+        char *slash = strrchr(bin, '/');
+        snprintf(slash ? slash + 1 : bin, sizeof(bin) - (size_t)(slash ? slash + 1 - bin : 0),
+                 "tools/docpipe-embedserver");
+    }
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    const char *argv[32] = {bin, "--port", "0", "--quiet"};
+    int argc = 4;
+    for (int i = 0; flags && flags[i] && argc < 30; i++)
+        argv[argc++] = flags[i];
+    argv[argc] = NULL;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[1], STDOUT_FILENO);
+        close(fds[0]);
+        close(fds[1]);
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    FILE *f = fdopen(fds[0], "r");
+    char line[256] = "";
+    cr_assert(fgets(line, sizeof(line), f), "embedserver %s did not start", bin);
+    fclose(f);
+    char *addr = strstr(line, "listening on ");
+    cr_assert(addr, "embedserver said: %s", line);
+    addr += strlen("listening on ");
+    addr[strcspn(addr, "\r\n")] = '\0';
+    snprintf(url, urllen, "http://%s", addr);
+    return pid;
+}
+
+#include <curl/curl.h>
+
+static size_t collect(char *p, size_t sz, size_t n, void *arg)
+{
+    dp_buf *b = arg;
+    dp_buf_append(b, p, sz * n);
+    return sz * n;
+}
+
+void tenv_http_post(const char *url, const char *json)
+{
+    CURL *c = curl_easy_init();
+    dp_buf b = {0};
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_POSTFIELDS, json);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+    CURLcode rc = curl_easy_perform(c);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_slist_free_all(h);
+    curl_easy_cleanup(c);
+    cr_assert(rc == CURLE_OK && status == 200, "POST %s: %s (%ld) %s", url,
+              curl_easy_strerror(rc), status, b.data ? b.data : "");
+    dp_buf_free(&b);
+}
+
+char *tenv_http_get(const char *url)
+{
+    CURL *c = curl_easy_init();
+    dp_buf b = {0};
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, 10L);
+    CURLcode rc = curl_easy_perform(c);
+    curl_easy_cleanup(c);
+    if (rc != CURLE_OK) {
+        dp_buf_free(&b);
+        return NULL;
+    }
+    if (!b.data)
+        dp_buf_append(&b, "", 0);
+    return b.data;
 }

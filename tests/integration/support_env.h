@@ -31,6 +31,13 @@ void tenv_teardown(tenv *t);
  * entries (NULL-terminated, may be NULL); returns the exit status. */
 int tenv_docpipe(tenv *t, const char *const *args, const char *const *env);
 
+/* Same, with stdout written to outfile. */
+int tenv_docpipe_out(tenv *t, const char *const *args, const char *const *env,
+                     const char *outfile);
+/* Starts docpipe with args in the background; output goes to logfile. */
+pid_t tenv_spawn(tenv *t, const char *const *args, const char *logfile,
+                 const char *const *env);
+
 /* Starts `docpipe run <stage>` in the background; stderr goes to logfile. */
 pid_t tenv_spawn_stage(tenv *t, const char *stage, const char *logfile,
                        const char *const *env);
@@ -73,3 +80,13 @@ const char *tenv_header(const tmsg *m, const char *name, char *buf,
 char *tenv_slurp(const char *path);
 
 #endif
+
+/* Starts docpipe-embedserver on a free port with extra flags (NULL-
+ * terminated); writes its base URL. */
+pid_t tenv_start_embedserver(tenv *t, const char *const *flags, char *url,
+                             size_t urllen);
+
+/* POSTs a JSON body to url (for the embedding server's /admin/faults). */
+void tenv_http_post(const char *url, const char *json);
+/* GETs url into a malloc'd string. */
+char *tenv_http_get(const char *url);

@@ -1,0 +1,273 @@
+/* docdb: state transitions, events and storage (see docdb.h). */
+#include "docdb.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ids.h"
+#include "pg.h"
+
+dp_err dp_doc_transition(PGconn *db, const char *document_id,
+                         const char *const *from, const char *to,
+                         const char *stage, const char *code,
+                         const char *correlation_id, const char *progress_json,
+                         int *moved, char *err, size_t errlen)
+{
+    dp_buf states = {0};
+    dp_buf_append(&states, "{", 1);
+    for (int i = 0; from[i]; i++)
+        dp_buf_appendf(&states, "%s%s", i ? "," : "", from[i]);
+    dp_buf_append(&states, "}", 1);
+    const char *params[7] = {document_id, states.data, to, stage, code,
+                             correlation_id, progress_json};
+    PGresult *res = PQexecParams(db,
+        "WITH old AS (SELECT job_id, status FROM upload_pipeline.upload_jobs"
+        "              WHERE document_id = $1::uuid FOR UPDATE),"
+        " moved AS (UPDATE upload_pipeline.upload_jobs j"
+        "   SET status = $3, updated_at = now(),"
+        "       progress = j.progress || coalesce($7::jsonb, '{}'::jsonb),"
+        "       processing_started_at = coalesce(j.processing_started_at, now())"
+        "   FROM old WHERE j.job_id = old.job_id AND old.status = ANY($2::text[])"
+        "   RETURNING j.job_id, old.status AS from_status),"
+        " doc AS (UPDATE upload_pipeline.documents SET processing_status = $3,"
+        "   updated_at = now() WHERE document_id = $1::uuid"
+        "   AND EXISTS (SELECT 1 FROM moved))"
+        " INSERT INTO upload_pipeline.events (job_id, document_id, type,"
+        "   severity, code, stage, from_status, to_status, correlation_id)"
+        " SELECT job_id, $1::uuid, CASE WHEN $3 = 'complete' THEN 'finalized'"
+        "   ELSE 'stage_done' END, 'info', $5, $4, from_status,"
+        "   $3, nullif($6, '')::uuid FROM moved",
+        7, NULL, params, NULL, NULL, 0);
+    dp_buf_free(&states);
+    dp_err e = dp_pg_check(db, res, PGRES_COMMAND_OK, "state transition", err,
+                           errlen);
+    if (e)
+        return e;
+    *moved = atoi(PQcmdTuples(res)) > 0;
+    PQclear(res);
+    return DP_OK;
+}
+
+dp_err dp_doc_fail(PGconn *db, const char *document_id, const char *failed_state,
+                   const char *stage, dp_err category, const char *error,
+                   const char *correlation_id, char *err, size_t errlen)
+{
+    const char *params[6] = {document_id, failed_state, stage,
+                             dp_err2str(category), error, correlation_id};
+    PGresult *res = PQexecParams(db,
+        "WITH old AS (SELECT job_id, status FROM upload_pipeline.upload_jobs"
+        "              WHERE document_id = $1::uuid FOR UPDATE),"
+        " moved AS (UPDATE upload_pipeline.upload_jobs j"
+        "   SET status = $2, updated_at = now(),"
+        "       last_error = jsonb_build_object('error', $5::text, 'error_type',"
+        "         $4::text, 'stage', $3::text, 'failed_at', now(),"
+        "         'correlation_id', $6::text)"
+        "   FROM old WHERE j.job_id = old.job_id"
+        "    AND old.status <> 'complete' AND old.status NOT LIKE 'failed_%'"
+        "   RETURNING j.job_id, old.status AS from_status),"
+        " doc AS (UPDATE upload_pipeline.documents SET processing_status = $2,"
+        "   updated_at = now() WHERE document_id = $1::uuid"
+        "   AND EXISTS (SELECT 1 FROM moved))"
+        " INSERT INTO upload_pipeline.events (job_id, document_id, type,"
+        "   severity, code, stage, from_status, to_status, payload,"
+        "   correlation_id)"
+        " SELECT job_id, $1::uuid, 'error', 'error', 'JOB_FAILED_PERMANENTLY',"
+        "   $3, from_status, $2, jsonb_build_object('error', $5::text,"
+        "   'category', $4::text), nullif($6, '')::uuid FROM moved",
+        6, NULL, params, NULL, NULL, 0);
+    dp_err e = dp_pg_check(db, res, PGRES_COMMAND_OK, "record failure", err,
+                           errlen);
+    if (e == DP_OK)
+        PQclear(res);
+    return e;
+}
+
+dp_err dp_doc_dead_letter(const char *stage, const char *failed_state,
+                          PGconn *db, const dp_record *rec, dp_err category,
+                          const char *error, char *err, size_t errlen)
+{
+    char key[64];
+    uint8_t raw[16];
+    if (!rec->key || rec->key_len >= sizeof(key))
+        return DP_OK; /* no document to mark: the dead letter says it all */
+    memcpy(key, rec->key, rec->key_len);
+    key[rec->key_len] = '\0';
+    if (dp_uuid_parse(key, raw) != 0)
+        return DP_OK;
+    return dp_doc_fail(db, key, failed_state, stage, category, error,
+                       rec->correlation_id, err, errlen);
+}
+
+void dp_storage_file(const char *dir, const char *path, char *out, size_t outlen)
+{
+    const char *rel = strncmp(path, "storage://", 10) == 0 ? path + 10 : path;
+    snprintf(out, outlen, "%s/%s", dir, rel);
+}
+
+static int mkdirs(const char *path)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof(tmp), "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
+                return -1;
+            *p = '/';
+        }
+    }
+    return mkdir(tmp, 0755) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+dp_err dp_storage_put(const char *dir, const char *kind, const void *data,
+                      size_t len, char path[DP_STORAGE_PATH_SIZE],
+                      char sha[65], char *err, size_t errlen)
+{
+    char hex[DP_SHA256_HEX_SIZE];
+    dp_err e = dp_sha256_hex(data, len, hex);
+    if (e)
+        return dp_errf(e, err, errlen, "sha256 failed");
+    char folder[4096], file[4200], tmp[4300];
+    snprintf(folder, sizeof(folder), "%s/%s", dir, kind);
+    snprintf(file, sizeof(file), "%s/%s", folder, hex);
+    if (path)
+        snprintf(path, DP_STORAGE_PATH_SIZE, "storage://%s/%s", kind, hex);
+    if (sha)
+        memcpy(sha, hex, DP_SHA256_HEX_SIZE);
+    struct stat st;
+    if (stat(file, &st) == 0 && (size_t)st.st_size == len)
+        return DP_OK; /* content-addressed: already there */
+    if (mkdirs(folder) != 0)
+        return dp_errf(DP_ERR_RETRYABLE, err, errlen, "create %s: %s", folder,
+                       strerror(errno));
+    snprintf(tmp, sizeof(tmp), "%s.tmp.%d.%ld", file, (int)getpid(),
+             (long)clock());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0)
+        return dp_errf(DP_ERR_RETRYABLE, err, errlen, "write %s: %s", tmp,
+                       strerror(errno));
+    const char *p = data;
+    size_t left = len;
+    while (left) {
+        ssize_t w = write(fd, p, left);
+        if (w < 0) {
+            int en = errno;
+            close(fd);
+            unlink(tmp);
+            return dp_errf(DP_ERR_RETRYABLE, err, errlen, "write %s: %s", tmp,
+                           strerror(en));
+        }
+        p += w;
+        left -= (size_t)w;
+    }
+    if (fsync(fd) != 0 || close(fd) != 0 || rename(tmp, file) != 0) {
+        unlink(tmp);
+        return dp_errf(DP_ERR_RETRYABLE, err, errlen, "store %s: %s", file,
+                       strerror(errno));
+    }
+    return DP_OK;
+}
+
+dp_err dp_storage_get(const char *dir, const char *path, size_t max_bytes,
+                      char **data, size_t *len, char *err, size_t errlen)
+{
+    char file[4200];
+    dp_storage_file(dir, path, file, sizeof(file));
+    int fd = open(file, O_RDONLY);
+    if (fd < 0)
+        return dp_errf(errno == ENOENT ? DP_ERR_PERMANENT : DP_ERR_RETRYABLE,
+                       err, errlen, "read %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        close(fd);
+        return dp_errf(DP_ERR_RETRYABLE, err, errlen, "stat %s", path);
+    }
+    if ((size_t)st.st_size > max_bytes) {
+        close(fd);
+        return dp_errf(DP_ERR_PERMANENT, err, errlen,
+                       "%s is %lld bytes, over the limit of %zu", path,
+                       (long long)st.st_size, max_bytes);
+    }
+    char *buf = malloc((size_t)st.st_size + 1);
+    size_t got = 0;
+    while (got < (size_t)st.st_size) {
+        ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
+        if (r <= 0)
+            break;
+        got += (size_t)r;
+    }
+    close(fd);
+    buf[got] = '\0';
+    *data = buf;
+    *len = got;
+    return DP_OK;
+}
+
+dp_err dp_doc_status(PGconn *db, const char *document_id, char status[32],
+                     char *err, size_t errlen)
+{
+    const char *params[1] = {document_id};
+    PGresult *res = PQexecParams(db,
+        "SELECT status FROM upload_pipeline.upload_jobs"
+        " WHERE document_id = $1::uuid FOR UPDATE", 1, NULL, params, NULL, NULL, 0);
+    dp_err e = dp_pg_check(db, res, PGRES_TUPLES_OK, "read job status", err,
+                           errlen);
+    if (e)
+        return e;
+    snprintf(status, 32, "%s", PQntuples(res) ? PQgetvalue(res, 0, 0) : "");
+    PQclear(res);
+    return DP_OK;
+}
+
+int dp_status_in(const char *status, const char *const *states)
+{
+    for (int i = 0; states[i]; i++)
+        if (strcmp(status, states[i]) == 0)
+            return 1;
+    return 0;
+}
+
+static const char *const state_order[] = {
+    "uploaded", "parse_queued", "parsed", "parse_validated", "chunking",
+    "chunks_stored", "embedding_queued", "embedding_in_progress",
+    "embeddings_stored", "complete", NULL};
+
+static int state_rank(const char *status)
+{
+    for (int i = 0; state_order[i]; i++)
+        if (strcmp(status, state_order[i]) == 0)
+            return i;
+    return *status ? 100 : -1; /* failed_*: terminal; "": no job yet */
+}
+
+dp_err dp_doc_ready(dp_batch *b, size_t i, const char *document_id,
+                    const char *const *accepted, int *go, char *err,
+                    size_t errlen)
+{
+    char status[32];
+    *go = 0;
+    dp_err e = dp_doc_status(dp_batch_db(b), document_id, status, err, errlen);
+    if (e)
+        return e;
+    if (dp_status_in(status, accepted)) {
+        *go = 1;
+        return DP_OK;
+    }
+    int lowest = 100;
+    for (int k = 0; accepted[k]; k++) {
+        int r = state_rank(accepted[k]);
+        if (r < lowest)
+            lowest = r;
+    }
+    if (state_rank(status) < lowest)
+        dp_batch_defer(b, i, 500, "document %s is still '%s': waiting for the"
+                       " upstream stage's commit", document_id,
+                       *status ? status : "unknown");
+    return DP_OK;
+}

@@ -1,0 +1,79 @@
+/*
+ * docdb: what every document stage does to the domain tables.
+ *
+ * A stage moves a document's job from one of the states it accepts to its
+ * own output state and writes the matching row into upload_pipeline.events
+ * (with the correlation id), in the batch's transaction.  A record whose
+ * document is not in an accepted state (a replay of a document that moved
+ * on, a duplicate upload) changes nothing: dp_doc_transition reports
+ * moved = 0 and the stage skips the record's effects and outputs.
+ *
+ * Storage: raw files and parsed texts are content-addressed files under the
+ * storage_dir setting, referred to as storage://raw/<sha256> and
+ * storage://parsed/<sha256>.  Writes go to a temporary file and are renamed
+ * into place, so a crash never leaves a partial file under a final name.
+ */
+#ifndef DP_DOCDB_H
+#define DP_DOCDB_H
+
+#include <libpq-fe.h>
+#include <stddef.h>
+
+#include "dp_error.h"
+#include "stage.h"
+
+#define DP_STORAGE_PATH_SIZE 128
+
+/* Moves the job of document_id from any state in `from` (NULL-terminated)
+ * to `to`, merging progress_json (may be NULL) into its progress, and logs
+ * a stage_done event with code.  job_id_out (may be NULL, 37 bytes)
+ * receives the job id when moved. */
+dp_err dp_doc_transition(PGconn *db, const char *document_id,
+                         const char *const *from, const char *to,
+                         const char *stage, const char *code,
+                         const char *correlation_id, const char *progress_json,
+                         int *moved, char *err, size_t errlen);
+
+/* Marks the job failed (unless it is already complete or failed), with
+ * last_error {error, error_type, failed_at, correlation_id} and an error
+ * event.  Used from a stage's dead_letter hook. */
+dp_err dp_doc_fail(PGconn *db, const char *document_id, const char *failed_state,
+                   const char *stage, dp_err category, const char *error,
+                   const char *correlation_id, char *err, size_t errlen);
+
+/* The dead_letter hook shared by the document stages: the record key is the
+ * document id; failed_state comes from the stage. */
+dp_err dp_doc_dead_letter(const char *stage, const char *failed_state,
+                          PGconn *db, const dp_record *rec, dp_err category,
+                          const char *error, char *err, size_t errlen);
+
+/* The job status of document_id ("" if there is no job). */
+dp_err dp_doc_status(PGconn *db, const char *document_id, char status[32],
+                     char *err, size_t errlen);
+int dp_status_in(const char *status, const char *const *states);
+
+/* Locks the job row (waiting for an upstream commit in progress) and says
+ * whether record i may be handled: *go = 1 if the status is accepted.  A
+ * status behind the accepted ones means the upstream stage published before
+ * committing and has not committed (yet): the record is deferred, without
+ * spending its retry budget.  A status past them (a replay, a failed
+ * document) means skip. */
+dp_err dp_doc_ready(dp_batch *b, size_t i, const char *document_id,
+                    const char *const *accepted, int *go, char *err,
+                    size_t errlen);
+
+/* Stores data content-addressed under <dir>/<kind>/<sha256>; writes the
+ * storage:// path and the sha256 hex (both may be NULL). */
+dp_err dp_storage_put(const char *dir, const char *kind, const void *data,
+                      size_t len, char path[DP_STORAGE_PATH_SIZE],
+                      char sha[65], char *err, size_t errlen);
+
+/* Reads a storage:// path; over max_bytes is DP_ERR_PERMANENT, a missing
+ * file too (the reference is wrong).  *data is malloc'd and NUL-terminated. */
+dp_err dp_storage_get(const char *dir, const char *path, size_t max_bytes,
+                      char **data, size_t *len, char *err, size_t errlen);
+
+/* Filesystem path of a storage:// path. */
+void dp_storage_file(const char *dir, const char *path, char *out, size_t outlen);
+
+#endif

@@ -1,0 +1,248 @@
+/*
+ * embed (stage 6): calls the embedding service for each batch and stores
+ * the vectors.
+ *
+ * In: <prefix>embed-batches (EmbedBatch).  All batches of one Kafka batch
+ * are sent at once (libcurl multi, embed_inflight requests in flight), then
+ * each batch's vectors go to document_vector_buffer (with vector_sha: sha256
+ * of the Python float.hex() strings, as the original) and a BatchEmbedded
+ * goes to <prefix>embedded.  The job moves to embedding_in_progress.
+ * 408/429/5xx/timeouts are retryable and other 4xx or a wrong dimension
+ * permanent (failed_embedding).  While the embedding service's circuit
+ * breaker is open the whole batch waits (partitions paused) and no
+ * record's retry budget is spent, so an outage dead-letters nothing.
+ */
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "breaker.h"
+#include "docdb.h"
+#include "docstage.h"
+#include "embed_client.h"
+#include "ids.h"
+#include "pg.h"
+#include "stages.h"
+
+#define FLOAT4ARRAYOID 1021
+
+static const char *const embed_from[] = {"embedding_queued",
+                                         "embedding_in_progress", NULL};
+
+typedef struct embed_state {
+    dp_embed_client *client;
+    dp_buf vec;      /* binary real[] parameter */
+    dp_buf ids, shas;
+} embed_state;
+
+typedef struct embed_item {
+    size_t rec;                /* index in the batch */
+    PGresult *chunks;          /* chunk_id, text of the batch, ord order */
+    const char **texts;
+} embed_item;
+
+static void put_be32(dp_buf *b, uint32_t v)
+{
+    v = htonl(v);
+    dp_buf_append(b, &v, 4);
+}
+
+static dp_err store_vectors(PGconn *db, embed_state *st, const char *doc,
+                            const char *model, int batch_index,
+                            const embed_item *it, const dp_embed_job *job,
+                            char *err, size_t errlen)
+{
+    size_t n = job->n, dim = (size_t)job->dim;
+    dp_buf_reset(&st->vec);
+    dp_buf_reset(&st->ids);
+    dp_buf_reset(&st->shas);
+    put_be32(&st->vec, 1);            /* ndim */
+    put_be32(&st->vec, 0);            /* no nulls */
+    put_be32(&st->vec, 700);          /* float4 */
+    put_be32(&st->vec, (uint32_t)(n * dim));
+    put_be32(&st->vec, 1);            /* lower bound */
+    dp_buf_append(&st->ids, "{", 1);
+    dp_buf_append(&st->shas, "{", 1);
+    for (size_t k = 0; k < n; k++) {
+        const double *v = job->vectors + k * dim;
+        for (size_t d = 0; d < dim; d++) {
+            float f = (float)v[d];
+            uint32_t bits;
+            memcpy(&bits, &f, 4);
+            put_be32(&st->vec, 4);
+            put_be32(&st->vec, bits);
+        }
+        char sha[DP_SHA256_HEX_SIZE];
+        dp_err e = dp_vector_sha256(v, dim, sha);
+        if (e)
+            return dp_errf(e, err, errlen, "vector sha failed");
+        dp_buf_appendf(&st->ids, "%s%s", k ? "," : "", PQgetvalue(it->chunks, (int)k, 0));
+        dp_buf_appendf(&st->shas, "%s%s", k ? "," : "", sha);
+    }
+    dp_buf_append(&st->ids, "}", 1);
+    dp_buf_append(&st->shas, "}", 1);
+    char bi[16], ds[16];
+    snprintf(bi, sizeof(bi), "%d", batch_index);
+    snprintf(ds, sizeof(ds), "%zu", dim);
+    const char *params[7] = {doc, model, bi, st->vec.data, ds, st->ids.data,
+                             st->shas.data};
+    Oid types[7] = {0, 0, 0, FLOAT4ARRAYOID, 0, 0, 0};
+    int lens[7] = {0, 0, 0, (int)st->vec.len, 0, 0, 0};
+    int fmts[7] = {0, 0, 0, 1, 0, 0, 0};
+    PGresult *res = PQexecParams(db,
+        "INSERT INTO upload_pipeline.document_vector_buffer AS v (document_id,"
+        " chunk_id, embed_model, embed_version, batch_index, vector, vector_sha)"
+        " SELECT $1::uuid, c.id, $2, '1', $3::int,"
+        "   $4[(c.i - 1) * $5::int + 1 : c.i * $5::int], c.sha"
+        " FROM unnest($6::uuid[], $7::text[]) WITH ORDINALITY AS c(id, sha, i)"
+        " ON CONFLICT (chunk_id, embed_model, embed_version) DO UPDATE"
+        "   SET vector = EXCLUDED.vector, vector_sha = EXCLUDED.vector_sha,"
+        "       created_at = now() WHERE v.vector_sha <> EXCLUDED.vector_sha",
+        7, types, params, lens, fmts, 0);
+    dp_err e = dp_pg_check(db, res, PGRES_COMMAND_OK, "store vectors", err,
+                           errlen);
+    if (e == DP_OK)
+        PQclear(res);
+    return e;
+}
+
+static void free_items(embed_item *items, dp_embed_job *jobs, size_t n)
+{
+    for (size_t k = 0; k < n; k++) {
+        PQclear(items[k].chunks);
+        free(items[k].texts);
+        free(jobs[k].vectors);
+    }
+    free(items);
+    free(jobs);
+}
+
+static dp_err embed_handle(void *state, dp_batch *b, char *err, size_t errlen)
+{
+    dp_docstage *ds = state;
+    embed_state *st = ds->impl;
+    PGconn *db = dp_batch_db(b);
+    size_t count = dp_batch_count(b), n = 0;
+    embed_item *items = calloc(count + 1, sizeof(*items));
+    dp_embed_job *jobs = calloc(count + 1, sizeof(*jobs));
+    dp_err e = DP_OK;
+
+    for (size_t i = 0; i < count; i++) {
+        avro_value_t *m = dp_docstage_msg(b, i);
+        const char *doc = dp_msg_str(m, "document_id");
+        char first[16], cnt[16];
+        int go;
+        if ((e = dp_doc_ready(b, i, doc, embed_from, &go, err, errlen)))
+            goto out;
+        if (!go)
+            continue;
+        snprintf(first, sizeof(first), "%lld", (long long)dp_msg_long(m, "first_ord"));
+        snprintf(cnt, sizeof(cnt), "%lld", (long long)dp_msg_long(m, "count"));
+        const char *params[3] = {doc, first, cnt};
+        PGresult *res = PQexecParams(db,
+            "SELECT chunk_id, text FROM upload_pipeline.document_chunk_buffer"
+            " WHERE document_id = $1::uuid AND chunk_ord >= $2::int"
+            "   AND chunk_ord < $2::int + $3::int ORDER BY chunk_ord",
+            3, NULL, params, NULL, NULL, 0);
+        if ((e = dp_pg_check(db, res, PGRES_TUPLES_OK, "read chunk texts", err,
+                             errlen)))
+            goto out;
+        if (PQntuples(res) != (int)dp_msg_long(m, "count") || PQntuples(res) == 0) {
+            dp_batch_fail(b, i, DP_ERR_PERMANENT,
+                          "embed %s: batch names %s chunks from %s, %d found",
+                          doc, cnt, first, PQntuples(res));
+            PQclear(res);
+            continue;
+        }
+        embed_item *it = &items[n];
+        it->rec = i;
+        it->chunks = res;
+        it->texts = malloc((size_t)PQntuples(res) * sizeof(char *));
+        for (int r = 0; r < PQntuples(res); r++)
+            it->texts[r] = PQgetvalue(res, r, 1);
+        jobs[n].texts = it->texts;
+        jobs[n].n = (size_t)PQntuples(res);
+        n++;
+    }
+    if (n == 0)
+        goto out;
+
+    dp_breaker *br = dp_embed_client_breaker(st->client);
+    dp_err run = dp_embed_run(st->client, jobs, n);
+    int open_now = dp_breaker_state_now(br) == DP_BREAKER_OPEN;
+    int transient = run != DP_OK;
+    for (size_t k = 0; !transient && k < n; k++)
+        if (jobs[k].result == DP_ERR_RETRYABLE && open_now)
+            transient = 1;
+    if (transient) {
+        /* The service is down: wait for the breaker, spend no budgets. */
+        int64_t wait = dp_breaker_retry_in_ms(br);
+        dp_batch_retry_after(b, wait > 0 ? wait : 1000);
+        e = dp_errf(DP_ERR_RETRYABLE, err, errlen,
+                    "embedding service unavailable (breaker %s): %s",
+                    dp_breaker_state_name(dp_breaker_state_now(br)),
+                    jobs[0].error);
+        goto out;
+    }
+    for (size_t k = 0; k < n; k++) {
+        size_t i = items[k].rec;
+        avro_value_t *m = dp_docstage_msg(b, i);
+        const char *doc = dp_msg_str(m, "document_id");
+        const char *corr = dp_msg_str(m, "correlation_id");
+        if (jobs[k].result != DP_OK) {
+            dp_batch_fail(b, i, jobs[k].result, "embed %s batch %lld: %s", doc,
+                          (long long)dp_msg_long(m, "batch_index"), jobs[k].error);
+            continue;
+        }
+        int batch_index = (int)dp_msg_long(m, "batch_index");
+        if ((e = store_vectors(db, st, doc, ds->cfg->embed_model, batch_index,
+                               &items[k], &jobs[k], err, errlen)))
+            goto out;
+        int moved;
+        if ((e = dp_doc_transition(db, doc, embed_from, "embedding_in_progress",
+                                   "embed", "EMBED_BATCH_STORED", corr, NULL,
+                                   &moved, err, errlen)))
+            goto out;
+        dp_field f[] = {DP_FS("document_id", doc),
+                        DP_FS("job_id", dp_msg_str(m, "job_id")),
+                        DP_FL("batch_index", batch_index),
+                        DP_FL("batches_total", dp_msg_long(m, "batches_total")),
+                        DP_FL("vectors", jobs[k].n), DP_FS("correlation_id", corr)};
+        dp_docstage_emit(ds, b, i, ds->out_topic, "BatchEmbedded", doc, f, 6);
+    }
+out:
+    free_items(items, jobs, n);
+    return e;
+}
+
+dp_err dp_embed_open(const dp_config *cfg, dp_stage *stage, char *err,
+                     size_t errlen)
+{
+    embed_state *st = calloc(1, sizeof(*st));
+    dp_err e = dp_embed_client_new(cfg, &st->client, err, errlen);
+    if (e) {
+        free(st);
+        return e;
+    }
+    dp_docstage_spec spec = {"embed", "embed-batches", "EmbedBatch", "embedded",
+                             "failed_embedding", 64, embed_handle};
+    e = dp_docstage_init(cfg, &spec, st, stage, err, errlen);
+    if (e) {
+        dp_embed_client_free(st->client);
+        free(st);
+    }
+    return e;
+}
+
+void dp_embed_close(dp_stage *stage)
+{
+    embed_state *st = dp_docstage_close(stage);
+    if (!st)
+        return;
+    dp_embed_client_free(st->client);
+    dp_buf_free(&st->vec);
+    dp_buf_free(&st->ids);
+    dp_buf_free(&st->shas);
+    free(st);
+}

@@ -1,0 +1,100 @@
+/*
+ * embed_client: the OpenAI-compatible embeddings client.
+ *
+ * One libcurl multi handle and a pool of up to embed_inflight easy handles
+ * live as long as the client, so many requests are in flight at once over
+ * kept-alive connections that later requests reuse.  Each job is one
+ * request: POST {embed_url}/v1/embeddings {model, input:[texts],
+ * encoding_format:"float"}, with "Authorization: Bearer <embed_api_key>"
+ * when the key is set.
+ *
+ * The client never retries (the stage runtime owns retries and backoff).  It
+ * does three things around each request:
+ *  - rate limit: embed_rpm requests and embed_tpm estimated tokens per
+ *    sliding minute (ratelimit.h).  Tokens are estimated as the sum over the
+ *    texts of len/4 (code points / 4, dp_embed_estimate_tokens, the
+ *    original's micro-batch estimate), at least 1 per request; the original
+ *    client's TPM window counted a flat ~100 per text, which overcounts short
+ *    chunks 4x.  A full window makes jobs wait, never fail.
+ *  - circuit breaker "embeddings" (breaker.h): a refused call fails at once.
+ *  - classification of the outcome (dp_embed_job.result):
+ *      DP_OK            200 with n vectors of embed_dim numbers;
+ *      DP_ERR_RETRYABLE timeouts, connection errors, 408, 429, 5xx, and a
+ *                       200 whose body is not JSON at all (a proxy or a cut
+ *                       connection, not the service's answer);
+ *      DP_ERR_PERMANENT any other 4xx (empty input, bad key, bad model), and a
+ *                       JSON answer of the wrong shape: wrong count, bad
+ *                       index, a vector of another dimension ("dimension
+ *                       mismatch"), a non-number.  Retrying cannot fix those.
+ *    The breaker counts each retryable outcome as a failure and every other
+ *    answer as a success: a 400 says the service is up, and one bad
+ *    document must not stop all embedding for reset_ms.
+ *
+ * Vectors are parsed from "float" JSON arrays (numbers exactly as the JSON
+ * gives them, integers included) or, if the server sends a string, from
+ * base64 little-endian float32.
+ *
+ * Threads: dp_embed_run may be called from several threads; calls on one
+ * client are serialised (a libcurl multi handle is single-threaded).  Use
+ * one client per thread for parallel runs.  libcurl is initialised once per
+ * process by the first dp_embed_client_new (curl_global_init).
+ */
+#ifndef DP_EMBED_CLIENT_H
+#define DP_EMBED_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "breaker.h"
+#include "config.h"
+#include "dp_error.h"
+#include "ratelimit.h"
+
+typedef struct dp_embed_client dp_embed_client;
+
+typedef struct dp_embed_job {
+    const char *const *texts;   /* in: UTF-8, non-empty */
+    size_t n;                   /* in */
+    double *vectors;            /* out: n * dim doubles, malloc'd by the client, caller frees */
+    int dim;                    /* out */
+    dp_err result;              /* out: DP_OK, DP_ERR_RETRYABLE, DP_ERR_PERMANENT */
+    int http_status;            /* out: 0 if no response */
+    int64_t retry_after_ms;     /* out: from Retry-After (seconds or HTTP date), -1 if none;
+                                   for jobs refused by an open breaker, the time until
+                                   it lets a probe through */
+    char error[512];            /* out */
+} dp_embed_job;
+
+/* Reads embed_url, embed_model, embed_api_key, embed_dim, embed_inflight,
+ * embed_rpm, embed_tpm, embed_timeout_ms, breaker_threshold and
+ * breaker_reset_ms (copied: cfg may be freed afterwards). */
+dp_err dp_embed_client_new(const dp_config *cfg, dp_embed_client **out, char *err,
+                           size_t errlen);
+void dp_embed_client_free(dp_embed_client *c);
+dp_breaker *dp_embed_client_breaker(dp_embed_client *c);
+dp_ratelimit *dp_embed_client_ratelimit(dp_embed_client *c);
+
+/* Runs every job, up to embed_inflight requests at once, honouring the rate
+ * limiter and the breaker.  The out fields of every job are overwritten
+ * (vectors is set to NULL unless the job succeeds).  A job with n == 0
+ * succeeds without a request (vectors NULL).
+ * Returns DP_OK when every job has its own result; returns DP_ERR_RETRYABLE
+ * as soon as the breaker is open, without finishing the remaining jobs:
+ * those not yet sent and those still in flight (abandoned) get result
+ * DP_ERR_RETRYABLE, error "circuit breaker open ...".  Jobs already answered
+ * keep their own results. */
+dp_err dp_embed_run(dp_embed_client *c, dp_embed_job *jobs, size_t njobs);
+
+/* Counters since the client was made (for health output and tests). */
+typedef struct dp_embed_stats {
+    int64_t requests;     /* HTTP requests sent */
+    int64_t connects;     /* new connections opened (the rest reused one) */
+    int64_t ok, retryable, permanent; /* outcomes of the requests sent */
+    int64_t refused;      /* jobs refused or abandoned by an open breaker */
+} dp_embed_stats;
+void dp_embed_client_stats(dp_embed_client *c, dp_embed_stats *out);
+
+/* Estimated tokens of one job's request, as the rate limiter counts them. */
+int64_t dp_embed_job_tokens(const dp_embed_job *job);
+
+#endif

@@ -1,0 +1,110 @@
+/*
+ * embed-plan (stage 5): splits a document's chunks into embedding batches.
+ *
+ * In: <prefix>chunked (ChunksStored).  The chunks are cut, in ord order,
+ * into batches of at most 256 texts and 8000 estimated tokens (characters
+ * / 4, as the original), and one EmbedBatch per batch goes to
+ * <prefix>embed-batches, so the batches of one large document are embedded
+ * by many requests (and instances) at once.  The job records the number of
+ * batches (for gather) and moves chunks_stored → embedding_queued.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chunker.h"
+#include "docdb.h"
+#include "docstage.h"
+#include "pg.h"
+#include "stages.h"
+
+static const char *const plan_from[] = {"chunks_stored", NULL};
+
+static dp_err plan_handle(void *state, dp_batch *b, char *err, size_t errlen)
+{
+    dp_docstage *ds = state;
+    PGconn *db = dp_batch_db(b);
+    for (size_t i = 0; i < dp_batch_count(b); i++) {
+        avro_value_t *m = dp_docstage_msg(b, i);
+        const char *doc = dp_msg_str(m, "document_id");
+        const char *corr = dp_msg_str(m, "correlation_id");
+        const char *version = dp_msg_str(m, "chunker_version");
+        int go;
+        dp_err e = dp_doc_ready(b, i, doc, plan_from, &go, err, errlen);
+        if (e)
+            return e;
+        if (!go)
+            continue;
+        const char *params[3] = {doc, DP_CHUNKER_NAME, version};
+        PGresult *res = PQexecParams(db,
+            "SELECT chunk_ord, length(text) / 4 FROM"
+            " upload_pipeline.document_chunk_buffer WHERE document_id = $1::uuid"
+            " AND chunker_name = $2 AND chunker_version = $3 ORDER BY chunk_ord",
+            3, NULL, params, NULL, NULL, 0);
+        if ((e = dp_pg_check(db, res, PGRES_TUPLES_OK, "read chunk sizes", err,
+                             errlen)))
+            return e;
+        size_t n = (size_t)PQntuples(res);
+        if (n == 0) {
+            PQclear(res);
+            dp_batch_fail(b, i, DP_ERR_PERMANENT,
+                          "embed-plan %s: No chunks found for embedding", doc);
+            continue;
+        }
+        size_t *tokens = malloc(n * sizeof(size_t));
+        size_t *ends = malloc(n * sizeof(size_t));
+        int first_ord = atoi(PQgetvalue(res, 0, 0));
+        for (size_t k = 0; k < n; k++)
+            tokens[k] = (size_t)strtoull(PQgetvalue(res, (int)k, 1), NULL, 10);
+        PQclear(res);
+        size_t nb = dp_embed_plan_batches(tokens, n, DP_EMBED_BATCH_MAX_TEXTS,
+                                          DP_EMBED_BATCH_MAX_TOKENS, ends);
+        char progress[160], total[16];
+        snprintf(progress, sizeof(progress),
+                 "{\"embeds_total\": %zu, \"embeds_done\": 0, \"batches_total\": %zu}",
+                 n, nb);
+        snprintf(total, sizeof(total), "%zu", nb);
+        const char *p2[2] = {doc, total};
+        res = PQexecParams(db, "UPDATE upload_pipeline.upload_jobs SET"
+                               " embed_batches_total = $2::int WHERE document_id = $1::uuid",
+                           2, NULL, p2, NULL, NULL, 0);
+        if ((e = dp_pg_check(db, res, PGRES_COMMAND_OK, "store batch count",
+                             err, errlen))) {
+            free(tokens);
+            free(ends);
+            return e;
+        }
+        PQclear(res);
+        int moved;
+        e = dp_doc_transition(db, doc, plan_from, "embedding_queued",
+                              "embed-plan", "EMBEDDING_QUEUED", corr, progress,
+                              &moved, err, errlen);
+        size_t start = 0;
+        for (size_t k = 0; e == DP_OK && k < nb; k++) {
+            dp_field f[] = {DP_FS("document_id", doc),
+                            DP_FS("job_id", dp_msg_str(m, "job_id")),
+                            DP_FL("batch_index", k), DP_FL("batches_total", nb),
+                            DP_FL("first_ord", first_ord + (int)start),
+                            DP_FL("count", ends[k] - start),
+                            DP_FS("correlation_id", corr)};
+            dp_docstage_emit(ds, b, i, ds->out_topic, "EmbedBatch", doc, f, 7);
+            start = ends[k];
+        }
+        free(tokens);
+        free(ends);
+        if (e)
+            return e;
+    }
+    return DP_OK;
+}
+
+dp_err dp_embed_plan_open(const dp_config *cfg, dp_stage *stage, char *err,
+                          size_t errlen)
+{
+    dp_docstage_spec spec = {"embed-plan", "chunked", "ChunksStored",
+                             "embed-batches", "failed_embedding", 100,
+                             plan_handle};
+    return dp_docstage_init(cfg, &spec, NULL, stage, err, errlen);
+}
+
+void dp_embed_plan_close(dp_stage *stage) { dp_docstage_close(stage); }

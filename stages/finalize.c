@@ -1,0 +1,99 @@
+/*
+ * finalize (stage 8): promotes a document into the searchable table.
+ *
+ * In: <prefix>embeddings-stored (EmbeddingsStored).  Chunks and their
+ * vectors are joined from the buffers into upload_pipeline.document_chunks
+ * (embedding as real[]), the job moves embeddings_stored → complete with
+ * processing_completed_at set (a 'finalized' event, JOB_COMPLETED), and a
+ * DocumentCompleted goes to <prefix>completed for downstream consumers.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include "docdb.h"
+#include "docstage.h"
+#include "pg.h"
+#include "stages.h"
+
+static const char *const finalize_from[] = {"embeddings_stored", NULL};
+
+static dp_err finalize_handle(void *state, dp_batch *b, char *err, size_t errlen)
+{
+    dp_docstage *ds = state;
+    PGconn *db = dp_batch_db(b);
+    for (size_t i = 0; i < dp_batch_count(b); i++) {
+        avro_value_t *m = dp_docstage_msg(b, i);
+        const char *doc = dp_msg_str(m, "document_id");
+        const char *corr = dp_msg_str(m, "correlation_id");
+        int go;
+        dp_err e = dp_doc_ready(b, i, doc, finalize_from, &go, err, errlen);
+        if (e)
+            return e;
+        if (!go)
+            continue;
+        const char *params[2] = {doc, ds->cfg->embed_model};
+        PGresult *res = PQexecParams(db,
+            "WITH p AS (INSERT INTO upload_pipeline.document_chunks (chunk_id,"
+            "   document_id, chunker_name, chunker_version, chunk_ord, text,"
+            "   chunk_sha, meta, embed_model, embed_version, embedding,"
+            "   vector_dim, vector_sha)"
+            " SELECT c.chunk_id, c.document_id, c.chunker_name, c.chunker_version,"
+            "   c.chunk_ord, c.text, c.chunk_sha, c.meta, v.embed_model,"
+            "   v.embed_version, v.vector, cardinality(v.vector), v.vector_sha"
+            " FROM upload_pipeline.document_chunk_buffer c"
+            " JOIN upload_pipeline.document_vector_buffer v USING (chunk_id)"
+            " WHERE c.document_id = $1::uuid AND v.embed_model = $2"
+            " ON CONFLICT (chunk_id) DO UPDATE SET embedding = EXCLUDED.embedding,"
+            "   vector_sha = EXCLUDED.vector_sha, embed_model = EXCLUDED.embed_model"
+            " RETURNING 1),"
+            " j AS (UPDATE upload_pipeline.upload_jobs SET"
+            "   processing_completed_at = now() WHERE document_id = $1::uuid)"
+            " SELECT count(*) FROM p",
+            2, NULL, params, NULL, NULL, 0);
+        if ((e = dp_pg_check(db, res, PGRES_TUPLES_OK, "promote chunks", err,
+                             errlen)))
+            return e;
+        long chunks = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+        PQclear(res);
+        char progress[64];
+        snprintf(progress, sizeof(progress), "{\"chunks_final\": %ld}", chunks);
+        int moved;
+        if ((e = dp_doc_transition(db, doc, finalize_from, "complete", "finalize",
+                                   "JOB_COMPLETED", corr, progress, &moved, err,
+                                   errlen)))
+            return e;
+        struct timeval tv;
+        gettimeofday(&tv, NULL);
+        const char *p1[1] = {doc};
+        res = PQexecParams(db, "SELECT user_id::text FROM upload_pipeline.documents"
+                               " WHERE document_id = $1::uuid", 1, NULL, p1, NULL,
+                           NULL, 0);
+        if ((e = dp_pg_check(db, res, PGRES_TUPLES_OK, "read user", err, errlen)))
+            return e;
+        char user[64];
+        snprintf(user, sizeof(user), "%s", PQntuples(res) ? PQgetvalue(res, 0, 0) : "");
+        PQclear(res);
+        dp_field f[] = {DP_FS("document_id", doc),
+                        DP_FS("job_id", dp_msg_str(m, "job_id")),
+                        DP_FS("user_id", user), DP_FL("chunks", chunks),
+                        DP_FS("embed_model", ds->cfg->embed_model),
+                        DP_FL("completed_at_ms",
+                              (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000),
+                        DP_FS("correlation_id", corr)};
+        dp_docstage_emit(ds, b, i, ds->out_topic, "DocumentCompleted", doc, f, 7);
+    }
+    return DP_OK;
+}
+
+dp_err dp_finalize_open(const dp_config *cfg, dp_stage *stage, char *err,
+                        size_t errlen)
+{
+    dp_docstage_spec spec = {"finalize", "embeddings-stored", "EmbeddingsStored",
+                             "completed", "failed_embedding", 100,
+                             finalize_handle};
+    return dp_docstage_init(cfg, &spec, NULL, stage, err, errlen);
+}
+
+void dp_finalize_close(dp_stage *stage) { dp_docstage_close(stage); }

@@ -1,0 +1,173 @@
+/*
+ * intake (stage 1): checks an upload and records its document and job.
+ *
+ * In: <prefix>uploaded (UploadRequested), written by `docpipe submit` after
+ * it stored the raw file content-addressed.  The file must exist with the
+ * announced size and sha256, be at most 25 MB and of a supported type
+ * (PDF, HTML, plain text, markdown).  A (user, file sha256) pair already
+ * known is a duplicate upload: nothing more happens.  Otherwise the
+ * document and its job are inserted (uploaded → parse_queued) and a
+ * ParseRequested goes to <prefix>parse-queued.  A rejected upload is
+ * recorded with status failed_upload and dead-lettered.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "docdb.h"
+#include "docstage.h"
+#include "ids.h"
+#include "pg.h"
+#include "stages.h"
+
+#define INTAKE_MAX_BYTES (25u * 1024 * 1024)
+
+static const char *const supported_mime[] = {
+    "application/pdf", "text/html", "application/xhtml+xml", "text/plain",
+    "text/markdown", NULL};
+
+int dp_mime_supported(const char *mime)
+{
+    return dp_status_in(mime, supported_mime);
+}
+
+void dp_job_id(const char *document_id, char out[DP_UUID_STR_SIZE])
+{
+    char name[128];
+    int n = snprintf(name, sizeof(name), "job:%s", document_id);
+    if (dp_uuid5(DP_CHUNK_ID_NAMESPACE, name, (size_t)n, out) != DP_OK)
+        snprintf(out, DP_UUID_STR_SIZE, "%s", document_id);
+}
+
+/* Inserts document and job; *fresh = 0 when the upload is a duplicate. */
+static dp_err record_upload(PGconn *db, avro_value_t *m, const char *status,
+                            int *fresh, char *err, size_t errlen)
+{
+    char job[DP_UUID_STR_SIZE], bytes[32];
+    const char *doc = dp_msg_str(m, "document_id");
+    dp_job_id(doc, job);
+    snprintf(bytes, sizeof(bytes), "%lld", (long long)dp_msg_long(m, "bytes_len"));
+    const char *params[10] = {doc, dp_msg_str(m, "user_id"),
+        dp_msg_str(m, "filename"), dp_msg_str(m, "mime"), bytes,
+        dp_msg_str(m, "file_sha256"), dp_msg_str(m, "raw_path"), job, status,
+        dp_msg_str(m, "correlation_id")};
+    PGresult *res = PQexecParams(db,
+        "WITH d AS (INSERT INTO upload_pipeline.documents (document_id, user_id,"
+        "   filename, mime, bytes_len, file_sha256, raw_path, processing_status)"
+        "   VALUES ($1::uuid, $2::uuid, $3, $4, $5::bigint, $6, $7, $9)"
+        "   ON CONFLICT DO NOTHING RETURNING document_id, user_id, raw_path)"
+        " INSERT INTO upload_pipeline.upload_jobs (job_id, user_id, document_id,"
+        "   status, raw_path, correlation_id)"
+        " SELECT $8::uuid, user_id, document_id, $9, raw_path,"
+        "   coalesce(nullif($10, ''), $8::text)::uuid FROM d",
+        10, NULL, params, NULL, NULL, 0);
+    dp_err e = dp_pg_check(db, res, PGRES_COMMAND_OK, "record upload", err,
+                           errlen);
+    if (e)
+        return e;
+    *fresh = atoi(PQcmdTuples(res)) > 0;
+    PQclear(res);
+    return DP_OK;
+}
+
+static dp_err check_upload(const dp_config *cfg, avro_value_t *m, char *why,
+                           size_t whylen)
+{
+    const char *mime = dp_msg_str(m, "mime");
+    int64_t bytes = dp_msg_long(m, "bytes_len");
+    if (!dp_mime_supported(mime))
+        return dp_errf(DP_ERR_PERMANENT, why, whylen,
+                       "unsupported type '%s' (PDF, HTML, text, markdown)", mime);
+    if (bytes > (int64_t)INTAKE_MAX_BYTES)
+        return dp_errf(DP_ERR_PERMANENT, why, whylen,
+                       "file is %lld bytes, over the 25 MB limit", (long long)bytes);
+    uint8_t raw[16];
+    if (dp_uuid_parse(dp_msg_str(m, "document_id"), raw) != 0 ||
+        dp_uuid_parse(dp_msg_str(m, "user_id"), raw) != 0)
+        return dp_errf(DP_ERR_PERMANENT, why, whylen,
+                       "document_id and user_id must be UUIDs");
+    char *data;
+    size_t len;
+    char err[512];
+    dp_err e = dp_storage_get(cfg->storage_dir, dp_msg_str(m, "raw_path"),
+                              INTAKE_MAX_BYTES, &data, &len, err, sizeof(err));
+    if (e)
+        return dp_errf(e, why, whylen, "raw file: %s", err);
+    char sha[DP_SHA256_HEX_SIZE];
+    dp_sha256_hex(data, len, sha);
+    free(data);
+    if ((int64_t)len != bytes || strcmp(sha, dp_msg_str(m, "file_sha256")) != 0)
+        return dp_errf(DP_ERR_PERMANENT, why, whylen,
+                       "raw file does not match the upload (size %zu, sha256 %s)",
+                       len, sha);
+    return DP_OK;
+}
+
+static dp_err intake_handle(void *state, dp_batch *b, char *err, size_t errlen)
+{
+    dp_docstage *ds = state;
+    PGconn *db = dp_batch_db(b);
+    for (size_t i = 0; i < dp_batch_count(b); i++) {
+        avro_value_t *m = dp_docstage_msg(b, i);
+        const char *doc = dp_msg_str(m, "document_id");
+        char why[768];
+        dp_err v = check_upload(ds->cfg, m, why, sizeof(why));
+        if (v) {
+            dp_batch_fail(b, i, v, "upload %s rejected: %s", doc, why);
+            continue;
+        }
+        int fresh = 0, moved = 0;
+        dp_err e = record_upload(db, m, "uploaded", &fresh, err, errlen);
+        if (e)
+            return e;
+        if (!fresh)
+            continue; /* duplicate (user, sha256) or a redelivery */
+        const char *from[] = {"uploaded", NULL};
+        const char *corr = dp_msg_str(m, "correlation_id");
+        e = dp_doc_transition(db, doc, from, "parse_queued", "intake",
+                              "PARSE_QUEUED", corr, NULL, &moved, err, errlen);
+        if (e)
+            return e;
+        char job[DP_UUID_STR_SIZE];
+        dp_job_id(doc, job);
+        dp_field f[] = {DP_FS("document_id", doc), DP_FS("job_id", job),
+                        DP_FS("raw_path", dp_msg_str(m, "raw_path")),
+                        DP_FS("mime", dp_msg_str(m, "mime")),
+                        DP_FS("correlation_id", corr)};
+        dp_docstage_emit(ds, b, i, ds->out_topic, "ParseRequested", doc, f, 5);
+    }
+    return DP_OK;
+}
+
+/* A rejected upload still gets its document and job rows, failed_upload. */
+static dp_err intake_dead_letter(void *state, PGconn *db, const dp_record *rec,
+                                 dp_err category, const char *error, char *err,
+                                 size_t errlen)
+{
+    dp_docstage *ds = state;
+    avro_value_t *m = rec->decoded;
+    uint8_t raw[16];
+    if (m && dp_uuid_parse(dp_msg_str(m, "document_id"), raw) == 0 &&
+        dp_uuid_parse(dp_msg_str(m, "user_id"), raw) == 0) {
+        int fresh;
+        dp_err e = record_upload(db, m, "uploaded", &fresh, err, errlen);
+        if (e)
+            return e;
+    }
+    return dp_doc_dead_letter(ds->name, ds->failed_state, db, rec, category,
+                              error, err, errlen);
+}
+
+dp_err dp_intake_open(const dp_config *cfg, dp_stage *stage, char *err,
+                      size_t errlen)
+{
+    dp_docstage_spec spec = {"intake", "uploaded", "UploadRequested",
+                             "parse-queued", "failed_upload", 100,
+                             intake_handle};
+    dp_err e = dp_docstage_init(cfg, &spec, NULL, stage, err, errlen);
+    if (e == DP_OK)
+        stage->dead_letter = intake_dead_letter;
+    return e;
+}
+
+void dp_intake_close(dp_stage *stage) { dp_docstage_close(stage); }

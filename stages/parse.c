@@ -1,0 +1,125 @@
+/*
+ * parse (stage 2): turns the raw file into text.
+ *
+ * In: <prefix>parse-queued (ParseRequested).  Plain text and markdown are
+ * their own text; PDF and HTML go through the parser service (Apache Tika
+ * server, PUT /tika).  The text, at most 10 MB, is stored content-addressed
+ * and the job moves parse_queued → parsed; a DocumentParsed goes to
+ * <prefix>parsed.  An unparseable file is a permanent failure
+ * (failed_parse, dead-lettered); a parser outage is retryable, and while the
+ * parser's circuit breaker is open the stage pauses instead.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "breaker.h"
+#include "docdb.h"
+#include "docstage.h"
+#include "pg.h"
+#include "stages.h"
+#include "tika_client.h"
+
+#define PARSE_MAX_RAW (25u * 1024 * 1024)
+#define PARSE_MAX_TEXT (10u * 1024 * 1024)
+
+static const char *const parse_from[] = {"parse_queued", "failed_parse", NULL};
+
+static dp_err parse_handle(void *state, dp_batch *b, char *err, size_t errlen)
+{
+    dp_docstage *ds = state;
+    dp_tika_client *tika = ds->impl;
+    PGconn *db = dp_batch_db(b);
+    for (size_t i = 0; i < dp_batch_count(b); i++) {
+        avro_value_t *m = dp_docstage_msg(b, i);
+        const char *doc = dp_msg_str(m, "document_id");
+        const char *mime = dp_msg_str(m, "mime");
+        int go;
+        dp_err e = dp_doc_ready(b, i, doc, parse_from, &go, err, errlen);
+        if (e)
+            return e;
+        if (!go)
+            continue;
+
+        char *raw = NULL, *text = NULL;
+        size_t raw_len = 0, text_len = 0;
+        char why[768];
+        e = dp_storage_get(ds->cfg->storage_dir, dp_msg_str(m, "raw_path"),
+                           PARSE_MAX_RAW, &raw, &raw_len, why, sizeof(why));
+        if (e == DP_OK) {
+            if (strcmp(mime, "text/plain") == 0 || strcmp(mime, "text/markdown") == 0) {
+                if (raw_len > PARSE_MAX_TEXT)
+                    e = dp_errf(DP_ERR_PERMANENT, why, sizeof(why),
+                                "text is %zu bytes, over the 10 MB limit", raw_len);
+                text = raw;
+                text_len = raw_len;
+                raw = NULL;
+            } else {
+                e = dp_tika_parse(tika, raw, raw_len, mime, PARSE_MAX_TEXT,
+                                  &text, &text_len, why, sizeof(why));
+            }
+        }
+        free(raw);
+        if (e == DP_ERR_RETRYABLE &&
+            dp_breaker_state_now(dp_tika_client_breaker(tika)) == DP_BREAKER_OPEN) {
+            free(text);
+            dp_batch_retry_after(b, dp_breaker_retry_in_ms(dp_tika_client_breaker(tika)));
+            return dp_errf(DP_ERR_RETRYABLE, err, errlen,
+                           "parser circuit breaker open: %s", why);
+        }
+        char path[DP_STORAGE_PATH_SIZE];
+        if (e == DP_OK)
+            e = dp_storage_put(ds->cfg->storage_dir, "parsed", text, text_len,
+                               path, NULL, why, sizeof(why));
+        free(text);
+        if (e) {
+            dp_batch_fail(b, i, e, "parse %s (%s): %s", doc, mime, why);
+            continue;
+        }
+        int moved;
+        char progress[96];
+        snprintf(progress, sizeof(progress), "{\"text_bytes\": %zu}", text_len);
+        e = dp_doc_transition(db, doc, parse_from, "parsed", "parse", "PARSED",
+                              dp_msg_str(m, "correlation_id"), progress, &moved,
+                              err, errlen);
+        if (e)
+            return e;
+        const char *params[2] = {doc, path};
+        PGresult *res = PQexecParams(db,
+            "WITH j AS (UPDATE upload_pipeline.upload_jobs SET parsed_path = $2"
+            "  WHERE document_id = $1::uuid)"
+            " UPDATE upload_pipeline.documents SET parsed_path = $2"
+            "  WHERE document_id = $1::uuid", 2, NULL, params, NULL, NULL, 0);
+        if ((e = dp_pg_check(db, res, PGRES_COMMAND_OK, "store parsed path", err,
+                             errlen)))
+            return e;
+        PQclear(res);
+        dp_field f[] = {DP_FS("document_id", doc),
+                        DP_FS("job_id", dp_msg_str(m, "job_id")),
+                        DP_FS("parsed_path", path),
+                        DP_FL("text_bytes", text_len),
+                        DP_FS("correlation_id", dp_msg_str(m, "correlation_id"))};
+        dp_docstage_emit(ds, b, i, ds->out_topic, "DocumentParsed", doc, f, 5);
+    }
+    return DP_OK;
+}
+
+dp_err dp_parse_open(const dp_config *cfg, dp_stage *stage, char *err,
+                     size_t errlen)
+{
+    dp_tika_client *tika;
+    dp_err e = dp_tika_client_new(cfg, &tika, err, errlen);
+    if (e)
+        return e;
+    dp_docstage_spec spec = {"parse", "parse-queued", "ParseRequested", "parsed",
+                             "failed_parse", 8, parse_handle};
+    e = dp_docstage_init(cfg, &spec, tika, stage, err, errlen);
+    if (e)
+        dp_tika_client_free(tika);
+    return e;
+}
+
+void dp_parse_close(dp_stage *stage)
+{
+    dp_tika_client_free(dp_docstage_close(stage));
+}

@@ -1,0 +1,48 @@
+/*
+ * tika_client: text out of documents, from an Apache Tika server.
+ *
+ * PUT {tika_url}/tika with the document's bytes and "Accept: text/plain";
+ * Tika answers with the document's text in UTF-8.  One libcurl easy handle
+ * lives as long as the client, so its connection to Tika is kept alive and
+ * reused.  Calls on one client are serialised (a mutex); give each parsing
+ * thread its own client for parallel parses.
+ *
+ * Outcomes:
+ *   DP_OK             2xx: the text (possibly empty: a scan with no text layer);
+ *   DP_ERR_PERMANENT  4xx, e.g. 422 (Tika could not parse it: corrupt,
+ *                     encrypted, or not what its Content-Type says) or 415,
+ *                     and a text longer than max_bytes;
+ *   DP_ERR_RETRYABLE  5xx, 408, 429, timeouts, connection errors, any other
+ *                     status, and an open circuit breaker (no request sent).
+ * The breaker ("tika") counts each retryable outcome as a failure and each
+ * answer about the document (2xx, 4xx, too long) as a success: a batch of
+ * corrupt PDFs says nothing about Tika's health and must not stop parsing.
+ * The client never retries (the stage runtime does).
+ */
+#ifndef DP_TIKA_CLIENT_H
+#define DP_TIKA_CLIENT_H
+
+#include <stddef.h>
+
+#include "breaker.h"
+#include "config.h"
+#include "dp_error.h"
+
+typedef struct dp_tika_client dp_tika_client;
+
+/* Reads tika_url, tika_timeout_ms, breaker_threshold and breaker_reset_ms
+ * (copied: cfg may be freed afterwards). */
+dp_err dp_tika_client_new(const dp_config *cfg, dp_tika_client **out, char *err,
+                          size_t errlen);
+void dp_tika_client_free(dp_tika_client *c);
+dp_breaker *dp_tika_client_breaker(dp_tika_client *c);
+
+/* PUT {tika_url}/tika with the document bytes, Content-Type (may be NULL:
+ * Tika detects the type), Accept: text/plain.  On DP_OK *text is the UTF-8
+ * text (malloc'd, NUL-terminated, caller frees) and *text_len its length;
+ * otherwise *text is NULL and err says why.  max_bytes == 0: no limit. */
+dp_err dp_tika_parse(dp_tika_client *c, const void *data, size_t len,
+                     const char *content_type, size_t max_bytes, char **text,
+                     size_t *text_len, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,279 @@
+/*
+ * The whole document pipeline against the real Kafka broker, PostgreSQL,
+ * Apache Tika server and the local embedding service: documents submitted
+ * with `docpipe submit` and processed by `docpipe run all`.
+ */
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "support_docs.h"
+#include "support_env.h"
+
+static tenv T;
+static pid_t embed_pid, pipe_pid;
+static char embed_url[256], storage[1200], user[64], env_embed[300],
+    env_storage[1300], logf[600];
+
+static void teardown(void)
+{
+    if (pipe_pid > 0)
+        tenv_stop(pipe_pid, SIGTERM, 60000);
+    if (embed_pid > 0)
+        tenv_stop(embed_pid, SIGTERM, 10000);
+    pipe_pid = embed_pid = 0;
+    tenv_teardown(&T);
+}
+
+TestSuite(pipeline, .fini = teardown, .timeout = 1500);
+
+static const char *tika_url(void)
+{
+    const char *u = getenv("DOCPIPE_TIKA_URL");
+    return u && *u ? u : "http://127.0.0.1:39998";
+}
+
+/* Prefix, storage, a user of our own, the embedding service and every
+ * stage of the pipeline in one process. */
+static void start(const char *name, const char *const *embed_flags,
+                  const char *const *extra_env)
+{
+    tenv_setup(&T, name);
+    char url[300];
+    snprintf(url, sizeof(url), "%s/tika", tika_url());
+    char *tika = tenv_http_get(url);
+    cr_assert(tika, "Apache Tika server is not answering at %s "
+                    "(scripts/tika.sh start)", tika_url());
+    free(tika);
+    snprintf(storage, sizeof(storage), "/tmp/docpipe-%sstorage", T.prefix);
+    mkdir(storage, 0755);
+    unsigned h = 2166136261u;
+    for (const char *p = T.prefix; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    snprintf(user, sizeof(user), "%08x-0000-4000-8000-%012x", h, (unsigned)getpid());
+    embed_pid = tenv_start_embedserver(&T, embed_flags, embed_url, sizeof(embed_url));
+    snprintf(env_embed, sizeof(env_embed), "DOCPIPE_EMBED_URL=%s", embed_url);
+    snprintf(env_storage, sizeof(env_storage), "DOCPIPE_STORAGE_DIR=%s", storage);
+    const char *env[24] = {env_embed, env_storage, "DOCPIPE_EMBED_TPM=100000000",
+                           "DOCPIPE_EMBED_RPM=1000000", "DOCPIPE_BATCH_WAIT_MS=20"};
+    int n = 5;
+    for (int i = 0; extra_env && extra_env[i] && n < 22; i++)
+        env[n++] = extra_env[i];
+    env[n] = NULL;
+    snprintf(logf, sizeof(logf), "/tmp/docpipe-%spipeline.log", T.prefix);
+    unlink(logf);
+    const char *args[] = {"run", "all", NULL};
+    pipe_pid = tenv_spawn(&T, args, logf, env);
+}
+
+static int submit(const char *path, char ids[][40], int max)
+{
+    char out[700];
+    snprintf(out, sizeof(out), "/tmp/docpipe-%ssubmit.out", T.prefix);
+    const char *args[] = {"submit", "--user", user, path, NULL};
+    const char *env[] = {env_storage, NULL};
+    cr_assert_eq(tenv_docpipe_out(&T, args, env, out), 0, "submit %s failed", path);
+    FILE *f = fopen(out, "r");
+    char line[2048];
+    int n = 0;
+    while (f && n < max && fgets(line, sizeof(line), f))
+        if (sscanf(line, "%36s", ids[n]) == 1)
+            n++;
+    if (f)
+        fclose(f);
+    return n;
+}
+
+static long long q(const char *fmt, const char *doc)
+{
+    char sql[2048];
+    snprintf(sql, sizeof(sql), fmt, doc, doc, doc);
+    return tenv_scalar(&T, sql);
+}
+
+static void wait_all(int timeout_s)
+{
+    char sql[512];
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FILTER (WHERE status IN ('complete') OR status LIKE 'failed_%%')"
+             " = count(*) AND count(*) > 0 FROM upload_pipeline.upload_jobs"
+             " WHERE user_id = '%s'", user);
+    (void)sql;
+    char ts[16];
+    snprintf(ts, sizeof(ts), "%d", timeout_s);
+    char uq[600];
+    snprintf(uq, sizeof(uq),
+             "SELECT (count(*) FILTER (WHERE status = 'complete' OR status LIKE"
+             " 'failed_%%') = count(*))::int FROM upload_pipeline.upload_jobs"
+             " WHERE user_id = '%s'", user);
+    tenv_wait_scalar(&T, uq, 1, timeout_s * 1000);
+}
+
+Test(pipeline, test_200_mixed_documents_complete_with_expected_chunks_and_vectors)
+{
+    start("mixed", NULL, NULL);
+    char dir[1300];
+    snprintf(dir, sizeof(dir), "/tmp/docpipe-%sdocs", T.prefix);
+    mkdir(dir, 0755);
+    static tdoc docs[200];
+    static const char *kinds[] = {"md", "txt", "html", "pdf"};
+    int n = 0;
+    for (; n < 170; n++)   /* small: 2 KB .. 90 KB */
+        tdoc_make(&docs[n], dir, kinds[n % 4], 2000 + (size_t)(n * 523) % 88000, (unsigned)n + 1);
+    for (; n < 195; n++)   /* medium: 100 KB .. 1 MB */
+        tdoc_make(&docs[n], dir, kinds[n % 4], 110000 + (size_t)(n - 170) * 35000, (unsigned)n + 1);
+    static const size_t large[] = {1200000, 1500000, 2500000, 1100000, 4000000};
+    static const char *large_kind[] = {"md", "txt", "html", "pdf", "md"};
+    for (int k = 0; k < 5; k++, n++)  /* large: 1 MB .. 4 MB */
+        tdoc_make(&docs[n], dir, large_kind[k], large[k], (unsigned)n + 1);
+    int small = 0, medium = 0, big = 0;
+    for (int i = 0; i < n; i++) {
+        size_t s = docs[i].size;
+        small += s < 100000;
+        medium += s >= 100000 && s < 1000000;
+        big += s >= 1000000;
+    }
+    cr_assert(small >= 150 && medium >= 20 && big == 5, "sizes %d/%d/%d", small, medium, big);
+
+    static char ids[200][40];
+    int got = submit(dir, ids, 200);
+    cr_assert_eq(got, 200, "submitted %d", got);
+    wait_all(1200);
+
+    char sql[600];
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM upload_pipeline.upload_jobs"
+             " WHERE user_id = '%s' AND status = 'complete'", user);
+    long long complete = tenv_scalar(&T, sql);
+    cr_assert_eq(complete, 200, "complete: %lld of 200", complete);
+
+    /* submit prints in directory order, the same order as docs[]. */
+    for (int i = 0; i < n; i++) {
+        const char *doc = ids[i];
+        long long chunks = q("SELECT count(*) FROM upload_pipeline.document_chunk_buffer"
+                             " WHERE document_id = '%s'", doc);
+        long long final = q("SELECT count(*) FROM upload_pipeline.document_chunks"
+                            " WHERE document_id = '%s' AND vector_dim = 1536", doc);
+        long long vectors = q("SELECT count(*) FROM upload_pipeline.document_vector_buffer"
+                              " WHERE document_id = '%s'", doc);
+        long long total = q("SELECT (progress->>'chunks_total')::bigint FROM"
+                            " upload_pipeline.upload_jobs WHERE document_id = '%s'", doc);
+        cr_assert(chunks > 0, "%s has chunks", docs[i].path);
+        cr_assert_eq(chunks, total, "%s: chunk rows = progress", docs[i].path);
+        cr_assert_eq(vectors, chunks, "%s: one vector per chunk", docs[i].path);
+        cr_assert_eq(final, chunks, "%s: every chunk promoted with 1536 dims", docs[i].path);
+        long want = tdoc_expected_chunks(&docs[i]);
+        if (want >= 0)
+            cr_assert_eq(chunks, want, "%s: %lld chunks, the chunker makes %ld",
+                         docs[i].path, chunks, want);
+    }
+    /* Every state transition is an event carrying the correlation id. */
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM upload_pipeline.events e JOIN"
+             " upload_pipeline.upload_jobs j USING (document_id) WHERE j.user_id = '%s'"
+             " AND e.correlation_id = j.correlation_id AND e.to_status = 'complete'", user);
+    cr_assert_eq(tenv_scalar(&T, sql), 200);
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM docpipe.dp_dead_letters"
+             " WHERE group_id LIKE '%s%%'", T.prefix);
+    cr_assert_eq(tenv_scalar(&T, sql), 0, "nothing dead-lettered");
+    for (int i = 0; i < n; i++)
+        tdoc_free(&docs[i]);
+}
+
+Test(pipeline, test_same_file_twice_is_one_document)
+{
+    start("dedup", NULL, NULL);
+    char dir[1300];
+    snprintf(dir, sizeof(dir), "/tmp/docpipe-%sdocs", T.prefix);
+    mkdir(dir, 0755);
+    tdoc d;
+    tdoc_make(&d, dir, "md", 5000, 4242);
+    char a[2][40], b[2][40];
+    cr_assert_eq(submit(d.path, a, 2), 1);
+    wait_all(120);
+    cr_assert_eq(submit(d.path, b, 2), 1);
+    cr_assert_str_eq(a[0], b[0], "the same file gets the same document id");
+    sleep(5);
+    char sql[600];
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM upload_pipeline.documents"
+             " WHERE user_id = '%s'", user);
+    cr_assert_eq(tenv_scalar(&T, sql), 1, "one document");
+    cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.upload_jobs WHERE"
+                   " document_id = '%s' AND status = 'complete'", a[0]), 1);
+    cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.events WHERE"
+                   " document_id = '%s' AND code = 'PARSE_QUEUED'", a[0]), 1,
+                 "intake recorded it once");
+    long want = tdoc_expected_chunks(&d);
+    cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.document_chunks WHERE"
+                   " document_id = '%s'", a[0]), want);
+    tdoc_free(&d);
+}
+
+Test(pipeline, test_unparseable_file_ends_failed_parse_with_one_dead_letter)
+{
+    start("badpdf", NULL, NULL);
+    char path[1300];
+    snprintf(path, sizeof(path), "/tmp/docpipe-%sbroken.pdf", T.prefix);
+    FILE *f = fopen(path, "wb");
+    fputs("%PDF-1.4\nthis is not really a PDF at all \x01\x02\x03", f);
+    for (int i = 0; i < 200; i++)
+        fputc((i * 37) & 0xff, f);
+    fclose(f);
+    char ids[1][40];
+    cr_assert_eq(submit(path, ids, 1), 1);
+    wait_all(180);
+    cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.upload_jobs WHERE"
+                   " document_id = '%s' AND status = 'failed_parse'"
+                   " AND last_error->>'stage' = 'parse'", ids[0]), 1,
+                 "the job failed in parse");
+    char sql[600];
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM docpipe.dp_dead_letters"
+             " WHERE group_id = '%sparse' AND category = 'permanent'", T.prefix);
+    cr_assert_eq(tenv_scalar(&T, sql), 1, "one dead-letter row");
+    char topic[300];
+    snprintf(topic, sizeof(topic), "%sparse.dlq", T.prefix);
+    tmsg *m;
+    int n = tenv_consume_all(&T, topic, &m, 30000);
+    cr_assert_eq(n, 1, "one record on %s", topic);
+    char buf[128];
+    cr_assert_str_eq(tenv_header(&m[0], "docpipe-original-key", buf, sizeof(buf)), ids[0]);
+    tenv_free_msgs(m, n);
+}
+
+Test(pipeline, test_embedding_outage_opens_breaker_pauses_and_everything_completes)
+{
+    const char *env[] = {"DOCPIPE_BREAKER_RESET_MS=15000", "DOCPIPE_RETRY_BASE_MS=500", NULL};
+    start("outage", NULL, env);
+    /* The service fails every request (503) for the next 90 s. */
+    char url[400];
+    snprintf(url, sizeof(url), "%s/admin/faults", embed_url);
+    tenv_http_post(url, "{\"fail_status\": 503, \"fail_for_ms\": 90000}");
+    char dir[1300];
+    snprintf(dir, sizeof(dir), "/tmp/docpipe-%sdocs", T.prefix);
+    mkdir(dir, 0755);
+    tdoc d[20];
+    for (int i = 0; i < 20; i++)
+        tdoc_make(&d[i], dir, i % 2 ? "md" : "txt", 4000 + (size_t)i * 900, 900 + (unsigned)i);
+    char ids[20][40];
+    cr_assert_eq(submit(dir, ids, 20), 20);
+    /* During the outage nothing completes and nothing is dead-lettered. */
+    sleep(45);
+    char sql[600];
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM upload_pipeline.upload_jobs"
+             " WHERE user_id = '%s' AND status = 'complete'", user);
+    cr_assert_eq(tenv_scalar(&T, sql), 0, "nothing completes while the service is down");
+    wait_all(300);
+    cr_assert_eq(tenv_scalar(&T, sql), 20, "every document completed after recovery");
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM docpipe.dp_dead_letters"
+             " WHERE group_id LIKE '%s%%'", T.prefix);
+    cr_assert_eq(tenv_scalar(&T, sql), 0, "nothing dead-lettered");
+    char *log = tenv_slurp(logf);
+    cr_assert(strstr(log, "embedding service unavailable (breaker open)"),
+              "the embed stage waited on the open breaker");
+    free(log);
+    for (int i = 0; i < 20; i++)
+        tdoc_free(&d[i]);
+}

@@ -1,0 +1,761 @@
+/*
+ * test_embed_client: the embeddings client against a real
+ * docpipe-embedserver (started per test on a free port, faults switched
+ * through /admin/faults, requests counted through /admin/stats), plus a
+ * tiny libmicrohttpd server with canned replies for the shapes the real
+ * server never sends (base64 vectors, broken JSON, HTTP-date Retry-After).
+ *
+ * The server binary is $DOCPIPE_EMBEDSERVER, else tools/ next to
+ * $DOCPIPE_BIN (ctest sets it), else tools/ next to this test executable;
+ * build it first (target docpipe-embedserver).
+ */
+#include <criterion/criterion.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <math.h>
+#include <microhttpd.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "embed_client.h"
+
+/* ------------------------------------------------------------------------
+ * The embedding server.
+ * ---------------------------------------------------------------------- */
+
+static pid_t server_pid;
+static char base_url[64];
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void server_path(char *out, size_t n)
+{
+    const char *explicit = getenv("DOCPIPE_EMBEDSERVER");
+    if (explicit && *explicit) {
+        snprintf(out, n, "%s", explicit);
+        return;
+    }
+    char self[4096];
+    const char *bin = getenv("DOCPIPE_BIN");
+    if (!bin || !*bin) {
+        ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
+        cr_assert(len > 0, "set DOCPIPE_EMBEDSERVER or DOCPIPE_BIN");
+        self[len] = '\0';
+        bin = self;
+    }
+    const char *slash = strrchr(bin, '/');
+    int dirlen = slash ? (int)(slash - bin) : 1;
+    snprintf(out, n, "%.*s/tools/docpipe-embedserver", dirlen, slash ? bin : ".");
+}
+
+/* args: NULL-terminated extra flags. */
+static void server_start(const char *const *args)
+{
+    char path[4096];
+    server_path(path, sizeof(path));
+    cr_assert(access(path, X_OK) == 0,
+              "no executable at %s (build the docpipe-embedserver target)", path);
+    const char *argv[32] = {path, "--port", "0", "--quiet"};
+    int argc = 4;
+    for (; args && *args; args++)
+        argv[argc++] = *args;
+    argv[argc] = NULL;
+
+    int out[2];
+    cr_assert(pipe(out) == 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        dup2(out[1], STDOUT_FILENO);
+        close(out[0]);
+        close(out[1]);
+        execv(path, (char *const *)argv);
+        _exit(127);
+    }
+    close(out[1]);
+    server_pid = pid;
+
+    char line[128];
+    size_t len = 0;
+    struct pollfd pfd = {.fd = out[0], .events = POLLIN};
+    while (len < sizeof(line) - 1 && !memchr(line, '\n', len)) {
+        cr_assert(poll(&pfd, 1, 10000) == 1, "server printed nothing in 10 s");
+        ssize_t n = read(out[0], line + len, sizeof(line) - 1 - len);
+        cr_assert(n > 0, "server exited before listening");
+        len += (size_t)n;
+    }
+    line[len] = '\0';
+    close(out[0]);
+    unsigned port = 0;
+    cr_assert(sscanf(line, "listening on 127.0.0.1:%u", &port) == 1, "got '%s'", line);
+    snprintf(base_url, sizeof(base_url), "http://127.0.0.1:%u", port);
+}
+
+static void server_stop(void)
+{
+    cr_assert_eq(kill(server_pid, SIGTERM), 0);
+    int status = 0;
+    cr_assert_eq(waitpid(server_pid, &status, 0), server_pid);
+    server_pid = 0;
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "server status 0x%x", status);
+}
+
+static void setup(void) { curl_global_init(CURL_GLOBAL_ALL); }
+
+static void teardown(void)
+{
+    if (server_pid > 0) {
+        kill(server_pid, SIGKILL);
+        waitpid(server_pid, NULL, 0);
+        server_pid = 0;
+    }
+}
+
+TestSuite(embed_client, .init = setup, .fini = teardown, .timeout = 60);
+
+struct body {
+    char *p;
+    size_t len;
+};
+
+static size_t collect(char *data, size_t size, size_t n, void *arg)
+{
+    struct body *b = arg;
+    char *p = realloc(b->p, b->len + size * n + 1);
+    if (!p)
+        return 0;
+    memcpy(p + b->len, data, size * n);
+    b->p = p;
+    b->len += size * n;
+    b->p[b->len] = '\0';
+    return size * n;
+}
+
+/* An admin call; returns the JSON reply (caller frees). */
+static json_t *admin(const char *method, const char *path, const char *body)
+{
+    char url[256];
+    snprintf(url, sizeof(url), "%s%s", base_url, path);
+    struct body b = {0};
+    CURL *c = curl_easy_init();
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    if (body)
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
+    cr_assert_eq(curl_easy_perform(c), CURLE_OK);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_cleanup(c);
+    cr_assert_eq(status, 200, "%s %s %s -> %ld", method, path, body ? body : "", status);
+    json_t *j = json_loads(b.p, 0, NULL);
+    free(b.p);
+    cr_assert(j);
+    return j;
+}
+
+static void set_faults(const char *json) { json_decref(admin("POST", "/admin/faults", json)); }
+
+static long server_requests(void)
+{
+    json_t *j = admin("GET", "/admin/stats", NULL);
+    long n = (long)json_integer_value(json_object_get(j, "requests"));
+    json_decref(j);
+    return n;
+}
+
+static long server_stat(const char *name)
+{
+    json_t *j = admin("GET", "/admin/stats", NULL);
+    long n = (long)json_integer_value(json_object_get(j, name));
+    json_decref(j);
+    return n;
+}
+
+/* ------------------------------------------------------------------------
+ * Client helpers.
+ * ---------------------------------------------------------------------- */
+
+static dp_config cfg_for(const char *url, int dim, int inflight)
+{
+    dp_config cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.embed_url = (char *)url;
+    cfg.embed_model = "text-embedding-3-small";
+    cfg.embed_api_key = "";
+    cfg.embed_dim = dim;
+    cfg.embed_inflight = inflight;
+    cfg.embed_rpm = 3500;
+    cfg.embed_tpm = 1000000;
+    cfg.embed_timeout_ms = 10000;
+    cfg.breaker_threshold = 5;
+    cfg.breaker_reset_ms = 60000;
+    return cfg;
+}
+
+static dp_embed_client *client_for(const dp_config *cfg)
+{
+    dp_embed_client *c = NULL;
+    char err[256];
+    cr_assert_eq(dp_embed_client_new(cfg, &c, err, sizeof(err)), DP_OK, "%s", err);
+    return c;
+}
+
+static dp_embed_job job_of(const char *const *texts, size_t n)
+{
+    dp_embed_job j;
+    memset(&j, 0, sizeof(j));
+    j.texts = texts;
+    j.n = n;
+    return j;
+}
+
+static void jobs_free(dp_embed_job *jobs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(jobs[i].vectors);
+        jobs[i].vectors = NULL;
+    }
+}
+
+/* Runs one job of one text and returns it (vectors freed). */
+static dp_embed_job run_one(dp_embed_client *c, const char *text, dp_err want_run)
+{
+    const char *texts[] = {text};
+    dp_embed_job j = job_of(texts, 1);
+    cr_assert_eq(dp_embed_run(c, &j, 1), want_run);
+    free(j.vectors);
+    j.vectors = NULL;
+    j.texts = NULL;
+    return j;
+}
+
+/* ------------------------------------------------------------------------
+ * Success.
+ * ---------------------------------------------------------------------- */
+
+#define NJOBS 64
+#define PER_JOB 4
+
+Test(embed_client, sixty_four_jobs_at_500ms_latency_run_32_at_a_time_in_two_waves)
+{
+    server_start(NULL);
+    set_faults("{\"latency_ms\":500}");
+    dp_config cfg = cfg_for(base_url, 1536, 32);
+    dp_embed_client *c = client_for(&cfg);
+
+    static char text[NJOBS][PER_JOB][32];
+    static const char *texts[NJOBS][PER_JOB];
+    dp_embed_job jobs[NJOBS];
+    for (int j = 0; j < NJOBS; j++) {
+        for (int k = 0; k < PER_JOB; k++) {
+            snprintf(text[j][k], sizeof(text[j][k]), "chunk %d of document %d", k, j % 8);
+            texts[j][k] = text[j][k];
+        }
+        jobs[j] = job_of(texts[j], PER_JOB);
+    }
+    double t0 = now_s();
+    cr_assert_eq(dp_embed_run(c, jobs, NJOBS), DP_OK);
+    double took = now_s() - t0;
+    cr_assert(took >= 0.95 && took < 3.0, "64 jobs took %.2f s", took);
+    cr_log_info("64 jobs x 4 texts, 500 ms latency, 32 in flight: %.3f s", took);
+
+    for (int j = 0; j < NJOBS; j++) {
+        cr_assert_eq(jobs[j].result, DP_OK, "job %d: %s", j, jobs[j].error);
+        cr_assert_eq(jobs[j].http_status, 200);
+        cr_assert_eq(jobs[j].dim, 1536);
+        cr_assert_eq(jobs[j].retry_after_ms, -1);
+        cr_assert(jobs[j].vectors);
+        for (int k = 0; k < PER_JOB; k++) {
+            const double *v = jobs[j].vectors + (size_t)k * 1536;
+            double s = 0;
+            for (int i = 0; i < 1536; i++)
+                s += v[i] * v[i];
+            cr_assert_float_eq(sqrt(s), 1.0, 1e-5, "job %d text %d norm %.9f", j, k, sqrt(s));
+        }
+    }
+    /* Same text, same vector (job 0 and job 8 hold the same texts); and the
+     * texts of one job each got their own vector, in order. */
+    cr_assert(memcmp(jobs[0].vectors, jobs[8].vectors, PER_JOB * 1536 * sizeof(double)) == 0);
+    cr_assert(memcmp(jobs[0].vectors, jobs[0].vectors + 1536, 1536 * sizeof(double)) != 0);
+
+    cr_assert_eq(server_requests(), NJOBS);
+    long peak = server_stat("in_flight_max");
+    cr_assert(peak <= 32 && peak >= 16, "in_flight_max %ld", peak);
+
+    dp_embed_stats st;
+    dp_embed_client_stats(c, &st);
+    cr_assert_eq(st.requests, NJOBS);
+    cr_assert_eq(st.ok, NJOBS);
+    cr_assert(st.connects >= 1 && st.connects <= 32, "%lld connections for 64 requests",
+              (long long)st.connects);
+    int64_t connects = st.connects;
+    cr_log_info("first run opened %lld connections", (long long)connects);
+
+    /* A second run reuses the kept-alive connections. */
+    jobs_free(jobs, NJOBS);
+    t0 = now_s();
+    cr_assert_eq(dp_embed_run(c, jobs, NJOBS), DP_OK);
+    took = now_s() - t0;
+    cr_assert(took < 3.0, "second run took %.2f s", took);
+    cr_log_info("second run on the same client: %.3f s", took);
+    dp_embed_client_stats(c, &st);
+    cr_assert_eq(st.requests, 2 * NJOBS);
+    cr_assert_eq(st.connects, connects, "no new connections on the second run");
+    jobs_free(jobs, NJOBS);
+
+    cr_assert_eq(dp_breaker_state_now(dp_embed_client_breaker(c)), DP_BREAKER_CLOSED);
+    dp_embed_client_free(c);
+    server_stop();
+}
+
+Test(embed_client, an_empty_job_succeeds_without_a_request)
+{
+    server_start(NULL);
+    dp_config cfg = cfg_for(base_url, 1536, 2);
+    dp_embed_client *c = client_for(&cfg);
+    dp_embed_job j = job_of(NULL, 0);
+    cr_assert_eq(dp_embed_run(c, &j, 1), DP_OK);
+    cr_assert_eq(j.result, DP_OK);
+    cr_assert_null(j.vectors);
+    cr_assert_eq(server_requests(), 0);
+    dp_embed_client_free(c);
+    server_stop();
+}
+
+Test(embed_client, bearer_key_is_sent_when_configured)
+{
+    const char *args[] = {"--api-key", "sekrit", NULL};
+    server_start(args);
+    dp_config cfg = cfg_for(base_url, 1536, 2);
+    dp_embed_client *c = client_for(&cfg);
+    dp_embed_job j = run_one(c, "x", DP_OK);
+    cr_assert_eq(j.result, DP_ERR_PERMANENT, "no key: 401 is permanent");
+    cr_assert_eq(j.http_status, 401);
+    dp_embed_client_free(c);
+
+    cfg.embed_api_key = "sekrit";
+    c = client_for(&cfg);
+    j = run_one(c, "x", DP_OK);
+    cr_assert_eq(j.result, DP_OK, "%s", j.error);
+    dp_embed_client_free(c);
+    server_stop();
+}
+
+/* ------------------------------------------------------------------------
+ * Failures and their classes.
+ * ---------------------------------------------------------------------- */
+
+Test(embed_client, rate_limited_429_is_retryable_with_retry_after)
+{
+    server_start(NULL);
+    set_faults("{\"fail_status\":429,\"retry_after_s\":7}");
+    dp_config cfg = cfg_for(base_url, 1536, 2);
+    dp_embed_client *c = client_for(&cfg);
+    dp_embed_job j = run_one(c, "x", DP_OK);
+    cr_assert_eq(j.result, DP_ERR_RETRYABLE);
+    cr_assert_eq(j.http_status, 429);
+    cr_assert_eq(j.retry_after_ms, 7000);
+    cr_assert_null(j.vectors);
+    cr_assert(strstr(j.error, "429"), "%s", j.error);
+    dp_embed_client_free(c);
+    server_stop();
+}
+
+Test(embed_client, server_error_500_is_retryable)
+{
+    server_start(NULL);
+    set_faults("{\"fail_status\":500}");
+    dp_config cfg = cfg_for(base_url, 1536, 2);
+    dp_embed_client *c = client_for(&cfg);
+    dp_embed_job j = run_one(c, "x", DP_OK);
+    cr_assert_eq(j.result, DP_ERR_RETRYABLE);
+    cr_assert_eq(j.http_status, 500);
+    cr_assert_eq(j.retry_after_ms, -1);
+    cr_assert_eq(dp_breaker_failures(dp_embed_client_breaker(c)), 1);
+    dp_embed_client_free(c);
+    server_stop();
+}
+
+Test(embed_client, empty_string_input_gets_400_which_is_permanent_and_spares_the_breaker)
+{
+    server_start(NULL);
+    dp_config cfg = cfg_for(base_url, 1536, 2);
+    dp_embed_client *c = client_for(&cfg);
+    for (int i = 0; i < 10; i++) {
+        dp_embed_job j = run_one(c, "", DP_OK);
+        cr_assert_eq(j.result, DP_ERR_PERMANENT);
+        cr_assert_eq(j.http_status, 400);
+        cr_assert(strstr(j.error, "HTTP 400"), "%s", j.error);
+    }
+    cr_assert_eq(dp_breaker_state_now(dp_embed_client_breaker(c)), DP_BREAKER_CLOSED,
+                 "bad input says nothing about the service's health");
+    dp_embed_job j = run_one(c, "fine", DP_OK);
+    cr_assert_eq(j.result, DP_OK);
+    dp_embed_client_free(c);
+    server_stop();
+}
+
+Test(embed_client, vectors_of_another_dimension_are_a_permanent_mismatch)
+{
+    const char *args[] = {"--dim", "8", NULL};
+    server_start(args);
+    dp_config cfg = cfg_for(base_url, 1536, 2);
+    dp_embed_client *c = client_for(&cfg);
+    dp_embed_job j = run_one(c, "x", DP_OK);
+    cr_assert_eq(j.result, DP_ERR_PERMANENT);
+    cr_assert_eq(j.http_status, 200);
+    cr_assert(strstr(j.error, "dimension mismatch"), "%s", j.error);
+    cr_assert_null(j.vectors);
+    dp_embed_client_free(c);
+    server_stop();
+}
+
+Test(embed_client, a_hung_server_times_out_as_retryable)
+{
+    server_start(NULL);
+    set_faults("{\"timeout_rate\":1,\"timeout_ms\":60000}");
+    dp_config cfg = cfg_for(base_url, 1536, 4);
+    cfg.embed_timeout_ms = 300;
+    dp_embed_client *c = client_for(&cfg);
+    const char *texts[] = {"a"};
+    dp_embed_job jobs[3] = {job_of(texts, 1), job_of(texts, 1), job_of(texts, 1)};
+    double t0 = now_s();
+    cr_assert_eq(dp_embed_run(c, jobs, 3), DP_OK);
+    double took = now_s() - t0;
+    cr_assert(took >= 0.29 && took < 2.0, "took %.2f s", took);
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(jobs[i].result, DP_ERR_RETRYABLE);
+        cr_assert_eq(jobs[i].http_status, 0);
+        cr_assert(strstr(jobs[i].error, "imeout") || strstr(jobs[i].error, "timed out"),
+                  "%s", jobs[i].error);
+    }
+    dp_embed_client_free(c);
+    server_stop();
+}
+
+Test(embed_client, nothing_listening_is_retryable)
+{
+    dp_config cfg = cfg_for("http://127.0.0.1:1", 1536, 2);
+    dp_embed_client *c = client_for(&cfg);
+    dp_embed_job j = run_one(c, "x", DP_OK);
+    cr_assert_eq(j.result, DP_ERR_RETRYABLE);
+    cr_assert_eq(j.http_status, 0);
+    dp_embed_client_free(c);
+}
+
+/* ------------------------------------------------------------------------
+ * The breaker.
+ * ---------------------------------------------------------------------- */
+
+Test(embed_client, five_failures_open_the_breaker_and_then_runs_fail_without_calling)
+{
+    server_start(NULL);
+    set_faults("{\"fail_status\":500}");
+    dp_config cfg = cfg_for(base_url, 1536, 4);
+    cfg.breaker_reset_ms = 1000;
+    dp_embed_client *c = client_for(&cfg);
+    dp_breaker *b = dp_embed_client_breaker(c);
+    for (int i = 0; i < 5; i++) {
+        cr_assert_eq(dp_breaker_state_now(b), DP_BREAKER_CLOSED, "after %d failures", i);
+        dp_embed_job j = run_one(c, "x", DP_OK);
+        cr_assert_eq(j.result, DP_ERR_RETRYABLE);
+    }
+    cr_assert_eq(dp_breaker_state_now(b), DP_BREAKER_OPEN);
+    cr_assert_eq(server_requests(), 5);
+
+    const char *texts[] = {"a", "b"};
+    dp_embed_job jobs[3] = {job_of(texts, 2), job_of(texts, 1), job_of(texts + 1, 1)};
+    cr_assert_eq(dp_embed_run(c, jobs, 3), DP_ERR_RETRYABLE);
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(jobs[i].result, DP_ERR_RETRYABLE);
+        cr_assert(strstr(jobs[i].error, "circuit breaker open"), "%s", jobs[i].error);
+        cr_assert(jobs[i].retry_after_ms > 0 && jobs[i].retry_after_ms <= 1000);
+        cr_assert_eq(jobs[i].http_status, 0);
+    }
+    cr_assert_eq(server_requests(), 5, "an open breaker sends nothing");
+    dp_embed_stats st;
+    dp_embed_client_stats(c, &st);
+    cr_assert_eq(st.requests, 5);
+    cr_assert_eq(st.retryable, 5);
+    cr_assert_eq(st.refused, 3);
+
+    /* After reset_ms one probe goes first; it fails and the breaker re-opens
+     * with one more request on the server, the rest refused. */
+    usleep(1100 * 1000);
+    cr_assert_eq(dp_embed_run(c, jobs, 3), DP_ERR_RETRYABLE);
+    cr_assert_eq(server_requests(), 6, "only the probe went out");
+    cr_assert_eq(jobs[0].result, DP_ERR_RETRYABLE);
+    cr_assert_eq(jobs[0].http_status, 500, "the probe's own answer");
+    cr_assert(strstr(jobs[1].error, "circuit breaker open"), "%s", jobs[1].error);
+    cr_assert_eq(dp_breaker_state_now(b), DP_BREAKER_OPEN);
+
+    /* The service recovers: the next probe succeeds and the rest follow. */
+    set_faults("{\"fail_status\":0}");
+    usleep(1100 * 1000);
+    cr_assert_eq(dp_embed_run(c, jobs, 3), DP_OK);
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(jobs[i].result, DP_OK, "job %d: %s", i, jobs[i].error);
+    cr_assert_eq(server_requests(), 9);
+    cr_assert_eq(dp_breaker_state_now(b), DP_BREAKER_CLOSED);
+    jobs_free(jobs, 3);
+    dp_embed_client_free(c);
+    server_stop();
+}
+
+Test(embed_client, the_breaker_opening_mid_run_stops_the_run)
+{
+    server_start(NULL);
+    set_faults("{\"fail_status\":503,\"latency_ms\":50}");
+    dp_config cfg = cfg_for(base_url, 1536, 4);
+    dp_embed_client *c = client_for(&cfg);
+    const char *texts[] = {"a"};
+    dp_embed_job jobs[64];
+    for (int i = 0; i < 64; i++)
+        jobs[i] = job_of(texts, 1);
+    cr_assert_eq(dp_embed_run(c, jobs, 64), DP_ERR_RETRYABLE);
+    long sent = server_requests();
+    cr_assert(sent >= 5 && sent <= 8, "%ld requests", sent);
+    int refused = 0, failed = 0;
+    for (int i = 0; i < 64; i++) {
+        cr_assert_eq(jobs[i].result, DP_ERR_RETRYABLE);
+        if (strstr(jobs[i].error, "circuit breaker open"))
+            refused++;
+        else if (jobs[i].http_status == 503)
+            failed++;
+    }
+    cr_assert_eq(refused + failed, 64);
+    cr_assert_geq(failed, 5);
+    cr_assert_leq(failed, sent);
+    dp_embed_client_free(c);
+    server_stop();
+}
+
+/* ------------------------------------------------------------------------
+ * The rate limiter: jobs wait, they do not fail.  The limiter's clock runs
+ * 60x faster than real time, so a minute's window passes in a second.
+ * ---------------------------------------------------------------------- */
+
+static int64_t fast_clock(void *arg)
+{
+    (void)arg;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000) * 60;
+}
+
+Test(embed_client, a_full_rate_window_makes_jobs_wait_not_fail)
+{
+    server_start(NULL);
+    dp_config cfg = cfg_for(base_url, 1536, 8);
+    cfg.embed_rpm = 2;
+    dp_embed_client *c = client_for(&cfg);
+    dp_ratelimit_set_clock(dp_embed_client_ratelimit(c), fast_clock, NULL);
+    const char *texts[] = {"a"};
+    dp_embed_job jobs[6];
+    for (int i = 0; i < 6; i++)
+        jobs[i] = job_of(texts, 1);
+    double t0 = now_s();
+    cr_assert_eq(dp_embed_run(c, jobs, 6), DP_OK);
+    double took = now_s() - t0;
+    for (int i = 0; i < 6; i++)
+        cr_assert_eq(jobs[i].result, DP_OK, "job %d: %s", i, jobs[i].error);
+    /* 2 now, 2 a (fast) minute later, 2 another minute later. */
+    cr_assert(took >= 1.9 && took < 4.0, "took %.2f s", took);
+    cr_log_info("6 jobs at 2 requests per (1 s) minute: %.3f s", took);
+    cr_assert_eq(server_requests(), 6);
+    jobs_free(jobs, 6);
+    dp_embed_client_free(c);
+    server_stop();
+}
+
+Test(embed_client, tokens_are_estimated_as_len_over_4_per_text)
+{
+    const char *texts[] = {"abcdefgh", "abc", "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9"};
+    dp_embed_job j = job_of(texts, 3);
+    cr_assert_eq(dp_embed_job_tokens(&j), 2 + 0 + 1, "code points, not bytes");
+    j.n = 2;
+    texts[0] = "ab";
+    cr_assert_eq(dp_embed_job_tokens(&j), 1, "at least one per request");
+}
+
+/* ------------------------------------------------------------------------
+ * Canned replies: shapes the real server does not produce.
+ * ---------------------------------------------------------------------- */
+
+static struct canned {
+    unsigned status;
+    const char *body;
+    const char *retry_after;
+} canned;
+
+static enum MHD_Result canned_handler(void *cls, struct MHD_Connection *conn, const char *url,
+                                      const char *method, const char *version,
+                                      const char *upload, size_t *upload_size, void **state)
+{
+    (void)cls, (void)url, (void)method, (void)version, (void)upload;
+    if (!*state) {
+        *state = (void *)1;
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    struct MHD_Response *r = MHD_create_response_from_buffer(
+        strlen(canned.body), (void *)canned.body, MHD_RESPMEM_PERSISTENT);
+    MHD_add_response_header(r, "Content-Type", "application/json");
+    if (canned.retry_after)
+        MHD_add_response_header(r, "Retry-After", canned.retry_after);
+    enum MHD_Result ret = MHD_queue_response(conn, canned.status, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static struct MHD_Daemon *canned_start(char *url, size_t n)
+{
+    struct MHD_Daemon *d =
+        MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+                         canned_handler, NULL, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1,
+                         MHD_OPTION_END);
+    cr_assert(d);
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    snprintf(url, n, "http://127.0.0.1:%u", (unsigned)info->port);
+    return d;
+}
+
+static dp_embed_job canned_run(const char *url, int dim, size_t n, unsigned status,
+                               const char *body, const char *retry_after)
+{
+    canned = (struct canned){status, body, retry_after};
+    dp_config cfg = cfg_for(url, dim, 2);
+    dp_embed_client *c = client_for(&cfg);
+    static const char *texts[] = {"a", "b", "c"};
+    dp_embed_job j = job_of(texts, n);
+    cr_assert_eq(dp_embed_run(c, &j, 1), DP_OK);
+    dp_embed_client_free(c);
+    return j;
+}
+
+Test(embed_client, numbers_are_taken_exactly_as_the_json_gives_them_by_index)
+{
+    char url[64];
+    struct MHD_Daemon *d = canned_start(url, sizeof(url));
+    dp_embed_job j = canned_run(
+        url, 3, 2, 200,
+        "{\"data\":[{\"index\":1,\"embedding\":[0,1,-1]},"
+        "{\"index\":0,\"embedding\":[0.1,-0.30000000000000004,1e-7]}]}",
+        NULL);
+    cr_assert_eq(j.result, DP_OK, "%s", j.error);
+    cr_assert_eq(j.dim, 3);
+    const double want[] = {0.1, -0.30000000000000004, 1e-7, 0, 1, -1};
+    for (int i = 0; i < 6; i++)
+        cr_assert(j.vectors[i] == want[i], "value %d: %.17g", i, j.vectors[i]);
+    free(j.vectors);
+    MHD_stop_daemon(d);
+}
+
+Test(embed_client, base64_vectors_are_little_endian_float32)
+{
+    char url[64];
+    struct MHD_Daemon *d = canned_start(url, sizeof(url));
+    /* [1.0, 0.5, -2.0] and [0.25, 0, 3.0] as little-endian float32. */
+    dp_embed_job j = canned_run(url, 3, 2, 200,
+                                "{\"data\":[{\"index\":0,\"embedding\":\"AACAPwAAAD8AAADA\"},"
+                                "{\"index\":1,\"embedding\":\"AACAPgAAAAAAAEBA\"}]}",
+                                NULL);
+    cr_assert_eq(j.result, DP_OK, "%s", j.error);
+    const double want[] = {1.0, 0.5, -2.0, 0.25, 0.0, 3.0};
+    for (int i = 0; i < 6; i++)
+        cr_assert(j.vectors[i] == want[i], "value %d: %g", i, j.vectors[i]);
+    free(j.vectors);
+
+    /* A padded one: two floats are 8 bytes, "AACAPwAAAD8=" is not; 5 floats
+     * are 20 bytes, encoded with one '='. */
+    j = canned_run(url, 5, 1, 200,
+                   "{\"data\":[{\"index\":0,\"embedding\":\"AACAPwAAAD8AAADAAACAPgAAQEA=\"}]}",
+                   NULL);
+    cr_assert_eq(j.result, DP_OK, "%s", j.error);
+    cr_assert(j.vectors[4] == 3.0);
+    free(j.vectors);
+
+    j = canned_run(url, 4, 1, 200, "{\"data\":[{\"index\":0,\"embedding\":\"AACAPwAAAD8AAADA\"}]}",
+                   NULL);
+    cr_assert_eq(j.result, DP_ERR_PERMANENT);
+    cr_assert(strstr(j.error, "dimension mismatch"), "%s", j.error);
+    MHD_stop_daemon(d);
+}
+
+Test(embed_client, a_reply_that_is_not_json_is_retryable)
+{
+    char url[64];
+    struct MHD_Daemon *d = canned_start(url, sizeof(url));
+    dp_embed_job j = canned_run(url, 3, 1, 200, "<html>bad gateway</html>", NULL);
+    cr_assert_eq(j.result, DP_ERR_RETRYABLE, "a proxy's page, not the service's answer");
+    cr_assert(strstr(j.error, "not JSON"), "%s", j.error);
+    j = canned_run(url, 3, 1, 200, "{\"data\":[{\"index\":0,\"embedding\":[1,2", NULL);
+    cr_assert_eq(j.result, DP_ERR_RETRYABLE, "a cut reply");
+    MHD_stop_daemon(d);
+}
+
+Test(embed_client, json_of_the_wrong_shape_is_permanent)
+{
+    char url[64];
+    struct MHD_Daemon *d = canned_start(url, sizeof(url));
+    const char *bad[] = {
+        "{\"object\":\"list\"}",
+        "{\"data\":[{\"index\":0,\"embedding\":[1,2,3]}]}",                      /* 1 for 2 */
+        "{\"data\":[{\"index\":0,\"embedding\":[1,2,3]},{\"index\":0,\"embedding\":[1,2,3]}]}",
+        "{\"data\":[{\"index\":0,\"embedding\":[1,2,3]},{\"index\":5,\"embedding\":[1,2,3]}]}",
+        "{\"data\":[{\"index\":0,\"embedding\":[1,2,3]},{\"index\":1,\"embedding\":[1,\"x\",3]}]}",
+        "{\"data\":[{\"index\":0,\"embedding\":[1,2,3]},{\"index\":1}]}",
+        "{\"data\":[{\"index\":0,\"embedding\":[1,2,3]},{\"index\":1,\"embedding\":\"!!!!\"}]}",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        dp_embed_job j = canned_run(url, 3, 2, 200, bad[i], NULL);
+        cr_assert_eq(j.result, DP_ERR_PERMANENT, "%s -> %s", bad[i], dp_err2str(j.result));
+        cr_assert_null(j.vectors);
+    }
+    MHD_stop_daemon(d);
+}
+
+Test(embed_client, retry_after_as_an_http_date_and_503_408_are_retryable)
+{
+    char url[64];
+    struct MHD_Daemon *d = canned_start(url, sizeof(url));
+    char date[64];
+    time_t when = time(NULL) + 120;
+    struct tm tm;
+    gmtime_r(&when, &tm);
+    strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    dp_embed_job j = canned_run(url, 3, 1, 503, "{\"error\":{\"message\":\"busy\"}}", date);
+    cr_assert_eq(j.result, DP_ERR_RETRYABLE);
+    cr_assert(j.retry_after_ms > 115000 && j.retry_after_ms <= 120000, "%lld",
+              (long long)j.retry_after_ms);
+    cr_assert(strstr(j.error, "busy"), "the server's message: %s", j.error);
+
+    j = canned_run(url, 3, 1, 408, "{}", "soon");
+    cr_assert_eq(j.result, DP_ERR_RETRYABLE);
+    cr_assert_eq(j.retry_after_ms, -1, "an unreadable Retry-After is ignored");
+
+    j = canned_run(url, 3, 1, 404, "{\"error\":{\"message\":\"no such model\"}}", NULL);
+    cr_assert_eq(j.result, DP_ERR_PERMANENT);
+    MHD_stop_daemon(d);
+}
