@@ -11,7 +11,7 @@
 # resolved once by Maven into $CACHE_DIR/kafka-<version>-<hash>/jars.
 # State: .run/kafka/{server.properties,data,server.log,stdout.log,kafka.pid}.
 # Environment: DOCPIPE_KAFKA_PORT (39092), DOCPIPE_KAFKA_CONTROLLER_PORT
-# (39093), DOCPIPE_KAFKA_VERSION (the pom's), KAFKA_HEAP_OPTS (512 MiB).
+# (39093), KAFKA_HEAP_OPTS (512 MiB). The version is the pom's kafka.version.
 set -euo pipefail
 DP_NAME=kafka.sh
 # shellcheck source=lib.sh
@@ -21,15 +21,14 @@ PORT="${DOCPIPE_KAFKA_PORT:-39092}"
 CPORT="${DOCPIPE_KAFKA_CONTROLLER_PORT:-39093}"
 BOOTSTRAP="127.0.0.1:$PORT"
 POM="$REPO/scripts/kafka/pom.xml"
-POM_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$POM")"
-VERSION="${DOCPIPE_KAFKA_VERSION:-$POM_VERSION}"
+VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$POM")"
 KDIR="$RUN_DIR/kafka"
 DATA="$KDIR/data"
 PIDFILE="$KDIR/kafka.pid"
 CONFIG="$KDIR/server.properties"
 START_TIMEOUT=120
 
-jars() { dp_jars "$POM" "kafka-$VERSION" -Dkafka.version="$VERSION" dependency:copy-dependencies; }
+jars() { dp_jars "$POM" "kafka-$VERSION" dependency:copy-dependencies; }
 
 answers() { kcat -b "$BOOTSTRAP" -m 3 -L >/dev/null 2>&1; }
 

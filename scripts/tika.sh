@@ -11,8 +11,8 @@
 # (less the RAR library), fetched once by Maven into
 # $CACHE_DIR/tika-<version>-<hash>/jars; settings in scripts/tika/tika-config.xml.
 # State: .run/tika/{server.log,tika.pid}.
-# Environment: DOCPIPE_TIKA_PORT (39998), DOCPIPE_TIKA_VERSION (the pom's),
-# TIKA_HEAP_OPTS (the watchdog JVM; the parsing child's heap is in the config).
+# Environment: DOCPIPE_TIKA_PORT (39998), TIKA_HEAP_OPTS (the watchdog JVM;
+# the parsing child's heap is in the config). The version is the pom's.
 set -euo pipefail
 DP_NAME=tika.sh
 # shellcheck source=lib.sh
@@ -21,8 +21,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 PORT="${DOCPIPE_TIKA_PORT:-39998}"
 URL="http://127.0.0.1:$PORT"
 POM="$REPO/scripts/tika/pom.xml"
-POM_VERSION="$(sed -n 's:.*<tika.version>\(.*\)</tika.version>.*:\1:p' "$POM")"
-VERSION="${DOCPIPE_TIKA_VERSION:-$POM_VERSION}"
+VERSION="$(sed -n 's:.*<tika.version>\(.*\)</tika.version>.*:\1:p' "$POM")"
 TDIR="$RUN_DIR/tika"
 PIDFILE="$TDIR/tika.pid"
 START_TIMEOUT=120
@@ -44,7 +43,7 @@ start() {
         command -v java >/dev/null || die "java not found (run scripts/deps.sh)"
         mkdir -p "$TDIR"
         local jars
-        jars="$(dp_jars "$POM" "tika-$VERSION" -Dtika.version="$VERSION" dependency:copy antrun:run)"
+        jars="$(dp_jars "$POM" "tika-$VERSION" dependency:copy antrun:run)"
         # shellcheck disable=SC2206 # TIKA_HEAP_OPTS is a list of flags
         local heap=(${TIKA_HEAP_OPTS:--Xmx256m})
         say "starting Tika $VERSION on $URL"
