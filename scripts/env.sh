@@ -7,11 +7,11 @@
 #   eval "$(scripts/env.sh)"   the same as sourcing
 #
 # Follows the same port overrides as the service scripts
-# (DOCPIPE_KAFKA_PORT, DOCPIPE_PG_PORT, DOCPIPE_TIKA_PORT). A setting that is
+# (DOCPIPE_BROKER_PORT, DOCPIPE_PG_PORT, DOCPIPE_TIKA_PORT). A setting that is
 # already in the environment is kept.
 # No `set -e` here: when sourced it would change the caller's shell.
 
-DOCPIPE_BROKERS="${DOCPIPE_BROKERS:-127.0.0.1:${DOCPIPE_KAFKA_PORT:-39092}}"
+DOCPIPE_BROKERS="${DOCPIPE_BROKERS:-127.0.0.1:${DOCPIPE_BROKER_PORT:-39092}}"
 DOCPIPE_DATABASE_URL="${DOCPIPE_DATABASE_URL:-postgresql://postgres@127.0.0.1:${DOCPIPE_PG_PORT:-55432}/docpipe}"
 DOCPIPE_TIKA_URL="${DOCPIPE_TIKA_URL:-http://127.0.0.1:${DOCPIPE_TIKA_PORT:-39998}}"
 export DOCPIPE_BROKERS DOCPIPE_DATABASE_URL DOCPIPE_TIKA_URL

@@ -10,15 +10,15 @@
 # The broker's jars are the dependency closure of scripts/kafka/pom.xml,
 # resolved once by Maven into $CACHE_DIR/kafka-<version>-<hash>/jars.
 # State: .run/kafka/{server.properties,data,server.log,stdout.log,kafka.pid}.
-# Environment: DOCPIPE_KAFKA_PORT (39092), DOCPIPE_KAFKA_CONTROLLER_PORT
+# Environment: DOCPIPE_BROKER_PORT (39092), DOCPIPE_CONTROLLER_PORT
 # (39093), KAFKA_HEAP_OPTS (512 MiB). The version is the pom's kafka.version.
 set -euo pipefail
 DP_NAME=kafka.sh
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-PORT="${DOCPIPE_KAFKA_PORT:-39092}"
-CPORT="${DOCPIPE_KAFKA_CONTROLLER_PORT:-39093}"
+PORT="${DOCPIPE_BROKER_PORT:-39092}"
+CPORT="${DOCPIPE_CONTROLLER_PORT:-39093}"
 BOOTSTRAP="127.0.0.1:$PORT"
 POM="$REPO/scripts/kafka/pom.xml"
 VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$POM")"

@@ -59,11 +59,8 @@ step() {
     return 1
 }
 
-# The runtime passes every DOCPIPE_KAFKA_<NAME> variable to librdkafka as
-# a property, so the service scripts' DOCPIPE_KAFKA_PORT and _CONTROLLER_PORT
-# (already folded into DOCPIPE_BROKERS) must not reach the tests.
 run_ctest() {
-    env -u DOCPIPE_KAFKA_PORT -u DOCPIPE_KAFKA_CONTROLLER_PORT ctest "$@"
+    ctest "$@"
 }
 
 build() {

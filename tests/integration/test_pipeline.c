@@ -90,26 +90,19 @@ static int submit(const char *path, char ids[][40], int max)
 
 static long long q(const char *fmt, const char *doc)
 {
-    char sql[2048];
-    snprintf(sql, sizeof(sql), fmt, doc, doc, doc);
+    char sql[2048], d[40];
+    snprintf(d, sizeof(d), "%.36s", doc);
+    snprintf(sql, sizeof(sql), fmt, d, d, d);
     return tenv_scalar(&T, sql);
 }
 
 static void wait_all(int timeout_s)
 {
-    char sql[512];
-    snprintf(sql, sizeof(sql),
-             "SELECT count(*) FILTER (WHERE status IN ('complete') OR status LIKE 'failed_%%')"
-             " = count(*) AND count(*) > 0 FROM upload_pipeline.upload_jobs"
-             " WHERE user_id = '%s'", user);
-    (void)sql;
-    char ts[16];
-    snprintf(ts, sizeof(ts), "%d", timeout_s);
     char uq[600];
     snprintf(uq, sizeof(uq),
-             "SELECT (count(*) FILTER (WHERE status = 'complete' OR status LIKE"
-             " 'failed_%%') = count(*))::int FROM upload_pipeline.upload_jobs"
-             " WHERE user_id = '%s'", user);
+             "SELECT (count(*) > 0 AND count(*) FILTER (WHERE status = 'complete'"
+             " OR status LIKE 'failed_%%') = count(*))::int"
+             " FROM upload_pipeline.upload_jobs WHERE user_id = '%s'", user);
     tenv_wait_scalar(&T, uq, 1, timeout_s * 1000);
 }
 
