@@ -56,7 +56,7 @@ static void usage(FILE *out)
         "  wait [--timeout S] [<document>...]\n"
         "                           until the documents (default: all) are complete\n"
         "                           or failed; exit 0 only if all complete\n"
-        "  demo-produce N [--body TEXT] [--garbage]\n"
+        "  demo-produce N [--start I] [--body TEXT] [--key K] [--garbage]\n"
         "                           publish N demonstration records to the demo\n"
         "                           stage's input topic\n"
         "  config-doc               print the settings as Markdown\n"
@@ -233,6 +233,7 @@ static int cmd_demo_produce(const dp_config *cfg, int argc, char **argv)
         return EXIT_USAGE;
     }
     const char *body = "hello from docpipe";
+    const char *key = NULL;
     int garbage = 0;
     long start = 0;
     for (int i = 1; i < argc; i++) {
@@ -240,6 +241,8 @@ static int cmd_demo_produce(const dp_config *cfg, int argc, char **argv)
             body = argv[++i];
         else if (strcmp(argv[i], "--start") == 0 && i + 1 < argc)
             start = strtol(argv[++i], NULL, 10);
+        else if (strcmp(argv[i], "--key") == 0 && i + 1 < argc)
+            key = argv[++i];
         else if (strcmp(argv[i], "--garbage") == 0)
             garbage = 1;
         else {
@@ -279,7 +282,8 @@ static int cmd_demo_produce(const dp_config *cfg, int argc, char **argv)
         }
         rd_kafka_resp_err_t ke;
         while ((ke = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic),
-                    RD_KAFKA_V_KEY(id, strlen(id)), RD_KAFKA_V_VALUE(buf, len),
+                    RD_KAFKA_V_KEY(key ? key : id, strlen(key ? key : id)),
+                    RD_KAFKA_V_VALUE(buf, len),
                     RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
                     RD_KAFKA_V_END)) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
             rd_kafka_poll(rk, 10);

@@ -89,7 +89,8 @@ typedef struct dp_part {
     int retry_attempts;          /* failed attempts of retry_offset */
     int64_t first_failure_ms, last_failure_ms;
     char last_error[512];
-    int64_t paused_until_ms;     /* 0: running */
+    int64_t paused_until_ms;     /* 0: running; >0 to apply; <0 applied */
+    int64_t first_seen;          /* first offset polled, -1: none yet */
     dp_mark *marks;
     int nmarks;
 } dp_part;
@@ -235,6 +236,11 @@ static dp_part *part_get(dp_runtime *rt, int32_t p)
         rt->parts = realloc(rt->parts, (size_t)n * sizeof(dp_part));
         memset(rt->parts + rt->nparts, 0,
                (size_t)(n - rt->nparts) * sizeof(dp_part));
+        for (int i = rt->nparts; i < n; i++) {
+            rt->parts[i].retry_offset = -1;
+            rt->parts[i].committed = -1;
+            rt->parts[i].first_seen = -1;
+        }
         rt->nparts = n;
     }
     return &rt->parts[p];
@@ -248,6 +254,7 @@ static void part_reset(dp_part *pt)
     memset(pt, 0, sizeof(*pt));
     pt->retry_offset = -1;
     pt->committed = -1;
+    pt->first_seen = -1;
 }
 
 static dp_mark *mark_find(dp_part *pt, const char *stream, int create)
@@ -345,6 +352,7 @@ static void on_assign(dp_runtime *rt, rd_kafka_topic_partition_list_t *parts)
         pt->assigned = 1;
         pt->epoch = claims[i].epoch;
         pt->committed = claims[i].next_offset;
+        pt->first_seen = -1;
         pt->retry_offset = -1;
         pt->paused_until_ms = 0;
         parts->elems[i].offset =
@@ -1040,28 +1048,50 @@ out:
     return result;
 }
 
-/* Pauses and rewinds every partition whose record waits for a retry. */
+/* Rewinds every partition whose record waits for a retry, and pauses it.
+ *
+ * The rewind is a re-assignment of every partition we own at the offset its
+ * next record must have: the retrying record for a waiting partition, the
+ * committed offset for the others (everything polled from them is settled,
+ * so nothing is skipped or repeated).  An assignment discards whatever was
+ * fetched before it, which a seek of a paused partition does not promise. */
 static void apply_deferrals(dp_runtime *rt)
 {
+    int any = 0;
+    for (int p = 0; p < rt->nparts; p++)
+        if (rt->parts[p].assigned && rt->parts[p].paused_until_ms > 0 &&
+            rt->parts[p].retry_offset >= 0)
+            any = 1;
+    if (!any || rt->rejoin)
+        return;
+    rd_kafka_topic_partition_list_t *all = rd_kafka_topic_partition_list_new(rt->nparts);
+    rd_kafka_topic_partition_list_t *paused = rd_kafka_topic_partition_list_new(rt->nparts);
     for (int p = 0; p < rt->nparts; p++) {
         dp_part *pt = &rt->parts[p];
-        if (!pt->assigned || !pt->paused_until_ms || pt->retry_offset < 0)
+        if (!pt->assigned)
             continue;
-        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
-        rd_kafka_topic_partition_list_add(l, rt->stage->input_topic, p)->offset =
-            pt->retry_offset;
-        rd_kafka_pause_partitions(rt->consumer, l);
-        rd_kafka_error_t *ke = rd_kafka_seek_partitions(rt->consumer, l, 5000);
-        if (ke) {
-            dp_log(DP_LOG_ERROR, NULL, "seek back for retry failed: %s",
-                   rd_kafka_error_string(ke));
-            rd_kafka_error_destroy(ke);
-            rt->rejoin = 1;
+        int64_t at = pt->paused_until_ms && pt->retry_offset >= 0 ? pt->retry_offset
+                     : pt->committed >= 0 ? pt->committed
+                     : pt->first_seen >= 0 ? pt->first_seen
+                     : strcmp(rt->cfg->offset_reset, "latest") == 0 ? RD_KAFKA_OFFSET_END
+                                                                  : RD_KAFKA_OFFSET_BEGINNING;
+        rd_kafka_topic_partition_list_add(all, rt->stage->input_topic, p)->offset = at;
+        if (pt->paused_until_ms) {
+            rd_kafka_topic_partition_list_add(paused, rt->stage->input_topic, p);
+            if (pt->paused_until_ms > 0)
+                pt->paused_until_ms = -pt->paused_until_ms; /* negative: applied */
         }
-        rd_kafka_topic_partition_list_destroy(l);
-        pt->retry_offset = pt->retry_offset; /* kept: attempts continue */
-        pt->paused_until_ms = -pt->paused_until_ms; /* negative: applied */
     }
+    rd_kafka_resp_err_t ke = rd_kafka_assign(rt->consumer, all);
+    if (ke == RD_KAFKA_RESP_ERR_NO_ERROR)
+        ke = rd_kafka_pause_partitions(rt->consumer, paused);
+    if (ke) {
+        dp_log(DP_LOG_ERROR, NULL, "rewinding partitions for a retry failed: %s",
+               rd_kafka_err2str(ke));
+        rt->rejoin = 1;
+    }
+    rd_kafka_topic_partition_list_destroy(all);
+    rd_kafka_topic_partition_list_destroy(paused);
 }
 
 static void resume_due(dp_runtime *rt)
@@ -1202,6 +1232,8 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
                 rd_kafka_message_destroy(m);
             } else {
                 dp_part *pt = part_get(rt, m->partition);
+                if (pt->first_seen < 0)
+                    pt->first_seen = m->offset;
                 if (!pt->assigned || pt->paused_until_ms) {
                     rd_kafka_message_destroy(m); /* rewound: refetched later */
                 } else {

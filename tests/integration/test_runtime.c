@@ -227,6 +227,30 @@ Test(runtime, test_retryable_failure_succeeds_on_third_attempt_without_dead_lett
     free(text);
 }
 
+Test(runtime, test_retry_rewinds_its_partition_without_skipping_records)
+{
+    tenv_setup(&T, "rewind");
+    /* One partition (one key): a retrying record with 150 records behind it
+     * in the same fetched batch.  Nothing behind it may be lost or doubled. */
+    const char *a1[] = {"demo-produce", "50", "--key", "one", "--body", "payload", NULL};
+    const char *a2[] = {"demo-produce", "1", "--start", "50", "--key", "one", "--body",
+                        "fail:retry-until:3", NULL};
+    const char *a3[] = {"demo-produce", "150", "--start", "51", "--key", "one",
+                        "--body", "payload", NULL};
+    cr_assert_eq(tenv_docpipe(&T, a1, NULL), 0);
+    cr_assert_eq(tenv_docpipe(&T, a2, NULL), 0);
+    cr_assert_eq(tenv_docpipe(&T, a3, NULL), 0);
+    const char *env[] = {"DOCPIPE_RETRY_BASE_MS=200", NULL};
+    char log[512];
+    logpath(log, sizeof(log), "A");
+    pid_t a = tenv_spawn_stage(&T, "demo", log, env);
+    long long got = wait_rows(201, 60000);
+    sleep(1);
+    cr_assert_eq(tenv_stop(a, SIGTERM, 30000), 0);
+    cr_assert_eq(got, 201, "rows: %lld", got);
+    cr_assert_eq(distinct_rows(), 201, "each record once");
+}
+
 Test(runtime, test_exhausted_retries_are_dead_lettered_as_retryable)
 {
     tenv_setup(&T, "exhaust");
