@@ -609,6 +609,12 @@ static int settle_failures(dp_runtime *rt, dp_batch *b)
         if (s->verdict == DP_OK)
             continue;
         any = 1;
+        if (s->state == RS_DROPPED) {
+            /* Behind an earlier failure of its partition: not settled now. */
+            s->verdict = DP_OK;
+            s->defer_ms = 0;
+            continue;
+        }
         dp_part *pt = part_get(rt, s->rec.partition);
         dp_log_ctx ctx = slot_ctx(rt, s);
         int64_t t = now_ms();
@@ -871,6 +877,9 @@ static batch_result settle(dp_runtime *rt, size_t from, size_t to)
     dp_batch b = {rt, calloc(to - from + 1, sizeof(dp_slot *)), 0};
     batch_result result = BATCH_RETRY;
 
+    /* Slots may have moved (the array grows): re-point into them. */
+    for (size_t i = from; i < to; i++)
+        rt->slots[i].rec.correlation_id = rt->slots[i].corr;
     if ((e = db_ensure(rt, err, sizeof(err))))
         goto retry;
     for (;;) {

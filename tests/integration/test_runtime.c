@@ -230,16 +230,23 @@ Test(runtime, test_retryable_failure_succeeds_on_third_attempt_without_dead_lett
 Test(runtime, test_retry_rewinds_its_partition_without_skipping_records)
 {
     tenv_setup(&T, "rewind");
-    /* One partition (one key): a retrying record with 150 records behind it
-     * in the same fetched batch.  Nothing behind it may be lost or doubled. */
+    /* One partition (one key): two retrying records, 70 records between
+     * them and 79 behind, all in one fetched batch.  Nothing may be lost or
+     * doubled. */
     const char *a1[] = {"demo-produce", "50", "--key", "one", "--body", "payload", NULL};
     const char *a2[] = {"demo-produce", "1", "--start", "50", "--key", "one", "--body",
                         "fail:retry-until:3", NULL};
-    const char *a3[] = {"demo-produce", "150", "--start", "51", "--key", "one",
+    const char *a3[] = {"demo-produce", "70", "--start", "51", "--key", "one",
+                        "--body", "payload", NULL};
+    const char *a4[] = {"demo-produce", "1", "--start", "121", "--key", "one", "--body",
+                        "fail:retry-until:2", NULL};
+    const char *a5[] = {"demo-produce", "79", "--start", "122", "--key", "one",
                         "--body", "payload", NULL};
     cr_assert_eq(tenv_docpipe(&T, a1, NULL), 0);
     cr_assert_eq(tenv_docpipe(&T, a2, NULL), 0);
     cr_assert_eq(tenv_docpipe(&T, a3, NULL), 0);
+    cr_assert_eq(tenv_docpipe(&T, a4, NULL), 0);
+    cr_assert_eq(tenv_docpipe(&T, a5, NULL), 0);
     const char *env[] = {"DOCPIPE_RETRY_BASE_MS=200", NULL};
     char log[512];
     logpath(log, sizeof(log), "A");
