@@ -63,7 +63,7 @@ static void vlog(dp_log_level level, const dp_log_ctx *ctx, json_t *extra,
     json_object_set_new(o, "stage", json_string(ctx && ctx->stage ? ctx->stage
                                                                   : dp_log_stage));
     json_object_set_new(o, "instance", json_string(dp_log_instance));
-    json_object_set_new(o, "msg", json_string(msg));
+    json_object_set_new(o, "message", json_string(msg));
     if (ctx) {
         if (ctx->correlation_id)
             json_object_set_new(o, "correlation_id",

@@ -1,7 +1,7 @@
 /*
  * log: one JSON object per line on stderr.
  *
- * Every line carries ts, level, stage, instance and msg; a dp_log_ctx adds the
+ * Every line carries ts, level, stage, instance and message; a dp_log_ctx adds the
  * record's correlation id, topic, partition and offset where one is at hand,
  * and a jansson object adds anything else.  Lines are written with a single
  * write() so lines from several threads never interleave.

@@ -57,6 +57,7 @@ typedef struct dp_slot {
     rec_state state;
     dp_err verdict;              /* handler's verdict in the current pass */
     int64_t defer_ms;            /* with verdict retryable: no budget spent */
+    int64_t retry_min_ms;        /* a service asked us to wait this long */
     char *error;
     dp_err dlq_category;
     int64_t first_failure_ms, last_failure_ms;
@@ -172,6 +173,12 @@ void dp_batch_defer(dp_batch *b, size_t i, int64_t ms, const char *fmt, ...)
     s->defer_ms = ms > 0 ? ms : 1;
     free(s->error);
     s->error = strdup(msg);
+}
+
+void dp_batch_retry_in(dp_batch *b, size_t i, int64_t ms)
+{
+    if (ms > b->live[i]->retry_min_ms)
+        b->live[i]->retry_min_ms = ms;
 }
 
 void dp_batch_retry_after(dp_batch *b, int64_t ms)
@@ -643,6 +650,8 @@ static int settle_failures(dp_runtime *rt, dp_batch *b)
             int64_t delay = dp_backoff_ms(rt->cfg->retry_base_ms,
                                           s->rec.attempts - 1,
                                           rt->cfg->retry_jitter, &rt->rand_state);
+            if (s->retry_min_ms > delay)
+                delay = s->retry_min_ms;
             pt->paused_until_ms = mono_ms() + delay;
             rt->stats.retries++;
             dp_logj(DP_LOG_WARN, &ctx, json_pack("{s:i,s:I,s:s}", "attempt",
@@ -673,6 +682,7 @@ static int settle_failures(dp_runtime *rt, dp_batch *b)
         }
         s->verdict = DP_OK;
         s->defer_ms = 0;
+        s->retry_min_ms = 0;
     }
     return any;
 }

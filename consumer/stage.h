@@ -56,6 +56,10 @@ const dp_config *dp_batch_config(const dp_batch *b);
 void dp_batch_fail(dp_batch *b, size_t i, dp_err verdict, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* With a retryable dp_batch_fail: retry record i no sooner than ms from now
+ * (a service's Retry-After). */
+void dp_batch_retry_in(dp_batch *b, size_t i, int64_t ms);
+
 /* Record i cannot be handled yet (e.g. an upstream commit is not visible
  * yet): it is retried after ms without spending its retry budget. */
 void dp_batch_defer(dp_batch *b, size_t i, int64_t ms, const char *fmt, ...)

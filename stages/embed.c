@@ -193,6 +193,8 @@ static dp_err embed_handle(void *state, dp_batch *b, char *err, size_t errlen)
         if (jobs[k].result != DP_OK) {
             dp_batch_fail(b, i, jobs[k].result, "embed %s batch %lld: %s", doc,
                           (long long)dp_msg_long(m, "batch_index"), jobs[k].error);
+            if (jobs[k].retry_after_ms > 0)
+                dp_batch_retry_in(b, i, jobs[k].retry_after_ms);
             continue;
         }
         int batch_index = (int)dp_msg_long(m, "batch_index");
