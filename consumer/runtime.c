@@ -53,7 +53,8 @@ typedef enum {
 
 typedef struct dp_slot {
     dp_record rec;
-    rd_kafka_message_t *msg;
+    rd_kafka_message_t *msg;     /* only while the slot is being prepared */
+    char *data;                  /* key then value, copied */
     rec_state state;
     dp_err verdict;              /* handler's verdict in the current pass */
     int64_t defer_ms;            /* with verdict retryable: no budget spent */
@@ -224,6 +225,7 @@ static void slot_release(dp_runtime *rt, dp_slot *s)
         rt->stage->free_decoded(rt->stage->state, s->rec.decoded);
     if (s->msg)
         rd_kafka_message_destroy(s->msg);
+    free(s->data);
     memset(s, 0, sizeof(*s));
 }
 
@@ -554,9 +556,17 @@ static void slot_prepare(dp_runtime *rt, dp_slot *s, rd_kafka_message_t *m)
     s->rec.offset = m->offset;
     rd_kafka_timestamp_type_t tst;
     s->rec.timestamp_ms = rd_kafka_message_timestamp(m, &tst);
-    s->rec.key = m->key;
+    /* Key and value are copied so the message (and the fetch buffer it
+     * pins inside librdkafka) is released at once: a batch then costs its
+     * records' bytes, not the fetch responses they came in. */
+    s->data = malloc(m->key_len + m->len + 1);
+    if (m->key)
+        memcpy(s->data, m->key, m->key_len);
+    if (m->payload)
+        memcpy(s->data + m->key_len, m->payload, m->len);
+    s->rec.key = m->key ? s->data : NULL;
     s->rec.key_len = m->key_len;
-    s->rec.value = m->payload;
+    s->rec.value = m->payload ? s->data + m->key_len : NULL;
     s->rec.value_len = m->len;
     s->state = RS_PENDING;
     s->src_offset = -1;
@@ -1266,6 +1276,8 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
                     dp_slot *s = &rt->slots[rt->nslots++];
                     memset(s, 0, sizeof(*s));
                     slot_prepare(rt, s, m);
+                    rd_kafka_message_destroy(m);
+                    s->msg = NULL;
                 }
             }
         }
