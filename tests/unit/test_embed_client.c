@@ -227,6 +227,16 @@ static dp_embed_job job_of(const char *const *texts, size_t n)
     return j;
 }
 
+/* Runs the jobs, expecting DP_OK; a failure names the first failed job. */
+static void run_all_ok(dp_embed_client *c, dp_embed_job *jobs, size_t n)
+{
+    dp_err rc = dp_embed_run(c, jobs, n);
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(jobs[i].result, DP_OK, "run %s; job %zu of %zu: %s (HTTP %d)",
+                     dp_err2str(rc), i, n, jobs[i].error, jobs[i].http_status);
+    cr_assert_eq(rc, DP_OK);
+}
+
 static void jobs_free(dp_embed_job *jobs, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
@@ -272,7 +282,7 @@ Test(embed_client, sixty_four_jobs_at_500ms_latency_run_32_at_a_time_in_two_wave
         jobs[j] = job_of(texts[j], PER_JOB);
     }
     double t0 = now_s();
-    cr_assert_eq(dp_embed_run(c, jobs, NJOBS), DP_OK);
+    run_all_ok(c, jobs, NJOBS);
     double took = now_s() - t0;
     cr_assert(took >= 0.95 && took < 3.0, "64 jobs took %.2f s", took);
     cr_log_info("64 jobs x 4 texts, 500 ms latency, 32 in flight: %.3f s", took);
@@ -312,7 +322,7 @@ Test(embed_client, sixty_four_jobs_at_500ms_latency_run_32_at_a_time_in_two_wave
     /* A second run reuses the kept-alive connections. */
     jobs_free(jobs, NJOBS);
     t0 = now_s();
-    cr_assert_eq(dp_embed_run(c, jobs, NJOBS), DP_OK);
+    run_all_ok(c, jobs, NJOBS);
     took = now_s() - t0;
     cr_assert(took < 3.0, "second run took %.2f s", took);
     cr_log_info("second run on the same client: %.3f s", took);
@@ -510,9 +520,7 @@ Test(embed_client, five_failures_open_the_breaker_and_then_runs_fail_without_cal
     /* The service recovers: the next probe succeeds and the rest follow. */
     set_faults("{\"fail_status\":0}");
     usleep(1100 * 1000);
-    cr_assert_eq(dp_embed_run(c, jobs, 3), DP_OK);
-    for (int i = 0; i < 3; i++)
-        cr_assert_eq(jobs[i].result, DP_OK, "job %d: %s", i, jobs[i].error);
+    run_all_ok(c, jobs, 3);
     cr_assert_eq(server_requests(), 9);
     cr_assert_eq(dp_breaker_state_now(b), DP_BREAKER_CLOSED);
     jobs_free(jobs, 3);
@@ -573,10 +581,8 @@ Test(embed_client, a_full_rate_window_makes_jobs_wait_not_fail)
     for (int i = 0; i < 6; i++)
         jobs[i] = job_of(texts, 1);
     double t0 = now_s();
-    cr_assert_eq(dp_embed_run(c, jobs, 6), DP_OK);
+    run_all_ok(c, jobs, 6);
     double took = now_s() - t0;
-    for (int i = 0; i < 6; i++)
-        cr_assert_eq(jobs[i].result, DP_OK, "job %d: %s", i, jobs[i].error);
     /* 2 now, 2 a (fast) minute later, 2 another minute later. */
     cr_assert(took >= 1.9 && took < 4.0, "took %.2f s", took);
     cr_log_info("6 jobs at 2 requests per (1 s) minute: %.3f s", took);
