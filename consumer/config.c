@@ -70,6 +70,8 @@ static const dp_config_entry dp_config_table[] = {
      "Embedding model name."},
     {"embed_api_key", CT_STR, F(embed_api_key), "", 0, 0,
      "Bearer token for the embedding service (env DOCPIPE_EMBED_API_KEY)."},
+    {"embed_encoding", CT_STR, F(embed_encoding), "base64", 0, 0,
+     "encoding_format asked of the service: base64 (float32, compact) or float."},
     {"embed_dim", CT_INT, F(embed_dim), "1536", 1, 65536,
      "Expected embedding dimension; other sizes are rejected."},
     {"embed_inflight", CT_INT, F(embed_inflight), "64", 1, 1024,
@@ -310,6 +312,10 @@ dp_err dp_config_load(dp_config *cfg, char *err, size_t errlen)
         return dp_errf(DP_ERR_PERMANENT, err, errlen,
                        "setting offset_reset: '%s' is neither earliest nor "
                        "latest", cfg->offset_reset);
+    if (strcmp(cfg->embed_encoding, "float") && strcmp(cfg->embed_encoding, "base64"))
+        return dp_errf(DP_ERR_PERMANENT, err, errlen,
+                       "setting embed_encoding: '%s' is neither float nor base64",
+                       cfg->embed_encoding);
     if (!*cfg->instance_id) {
         char host[128] = "docpipe";
         gethostname(host, sizeof(host) - 1);

@@ -42,6 +42,7 @@ typedef struct dp_config {
     char *embed_url;
     char *embed_model;
     char *embed_api_key;
+    char *embed_encoding;
     int embed_dim;
     int embed_inflight;
     int embed_rpm;

@@ -47,6 +47,7 @@ struct dp_embed_client {
     pthread_mutex_t run_mu;  /* one dp_embed_run at a time */
     char *endpoint;          /* {embed_url}/v1/embeddings */
     char *model;
+    const char *encoding;   /* "float" or "base64" */
     int dim;
     int inflight;
     long timeout_ms;
@@ -98,6 +99,8 @@ dp_err dp_embed_client_new(const dp_config *cfg, dp_embed_client **out, char *er
     if (asprintf(&c->endpoint, "%.*s/v1/embeddings", (int)ulen, url) < 0)
         c->endpoint = NULL;
     c->model = strdup(cfg->embed_model ? cfg->embed_model : "text-embedding-3-small");
+    c->encoding = cfg->embed_encoding && strcmp(cfg->embed_encoding, "float") == 0
+                      ? "float" : "base64";
 
     struct curl_slist *h = NULL, *t;
     const char *fixed[] = {"Content-Type: application/json", "Accept: application/json",
@@ -222,7 +225,7 @@ static char *request_body(dp_embed_client *c, dp_embed_job *job, size_t *len)
         json_array_append_new(input, s);
     }
     json_t *o = json_pack("{s:s, s:o, s:s}", "model", c->model, "input", input,
-                          "encoding_format", "float");
+                          "encoding_format", c->encoding);
     char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     if (!body) {

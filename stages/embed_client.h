@@ -5,7 +5,8 @@
  * live as long as the client, so many requests are in flight at once over
  * kept-alive connections that later requests reuse.  Each job is one
  * request: POST {embed_url}/v1/embeddings {model, input:[texts],
- * encoding_format:"float"}, with "Authorization: Bearer <embed_api_key>"
+ * encoding_format: embed_encoding (base64 by default)}, with
+ * "Authorization: Bearer <embed_api_key>"
  * when the key is set.
  *
  * The client never retries (the stage runtime owns retries and backoff).  It

@@ -765,3 +765,27 @@ Test(embed_client, retry_after_as_an_http_date_and_503_408_are_retryable)
     cr_assert_eq(j.result, DP_ERR_PERMANENT);
     MHD_stop_daemon(d);
 }
+
+Test(embed_client, base64_and_float_encodings_give_the_same_vectors)
+{
+    server_start(NULL);
+    const char *texts[] = {"first text", "second text", "third"};
+    double *got[2];
+    const char *enc[2] = {"float", "base64"};
+    for (int k = 0; k < 2; k++) {
+        dp_config cfg = cfg_for(base_url, 1536, 2);
+        cfg.embed_encoding = (char *)enc[k];
+        dp_embed_client *c = client_for(&cfg);
+        dp_embed_job j = job_of(texts, 3);
+        run_all_ok(c, &j, 1);
+        cr_assert_eq(j.dim, 1536);
+        got[k] = j.vectors;
+        dp_embed_client_free(c);
+    }
+    for (size_t i = 0; i < 3 * 1536; i++)
+        cr_assert(fabs(got[0][i] - got[1][i]) < 1e-7, "component %zu: %g vs %g", i,
+                  got[0][i], got[1][i]);
+    free(got[0]);
+    free(got[1]);
+    server_stop();
+}
