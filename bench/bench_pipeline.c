@@ -1,0 +1,1158 @@
+/*
+ * bench_pipeline: the whole document pipeline, end to end, beside its targets.
+ *
+ * It writes --docs N markdown documents of about 10 KB (headings and
+ * paragraphs, deterministic, every one different) and runs, per scenario,
+ * the eight stages as separate processes (`docpipe run <stage>`; embed as
+ * K of them) against the local embedding service answering after a fixed
+ * delay (docpipe-embedserver --latency-ms L).  Each scenario has its own
+ * topic prefix (so fresh topics and consumer groups), storage folder and
+ * user id, so nothing is shared or deduplicated between scenarios.  Once
+ * every stage holds its partitions (docpipe.dp_offsets) and one warm-up
+ * document has gone through, the N files are submitted in one burst
+ * (`docpipe submit --user U dir`) and PostgreSQL is polled until every job
+ * of U is complete.
+ *
+ *   a   latency 0 ms, 1 embed instance: the pipeline's own ceiling;
+ *   b   latency 1000 ms, 1 embed instance;
+ *   c   latency 1000 ms, 1, 2 and 4 embed instances, started only once all
+ *       N documents wait for embedding, so upstream stages cannot starve
+ *       them: the embed stage's own throughput, and how it scales.
+ *
+ * What the figures mean:
+ *   - end to end: N / (last processing_completed_at - submit start);
+ *     chunks the same with the rows of upload_pipeline.document_chunks;
+ *   - latency of a document: processing_completed_at (finalize) minus the
+ *     moment `docpipe submit` started.  All N are submitted at once, so it
+ *     includes waiting behind the rest of the burst: a backlog figure, not
+ *     an idle pipeline's;
+ *   - per stage: when it finished its last document and the step time per
+ *     document (its event minus the previous stage's event, from the
+ *     upload_pipeline.events timeline), which shows where documents wait;
+ *   - peak memory: VmHWM of every process, read from /proc just before it
+ *     is stopped (SIGTERM; each must exit 0).
+ *
+ * Every child is stopped (SIGTERM, SIGKILL after 30 s), also when a run
+ * fails or the benchmark is interrupted; its documents, database rows and
+ * topics are removed unless --keep.  Needs Kafka and PostgreSQL
+ * (scripts/test-env.sh up), the docpipe binary (--bin) and the embedding
+ * service (--embedserver, default next to --bin in tools/).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <libpq-fe.h>
+#include <librdkafka/rdkafka.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ids.h"
+#include "pg.h"
+
+#define STOP_GRACE_S 30.0     /* SIGTERM, then SIGKILL after this */
+#define JOIN_TIMEOUT_S 90.0   /* stages claiming their partitions */
+#define STALL_S 60.0          /* no job moved for this long: give up */
+#define MAX_CHILDREN 16
+#define DOC_BYTES 10240
+
+static const char *bin = "./docpipe";
+static const char *embedserver = NULL;
+static const char *brokers = "127.0.0.1:39092";
+static const char *dburl = "postgresql://postgres@127.0.0.1:55432/docpipe";
+static int show_progress = 0;
+static int partitions = 4;
+static volatile sig_atomic_t interrupted = 0;
+
+/* The stages in pipeline order: process names, consumer groups and the
+ * `stage` column of upload_pipeline.events. */
+static const char *const stage_names[] = {"intake", "parse", "validate", "chunk",
+    "embed-plan", "embed", "gather", "finalize"};
+#define N_STAGES 8
+
+/* Job states in pipeline order (the progress line and stall detection). */
+static const char *const job_states[] = {"uploaded", "parse_queued", "parsed",
+    "parse_validated", "chunking", "chunks_stored", "embedding_queued",
+    "embedding_in_progress", "embeddings_stored", "complete", "failed_upload",
+    "failed_parse", "failed_chunking", "failed_embedding"};
+#define N_STATES 14
+
+typedef struct scenario {
+    const char *name;       /* a, b, c1, c2, c4 */
+    int latency_ms;
+    int instances;          /* embed processes */
+    int prefill;            /* embed starts once every document waits for it */
+    /* filled in by run_scenario */
+    char dir[512], storage[600], logs[600];
+    char prefix[96], user[DP_UUID_STR_SIZE], warm_user[DP_UUID_STR_SIZE];
+    char embed_url[64];
+} scenario;
+
+typedef struct result {
+    int ran, ok;
+    long complete, failed, chunks;
+    double submit_s;        /* how long `docpipe submit` ran */
+    double e2e_docs_s, e2e_chunks_s, span_s;
+    double embed_docs_s;    /* prefill: over the embed stage's own window */
+    long embed_docs;
+    double embed_window_s;
+} result;
+
+/* ---- clocks, /proc ---------------------------------------------------- */
+
+static double now_real(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double now_mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static long vm_hwm_kb(pid_t pid)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    long kb = -1;
+    while (f && fgets(line, sizeof(line), f))
+        if (sscanf(line, "VmHWM: %ld kB", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return kb;
+}
+
+/* User + system CPU seconds of a running process, -1 if unknown. */
+static double cpu_seconds(pid_t pid)
+{
+    char path[64], line[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    char *ok = fgets(line, sizeof(line), f);
+    fclose(f);
+    char *p = ok ? strrchr(line, ')') : NULL;
+    unsigned long ut, st;
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu",
+                     &ut, &st) != 2)
+        return -1;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static double load_1min(void)
+{
+    double l = -1;
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f) {
+        if (fscanf(f, "%lf", &l) != 1)
+            l = -1;
+        fclose(f);
+    }
+    return l;
+}
+
+/* ---- documents -------------------------------------------------------- */
+
+static uint64_t splitmix64(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+static const char *const words[] = {"pipeline", "document", "stage", "kafka",
+    "offset", "partition", "consumer", "group", "batch", "record", "schema",
+    "chunk", "vector", "embedding", "search", "index", "query", "table",
+    "commit", "transaction", "replay", "fence", "epoch", "retry", "backoff",
+    "breaker", "letter", "topic", "broker", "leader", "replica", "segment",
+    "the", "a", "of", "and", "to", "in", "is", "for", "with", "that", "on",
+    "each", "every", "one", "many", "after", "before", "while", "never",
+    "always", "stored", "parsed", "validated", "normalised", "hashed",
+    "written", "read", "sent", "acknowledged", "rolled", "back", "forward"};
+#define N_WORDS (sizeof(words) / sizeof(words[0]))
+
+static void add_words(dp_buf *b, uint64_t *s, int n)
+{
+    for (int k = 0; k < n; k++)
+        dp_buf_appendf(b, "%s%s", k ? " " : "", words[splitmix64(s) % N_WORDS]);
+}
+
+/* Document i: a title, then sections of a heading and two to four
+ * paragraphs of wrapped lines, until about DOC_BYTES.  The seed and the
+ * numbers in title and headings make every document different. */
+static void make_document(long i, dp_buf *b)
+{
+    uint64_t s = 0x5eed0000ULL + (uint64_t)i;
+    dp_buf_reset(b);
+    dp_buf_appendf(b, "# Benchmark document %06ld: ", i);
+    add_words(b, &s, 4);
+    dp_buf_append(b, "\n\n", 2);
+    for (int sec = 1; b->len < DOC_BYTES - 400; sec++) {
+        dp_buf_appendf(b, "## Section %d.%ld ", sec, i);
+        add_words(b, &s, 3);
+        dp_buf_append(b, "\n\n", 2);
+        int paras = 2 + (int)(splitmix64(&s) % 3);
+        for (int p = 0; p < paras && b->len < DOC_BYTES - 100; p++) {
+            int lines = 2 + (int)(splitmix64(&s) % 4);
+            for (int l = 0; l < lines; l++) {
+                add_words(b, &s, 8 + (int)(splitmix64(&s) % 5));
+                dp_buf_append(b, l + 1 < lines ? "\n" : ".\n\n", l + 1 < lines ? 1 : 3);
+            }
+        }
+    }
+}
+
+static int write_file(const char *path, const void *data, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return -1;
+    size_t w = fwrite(data, 1, len, f);
+    return fclose(f) == 0 && w == len ? 0 : -1;
+}
+
+static int make_documents(const char *dir, long n, long first)
+{
+    dp_buf b = {0};
+    char path[PATH_MAX];
+    int rc = mkdir(dir, 0755);
+    for (long i = 0; rc == 0 && i < n; i++) {
+        make_document(first + i, &b);
+        snprintf(path, sizeof(path), "%s/doc-%06ld.md", dir, first + i);
+        rc = write_file(path, b.data, b.len);
+    }
+    dp_buf_free(&b);
+    return rc;
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *f)
+{
+    (void)st, (void)flag, (void)f;
+    return remove(path);
+}
+
+static void rm_tree(const char *path)
+{
+    nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static void uuid4(char out[DP_UUID_STR_SIZE])
+{
+    uint8_t b[16];
+    uint64_t s = (uint64_t)now_real() * 1000003u ^ (uint64_t)getpid() << 20;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (!f || fread(b, 1, 16, f) != 16)
+        for (int i = 0; i < 16; i++)
+            b[i] = (uint8_t)splitmix64(&s);
+    if (f)
+        fclose(f);
+    b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
+    b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
+    dp_uuid_format(b, out);
+}
+
+/* ---- child processes -------------------------------------------------- */
+
+/* Every process the benchmark started and has not reaped yet.  kids[0] is
+ * the embedding service, then the stages in pipeline order. */
+typedef struct child {
+    char name[24];
+    pid_t pid;              /* 0 once reaped */
+    int status;             /* wait status once reaped */
+    long hwm_kb;            /* largest VmHWM seen */
+    double cpu_s;
+    char log[PATH_MAX];     /* its stderr */
+} child;
+
+static child kids[MAX_CHILDREN];
+static int nkids;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    interrupted = 1;
+}
+
+static void sample(child *c)
+{
+    if (c->pid <= 0)
+        return;
+    long kb = vm_hwm_kb(c->pid);
+    if (kb > c->hwm_kb)
+        c->hwm_kb = kb;
+    double cpu = cpu_seconds(c->pid);
+    if (cpu >= 0)
+        c->cpu_s = cpu;
+}
+
+/* Starts argv with the scenario's settings in its environment, stdout to
+ * out (NULL: /dev/null) and stderr to <logs>/<name>.log.  The child gets
+ * SIGTERM should the benchmark die first. */
+static child *spawn(const scenario *sc, const char *name, char *const argv[],
+                    const char *out)
+{
+    if (nkids == MAX_CHILDREN)
+        return NULL;
+    child *c = &kids[nkids];
+    memset(c, 0, sizeof(*c));
+    snprintf(c->name, sizeof(c->name), "%s", name);
+    snprintf(c->log, sizeof(c->log), "%s/%s.log", sc->logs, name);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0)
+        return NULL;
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent)
+            _exit(127);
+        char instance[160];
+        snprintf(instance, sizeof(instance), "%.*s-%s", (int)strlen(sc->prefix) - 1,
+                 sc->prefix, name);
+        if (*sc->prefix) {
+            setenv("DOCPIPE_TOPIC_PREFIX", sc->prefix, 1);
+            setenv("DOCPIPE_STORAGE_DIR", sc->storage, 1);
+            setenv("DOCPIPE_INSTANCE_ID", instance, 1);
+        }
+        setenv("DOCPIPE_LOG_LEVEL", "warn", 1);
+        setenv("DOCPIPE_EMBED_TPM", "1000000000", 1);
+        setenv("DOCPIPE_EMBED_RPM", "100000000", 1);
+        if (*sc->embed_url)
+            setenv("DOCPIPE_EMBED_URL", sc->embed_url, 1);
+        int fo = open(out ? out : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int fe = open(c->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fo < 0 || fe < 0 || dup2(fo, 1) < 0 || dup2(fe, 2) < 0)
+            _exit(127);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    c->pid = pid;
+    nkids++;
+    return c;
+}
+
+static void reaped(child *c, int status)
+{
+    c->status = status;
+    c->pid = 0;
+}
+
+/* The first child that is no longer running, or NULL. */
+static child *find_dead(void)
+{
+    for (int i = 0; i < nkids; i++) {
+        int st;
+        if (kids[i].pid > 0 && waitpid(kids[i].pid, &st, WNOHANG) == kids[i].pid) {
+            reaped(&kids[i], st);
+            return &kids[i];
+        }
+        if (kids[i].pid == 0)
+            return &kids[i];
+    }
+    return NULL;
+}
+
+static void describe_status(int st, char *out, size_t n)
+{
+    if (WIFEXITED(st))
+        snprintf(out, n, "%d", WEXITSTATUS(st));
+    else if (WIFSIGNALED(st))
+        snprintf(out, n, "sig %d", WTERMSIG(st));
+    else
+        snprintf(out, n, "?");
+}
+
+/* SIGTERM to kids[from..to), SIGKILL to whatever still runs after
+ * STOP_GRACE_S; reaps them all.  Memory and CPU are read just before. */
+static void stop_range(int from, int to)
+{
+    for (int i = from; i < to; i++) {
+        sample(&kids[i]);
+        if (kids[i].pid > 0)
+            kill(kids[i].pid, SIGTERM);
+    }
+    double until = now_mono() + STOP_GRACE_S;
+    for (;;) {
+        int left = 0;
+        for (int i = from; i < to; i++) {
+            int st;
+            if (kids[i].pid > 0 && waitpid(kids[i].pid, &st, WNOHANG) == kids[i].pid)
+                reaped(&kids[i], st);
+            left += kids[i].pid > 0;
+        }
+        if (!left)
+            return;
+        if (now_mono() >= until)
+            break;
+        usleep(50 * 1000);
+    }
+    for (int i = from; i < to; i++)
+        if (kids[i].pid > 0) {
+            fprintf(stderr, "bench: %s (pid %d) ignored SIGTERM for %.0f s: SIGKILL\n",
+                    kids[i].name, (int)kids[i].pid, STOP_GRACE_S);
+            kill(kids[i].pid, SIGKILL);
+            int st;
+            waitpid(kids[i].pid, &st, 0);
+            reaped(&kids[i], st);
+        }
+}
+
+/* The stages first (they talk to the embedding service), then the rest. */
+static void stop_all(void)
+{
+    if (nkids > 1)
+        stop_range(1, nkids);
+    stop_range(0, nkids > 0 ? 1 : 0);
+}
+
+/* Runs a short command to its end (at most timeout_s); its exit code, or
+ * -1 if it was killed. */
+static int run_cmd(const scenario *sc, const char *name, char *const argv[],
+                   const char *out, double timeout_s)
+{
+    child *c = spawn(sc, name, argv, out);
+    if (!c)
+        return -1;
+    double until = now_mono() + timeout_s;
+    int st = 0;
+    while (waitpid(c->pid, &st, WNOHANG) == 0) {
+        if (interrupted || now_mono() >= until) {
+            fprintf(stderr, "bench: %s %s, stopping it\n", name,
+                    interrupted ? "interrupted" : "timed out");
+            stop_range((int)(c - kids), (int)(c - kids) + 1);
+            nkids--;
+            return -1;
+        }
+        usleep(10 * 1000);
+    }
+    nkids--;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* How many lines a child wrote to stderr (at warn level: its warnings), and
+ * the first of them. */
+static long log_lines(const char *path, char *first, size_t n)
+{
+    FILE *f = fopen(path, "r");
+    long lines = 0;
+    char line[4096];
+    *first = '\0';
+    while (f && fgets(line, sizeof(line), f))
+        if (lines++ == 0) {
+            line[strcspn(line, "\n")] = '\0';
+            snprintf(first, n, "%.*s", (int)n - 1, line);
+        }
+    if (f)
+        fclose(f);
+    return lines;
+}
+
+/* ---- PostgreSQL ------------------------------------------------------- */
+
+static PGresult *query(PGconn *db, const char *sql, int n, const char *const *p)
+{
+    PGresult *r = PQexecParams(db, sql, n, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK && PQresultStatus(r) != PGRES_COMMAND_OK) {
+        fprintf(stderr, "bench: query failed: %s", PQresultErrorMessage(r));
+        PQclear(r);
+        if (PQstatus(db) != CONNECTION_OK)
+            PQreset(db);
+        return NULL;
+    }
+    return r;
+}
+
+static double getd(PGresult *r, int row, int col)
+{
+    return PQgetisnull(r, row, col) ? -1 : strtod(PQgetvalue(r, row, col), NULL);
+}
+
+/* Jobs of a user by state: counts[k] for job_states[k]; returns the total,
+ * -1 on a query failure. */
+static long job_counts(PGconn *db, const char *user, long counts[N_STATES])
+{
+    const char *p[1] = {user};
+    PGresult *r = query(db, "SELECT status, count(*) FROM upload_pipeline.upload_jobs"
+                            " WHERE user_id = $1::uuid GROUP BY status", 1, p);
+    if (!r)
+        return -1;
+    long total = 0;
+    memset(counts, 0, N_STATES * sizeof(long));
+    for (int i = 0; i < PQntuples(r); i++)
+        for (int k = 0; k < N_STATES; k++)
+            if (!strcmp(PQgetvalue(r, i, 0), job_states[k])) {
+                counts[k] = atol(PQgetvalue(r, i, 1));
+                total += counts[k];
+            }
+    PQclear(r);
+    return total;
+}
+
+static int state_index(const char *s)
+{
+    for (int k = 0; k < N_STATES; k++)
+        if (!strcmp(job_states[k], s))
+            return k;
+    return -1;
+}
+
+static void print_progress(const scenario *sc, double t0, const long counts[N_STATES])
+{
+    fprintf(stderr, "  [%s %6.1fs]", sc->name, now_real() - t0);
+    for (int k = 0; k < N_STATES; k++)
+        if (counts[k])
+            fprintf(stderr, " %s %ld", job_states[k], counts[k]);
+    fprintf(stderr, "\n");
+}
+
+/* Waits until n jobs of user are in state `target` or failed.  Fails when a
+ * child dies, nothing moves for STALL_S, or cap_s passes.  Samples the
+ * children's memory on the way. */
+static int wait_jobs(PGconn *db, const scenario *sc, const char *user, long n,
+                     const char *target, double cap_s, double t0)
+{
+    long counts[N_STATES], last[N_STATES] = {0};
+    int ti = state_index(target);
+    double start = now_mono(), moved = start, shown = 0;
+    for (;;) {
+        if (interrupted)
+            return -1;
+        child *dead = find_dead();
+        if (dead) {
+            char st[16];
+            describe_status(dead->status, st, sizeof(st));
+            fprintf(stderr, "bench: %s: %s stopped on its own (exit %s), see %s\n",
+                    sc->name, dead->name, st, dead->log);
+            return -1;
+        }
+        for (int i = 0; i < nkids; i++)
+            sample(&kids[i]);
+        long known = job_counts(db, user, counts);
+        if (known >= 0) {
+            long failed = counts[10] + counts[11] + counts[12] + counts[13];
+            if (known >= n && counts[ti] + failed >= n)
+                return 0;
+            if (memcmp(counts, last, sizeof(counts))) {
+                memcpy(last, counts, sizeof(counts));
+                moved = now_mono();
+            }
+            if (show_progress && now_mono() - shown >= 1.0) {
+                print_progress(sc, t0, counts);
+                shown = now_mono();
+            }
+        }
+        if (now_mono() - moved > STALL_S || now_mono() - start > cap_s) {
+            fprintf(stderr, "bench: %s: %s waiting for %ld jobs to be %s; states now:",
+                    sc->name, now_mono() - moved > STALL_S ? "stalled" : "timed out",
+                    n, target);
+            for (int k = 0; k < N_STATES; k++)
+                if (last[k])
+                    fprintf(stderr, " %s %ld", job_states[k], last[k]);
+            fprintf(stderr, "\n");
+            return -1;
+        }
+        usleep(200 * 1000);
+    }
+}
+
+/* Waits until each named stage's group has claimed every partition, the
+ * embed group by `embeds` distinct instances. */
+static int wait_joined(PGconn *db, const scenario *sc, const char *const *stages,
+                       int n, int embeds)
+{
+    const char *p[1] = {sc->prefix};
+    double until = now_mono() + JOIN_TIMEOUT_S;
+    while (now_mono() < until && !interrupted) {
+        child *dead = find_dead();
+        if (dead) {
+            fprintf(stderr, "bench: %s: %s stopped on its own, see %s\n", sc->name,
+                    dead->name, dead->log);
+            return -1;
+        }
+        PGresult *r = query(db, "SELECT substr(group_id, length($1) + 1), count(*),"
+                                " count(DISTINCT owner) FROM docpipe.dp_offsets"
+                                " WHERE left(group_id, length($1)) = $1 GROUP BY 1",
+                            1, p);
+        int ready = 0;
+        for (int s = 0; r && s < n; s++) {
+            int want = strcmp(stages[s], "embed") ? 1
+                       : embeds < partitions ? embeds : partitions;
+            for (int i = 0; i < PQntuples(r); i++)
+                if (!strcmp(PQgetvalue(r, i, 0), stages[s]) &&
+                    atoi(PQgetvalue(r, i, 1)) == partitions &&
+                    atoi(PQgetvalue(r, i, 2)) == want)
+                    ready++;
+        }
+        PQclear(r);
+        if (ready == n)
+            return 0;
+        usleep(100 * 1000);
+    }
+    fprintf(stderr, "bench: %s: the stages did not all claim their partitions"
+                    " within %.0f s\n", sc->name, JOIN_TIMEOUT_S);
+    return -1;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Nearest-rank percentile of sorted v. */
+static double pct(const double *v, int n, double q)
+{
+    if (n == 0)
+        return -1;
+    int k = (int)(q * n + 0.999999) - 1;
+    return v[k < 0 ? 0 : k >= n ? n - 1 : k];
+}
+
+/* ---- the report ------------------------------------------------------- */
+
+static const char *verdict(double value, double target, int higher_is_better)
+{
+    if (value < 0)
+        return "n/a";
+    return (higher_is_better ? value >= target : value < target) ? "met" : "MISSED";
+}
+
+/* Latency and the per-stage timeline from PostgreSQL; fills res. */
+static void report_figures(PGconn *db, const scenario *sc, double t0, result *res)
+{
+    char t0s[32];
+    snprintf(t0s, sizeof(t0s), "%.6f", t0);
+    const char *p[2] = {sc->user, t0s};
+    PGresult *r = query(db,
+        "SELECT extract(epoch FROM processing_completed_at)::float8,"
+        " extract(epoch FROM created_at)::float8 FROM upload_pipeline.upload_jobs"
+        " WHERE user_id = $1::uuid AND status = 'complete'", 1, p);
+    int n = r ? PQntuples(r) : 0;
+    double *sub = malloc((size_t)(n + 1) * sizeof(double));
+    double *in = malloc((size_t)(n + 1) * sizeof(double));
+    double last = t0;
+    for (int i = 0; i < n; i++) {
+        double done = getd(r, i, 0);
+        sub[i] = done - t0;
+        in[i] = done - getd(r, i, 1);
+        if (done > last)
+            last = done;
+    }
+    PQclear(r);
+    qsort(sub, (size_t)n, sizeof(double), cmp_d);
+    qsort(in, (size_t)n, sizeof(double), cmp_d);
+    res->complete = n;
+    res->span_s = last - t0;
+    r = query(db, "SELECT count(*) FILTER (WHERE status LIKE 'failed%'),"
+                  " (SELECT count(*) FROM upload_pipeline.document_chunks c"
+                  "  WHERE c.document_id IN (SELECT document_id FROM"
+                  "  upload_pipeline.documents WHERE user_id = $1::uuid))"
+                  " FROM upload_pipeline.upload_jobs WHERE user_id = $1::uuid", 1, p);
+    if (r) {
+        res->failed = atol(PQgetvalue(r, 0, 0));
+        res->chunks = atol(PQgetvalue(r, 0, 1));
+        PQclear(r);
+    }
+    if (res->span_s > 0) {
+        res->e2e_docs_s = n / res->span_s;
+        res->e2e_chunks_s = (double)res->chunks / res->span_s;
+    }
+    printf("  documents    %ld complete, %ld failed; %ld chunks (%.1f per document);"
+           " submit ran %.2f s\n", res->complete, res->failed, res->chunks,
+           n ? (double)res->chunks / n : 0, res->submit_s);
+    if (!sc->prefill) {
+        printf("  end to end   %.1f documents/s, %.0f chunks/s (%ld documents in %.2f s"
+               " from submit start to the last completion)\n", res->e2e_docs_s,
+               res->e2e_chunks_s, res->complete, res->span_s);
+        printf("  latency      from submit start: p50 %.2f s, p99 %.2f s;"
+               " from intake (upload_jobs.created_at): p50 %.2f s, p99 %.2f s\n",
+               pct(sub, n, 0.5), pct(sub, n, 0.99), pct(in, n, 0.5), pct(in, n, 0.99));
+    }
+    free(sub);
+    free(in);
+
+    /* Where documents waited: per stage, its last event and the time since
+     * the previous stage's event (intake: since submit start). */
+    r = query(db,
+        "WITH d AS (SELECT document_id FROM upload_pipeline.upload_jobs"
+        "   WHERE user_id = $1::uuid),"
+        " s AS (SELECT e.document_id, e.stage, max(e.ts) AS ts"
+        "   FROM upload_pipeline.events e JOIN d USING (document_id) GROUP BY 1, 2),"
+        " t AS (SELECT stage, ts, coalesce(extract(epoch FROM ts - lag(ts) OVER"
+        "   (PARTITION BY document_id ORDER BY ts))::float8,"
+        "   extract(epoch FROM ts)::float8 - $2::float8) AS step FROM s)"
+        " SELECT stage, count(*), extract(epoch FROM min(ts))::float8 - $2::float8,"
+        "   extract(epoch FROM max(ts))::float8 - $2::float8,"
+        "   percentile_cont(0.5) WITHIN GROUP (ORDER BY step),"
+        "   percentile_cont(0.99) WITHIN GROUP (ORDER BY step)"
+        " FROM t GROUP BY stage", 2, p);
+    printf("  %-11s %6s %9s %9s %9s %9s | %-12s %8s %7s %5s\n", "stage", "docs",
+           "first s", "last s", "step p50", "step p99", "process", "peak MB",
+           "CPU s", "exit");
+    for (int s = 0; s <= N_STAGES; s++) {
+        /* Each stage's processes, then the embedding service. */
+        const char *want = s < N_STAGES ? stage_names[s] : "embedserver";
+        int row = -1, shown = 0;
+        for (int i = 0; s < N_STAGES && r && i < PQntuples(r); i++)
+            if (!strcmp(PQgetvalue(r, i, 0), want))
+                row = i;
+        for (int k = 0; k < nkids; k++) {
+            size_t len = strlen(want);
+            if (strncmp(kids[k].name, want, len) ||
+                (kids[k].name[len] && kids[k].name[len] != '#'))
+                continue;
+            if (shown++ || s == N_STAGES)
+                printf("  %-11s %6s %9s %9s %9s %9s |", "", "", "", "", "", "");
+            else if (row >= 0)
+                printf("  %-11s %6s %9.2f %9.2f %9.2f %9.2f |", want,
+                       PQgetvalue(r, row, 1), getd(r, row, 2), getd(r, row, 3),
+                       getd(r, row, 4), getd(r, row, 5));
+            else
+                printf("  %-11s %6s %9s %9s %9s %9s |", want, "0", "-", "-", "-", "-");
+            char st[16];
+            describe_status(kids[k].status, st, sizeof(st));
+            printf(" %-12s %8.1f %7.2f %5s\n", kids[k].name,
+                   (double)kids[k].hwm_kb / 1024.0, kids[k].cpu_s, st);
+        }
+    }
+    PQclear(r);
+    long worst = 0;
+    const char *worst_name = "";
+    for (int k = 1; k < nkids; k++)
+        if (kids[k].hwm_kb > worst) {
+            worst = kids[k].hwm_kb;
+            worst_name = kids[k].name;
+        }
+    printf("  memory       largest stage process %s %.1f MB (target < 30 MB each: %s)\n",
+           worst_name, (double)worst / 1024.0, verdict(worst / 1024.0, 30, 0));
+    int bad = 0;
+    for (int k = 0; k < nkids; k++)
+        bad += !(WIFEXITED(kids[k].status) && WEXITSTATUS(kids[k].status) == 0);
+    if (bad)
+        printf("  exit         %d process(es) did not exit 0 after SIGTERM\n", bad);
+    for (int k = 0; k < nkids; k++) {
+        char first[200];
+        long lines = log_lines(kids[k].log, first, sizeof(first));
+        if (lines && strcmp(kids[k].name, "embedserver"))
+            printf("  log          %s wrote %ld line(s) at warn or above; first: %s\n",
+                   kids[k].name, lines, first);
+    }
+}
+
+/* Embed stage throughput when it started on a full backlog: documents
+ * embedded after the group's last partition claim, over that window. */
+static void embed_window(PGconn *db, const scenario *sc, result *res)
+{
+    char group[128];
+    snprintf(group, sizeof(group), "%sembed", sc->prefix);
+    const char *p1[1] = {group};
+    PGresult *r = query(db, "SELECT extract(epoch FROM max(claimed_at))::float8"
+                            " FROM docpipe.dp_offsets WHERE group_id = $1", 1, p1);
+    if (!r)
+        return;
+    double start = getd(r, 0, 0);
+    PQclear(r);
+    char starts[32];
+    snprintf(starts, sizeof(starts), "%.6f", start);
+    const char *p2[2] = {sc->user, starts};
+    r = query(db, "SELECT count(DISTINCT e.document_id),"
+                  " extract(epoch FROM max(e.ts))::float8"
+                  " FROM upload_pipeline.events e WHERE e.stage = 'embed'"
+                  " AND e.code = 'EMBED_BATCH_STORED'"
+                  " AND e.ts >= to_timestamp($2::float8) AND e.document_id IN"
+                  " (SELECT document_id FROM upload_pipeline.documents"
+                  "  WHERE user_id = $1::uuid)", 2, p2);
+    if (!r)
+        return;
+    res->embed_docs = atol(PQgetvalue(r, 0, 0));
+    res->embed_window_s = getd(r, 0, 1) - start;
+    PQclear(r);
+    if (res->embed_window_s > 0)
+        res->embed_docs_s = (double)res->embed_docs / res->embed_window_s;
+    printf("  embed stage  %.1f documents/s with %d instance(s) (%ld documents in %.2f s"
+           " from the group's last partition claim to the last EMBED_BATCH_STORED)\n",
+           res->embed_docs_s, sc->instances, res->embed_docs, res->embed_window_s);
+}
+
+/* ---- cleanup of what a scenario made ---------------------------------- */
+
+static void delete_rows(PGconn *db, const scenario *sc)
+{
+    char users[96];
+    snprintf(users, sizeof(users), "{%s,%s}", sc->user, sc->warm_user);
+    const char *pu[1] = {users}, *pp[1] = {sc->prefix};
+    static const char *const by_doc[] = {"document_chunks", "document_vector_buffer",
+        "document_chunk_buffer", "embedding_batches", "events", "upload_jobs"};
+    char sql[512];
+    for (size_t i = 0; i < sizeof(by_doc) / sizeof(by_doc[0]); i++) {
+        snprintf(sql, sizeof(sql), "DELETE FROM upload_pipeline.%s WHERE document_id IN"
+                 " (SELECT document_id FROM upload_pipeline.documents"
+                 "  WHERE user_id = ANY($1::uuid[]))", by_doc[i]);
+        PQclear(query(db, sql, 1, pu));
+    }
+    PQclear(query(db, "DELETE FROM upload_pipeline.documents"
+                      " WHERE user_id = ANY($1::uuid[])", 1, pu));
+    static const char *const runtime[] = {"dp_offsets", "dp_dedup", "dp_dead_letters"};
+    for (size_t i = 0; i < sizeof(runtime) / sizeof(runtime[0]); i++) {
+        snprintf(sql, sizeof(sql), "DELETE FROM docpipe.%s"
+                 " WHERE left(group_id, length($1)) = $1", runtime[i]);
+        PQclear(query(db, sql, 1, pp));
+    }
+}
+
+static void delete_topics(const char *prefix)
+{
+    char err[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", brokers, err, sizeof(err));
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+    if (!rk) {
+        fprintf(stderr, "bench: cannot delete topics %s*: %s\n", prefix, err);
+        return;
+    }
+    const struct rd_kafka_metadata *md;
+    if (rd_kafka_metadata(rk, 1, NULL, &md, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        rd_kafka_DeleteTopic_t *del[64];
+        size_t n = 0;
+        for (int i = 0; i < md->topic_cnt && n < 64; i++)
+            if (!strncmp(md->topics[i].topic, prefix, strlen(prefix)))
+                del[n++] = rd_kafka_DeleteTopic_new(md->topics[i].topic);
+        rd_kafka_metadata_destroy(md);
+        if (n) {
+            rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+            rd_kafka_DeleteTopics(rk, del, n, NULL, q);
+            rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
+            if (!ev || rd_kafka_event_error(ev))
+                fprintf(stderr, "bench: deleting topics %s*: %s\n", prefix,
+                        ev ? rd_kafka_event_error_string(ev) : "timed out");
+            if (ev)
+                rd_kafka_event_destroy(ev);
+            rd_kafka_queue_destroy(q);
+            rd_kafka_DeleteTopic_destroy_array(del, n);
+        }
+    }
+    rd_kafka_destroy(rk);
+}
+
+/* ---- one scenario ----------------------------------------------------- */
+
+static int start_embedserver(scenario *sc)
+{
+    char lat[16], out[PATH_MAX];
+    snprintf(lat, sizeof(lat), "%d", sc->latency_ms);
+    snprintf(out, sizeof(out), "%s/embedserver.out", sc->logs);
+    char *argv[] = {(char *)embedserver, "--port", "0", "--quiet", "--latency-ms",
+                    lat, NULL};
+    if (!spawn(sc, "embedserver", argv, out))
+        return -1;
+    double until = now_mono() + 15;
+    while (now_mono() < until && !interrupted) {
+        FILE *f = fopen(out, "r");
+        char line[256];
+        unsigned port = 0;
+        int got = f && fgets(line, sizeof(line), f) &&
+                  sscanf(line, "listening on 127.0.0.1:%u", &port) == 1;
+        if (f)
+            fclose(f);
+        if (got) {
+            snprintf(sc->embed_url, sizeof(sc->embed_url), "http://127.0.0.1:%u", port);
+            return 0;
+        }
+        if (find_dead())
+            break;
+        usleep(20 * 1000);
+    }
+    fprintf(stderr, "bench: %s: the embedding service did not start (see %s/"
+                    "embedserver.log)\n", sc->name, sc->logs);
+    return -1;
+}
+
+static int start_stage(const scenario *sc, const char *stage, int instance)
+{
+    char name[24];
+    if (!strcmp(stage, "embed"))
+        snprintf(name, sizeof(name), "embed#%d", instance);
+    else
+        snprintf(name, sizeof(name), "%s", stage);
+    char *argv[] = {(char *)bin, "run", (char *)stage, NULL};
+    return spawn(sc, name, argv, NULL) ? 0 : -1;
+}
+
+static int submit(const scenario *sc, const char *user, const char *path,
+                  const char *tag)
+{
+    char out[PATH_MAX], name[32];
+    snprintf(out, sizeof(out), "%s/%s.out", sc->logs, tag);
+    snprintf(name, sizeof(name), "%s", tag);
+    char *argv[] = {(char *)bin, "submit", "--user", (char *)user, (char *)path, NULL};
+    int rc = run_cmd(sc, name, argv, out, 300);
+    if (rc != 0)
+        fprintf(stderr, "bench: %s: docpipe submit exited %d (see %s/%s.log)\n",
+                sc->name, rc, sc->logs, tag);
+    return rc;
+}
+
+static int run_scenario(PGconn *db, scenario *sc, const char *tmp, const char *docs,
+                        const char *warm, long n, int keep, result *res)
+{
+    memset(res, 0, sizeof(*res));
+    nkids = 0;
+    snprintf(sc->dir, sizeof(sc->dir), "%s/%s", tmp, sc->name);
+    snprintf(sc->storage, sizeof(sc->storage), "%s/storage", sc->dir);
+    snprintf(sc->logs, sizeof(sc->logs), "%s/logs", sc->dir);
+    snprintf(sc->prefix, sizeof(sc->prefix), "benchp%d_%ld_%s.", (int)getpid(),
+             (long)time(NULL) % 100000, sc->name);
+    sc->embed_url[0] = '\0';
+    uuid4(sc->user);
+    uuid4(sc->warm_user);
+    mkdir(sc->dir, 0755);
+    mkdir(sc->storage, 0755);
+    mkdir(sc->logs, 0755);
+
+    printf("\nscenario %s: embedding latency %d ms, %d embed instance(s)%s;"
+           " load average %.2f\n", sc->name, sc->latency_ms, sc->instances,
+           sc->prefill ? ", embed started on a full backlog" : "", load_1min());
+    fflush(stdout);
+
+    int rc = -1;
+    double t0 = now_real();
+    char topics_out[PATH_MAX];
+    snprintf(topics_out, sizeof(topics_out), "%s/topics.out", sc->logs);
+    char *targv[] = {(char *)bin, "topics", NULL};
+    if (run_cmd(sc, "topics", targv, topics_out, 120) != 0) {
+        fprintf(stderr, "bench: %s: docpipe topics failed (see %s/topics.log)\n",
+                sc->name, sc->logs);
+        goto out;
+    }
+    if (start_embedserver(sc))
+        goto out;
+    const char *joined[N_STAGES];
+    int nj = 0;
+    for (int s = 0; s < N_STAGES; s++) {
+        int embed = !strcmp(stage_names[s], "embed");
+        if (embed && sc->prefill)
+            continue;
+        for (int k = 1; k <= (embed ? sc->instances : 1); k++)
+            if (start_stage(sc, stage_names[s], k))
+                goto out;
+        joined[nj++] = stage_names[s];
+    }
+    if (wait_joined(db, sc, joined, nj, sc->instances))
+        goto out;
+    /* One document through everything that runs: connections made, code
+     * paged in, every stage's first batch done. */
+    const char *warm_state = sc->prefill ? "embedding_queued" : "complete";
+    if (submit(sc, sc->warm_user, warm, "warmup") ||
+        wait_jobs(db, sc, sc->warm_user, 1, warm_state, 120, now_real()))
+        goto out;
+
+    t0 = now_real();
+    if (submit(sc, sc->user, docs, "submit"))
+        goto out;
+    res->submit_s = now_real() - t0;
+    double cap = 120 + (double)n * (sc->latency_ms ? 1.0 : 0.5);
+    if (sc->prefill) {
+        if (wait_jobs(db, sc, sc->user, n, "embedding_queued", cap, t0))
+            goto out;
+        printf("  backlog      %ld documents queued for embedding %.2f s after submit"
+               " start; starting embed (its step below includes that wait)\n", n,
+               now_real() - t0);
+        for (int k = 1; k <= sc->instances; k++)
+            if (start_stage(sc, "embed", k))
+                goto out;
+        const char *embed_only[] = {"embed"};
+        if (wait_joined(db, sc, embed_only, 1, sc->instances))
+            goto out;
+    }
+    if (wait_jobs(db, sc, sc->user, n, "complete", cap, t0))
+        goto out;
+    rc = 0;
+out:
+    stop_all();
+    if (rc == 0) {
+        report_figures(db, sc, t0, res);
+        if (sc->prefill)
+            embed_window(db, sc, res);
+        for (int k = 0; k < nkids; k++)
+            if (!(WIFEXITED(kids[k].status) && WEXITSTATUS(kids[k].status) == 0))
+                rc = -1;
+    } else {
+        printf("  FAILED (%s; %s)\n", interrupted ? "interrupted" : "see the messages above",
+               keep ? sc->logs : "rerun with --keep to keep the logs");
+    }
+    res->ran = 1;
+    res->ok = rc == 0;
+    fflush(stdout);
+    if (!keep) {
+        delete_rows(db, sc);
+        delete_topics(sc->prefix);
+        rm_tree(sc->dir);
+    }
+    nkids = 0;
+    return rc;
+}
+
+/* ---- main ------------------------------------------------------------- */
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: bench_pipeline [--bin PATH] [--embedserver PATH] [--docs N]"
+                    " [--only a|b|c] [--keep] [--progress]\n");
+}
+
+int main(int argc, char **argv)
+{
+    long n = 1000;
+    const char *only = NULL;
+    int keep = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--bin") && i + 1 < argc)
+            bin = argv[++i];
+        else if (!strcmp(argv[i], "--embedserver") && i + 1 < argc)
+            embedserver = argv[++i];
+        else if (!strcmp(argv[i], "--docs") && i + 1 < argc)
+            n = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc)
+            only = argv[++i];
+        else if (!strcmp(argv[i], "--keep"))
+            keep = 1;
+        else if (!strcmp(argv[i], "--progress"))
+            show_progress = 1;
+        else {
+            usage();
+            return 2;
+        }
+    }
+    if (n < 1 || (only && strcmp(only, "a") && strcmp(only, "b") && strcmp(only, "c"))) {
+        usage();
+        return 2;
+    }
+    static char server_default[PATH_MAX];
+    if (!embedserver) {
+        const char *slash = strrchr(bin, '/');
+        snprintf(server_default, sizeof(server_default), "%.*stools/docpipe-embedserver",
+                 slash ? (int)(slash - bin + 1) : 0, bin);
+        embedserver = server_default;
+    }
+    if (access(bin, X_OK) || access(embedserver, X_OK)) {
+        fprintf(stderr, "bench: %s or %s is not an executable (--bin, --embedserver)\n",
+                bin, embedserver);
+        return 2;
+    }
+    if (getenv("DOCPIPE_BROKERS"))
+        brokers = getenv("DOCPIPE_BROKERS");
+    if (getenv("DOCPIPE_DATABASE_URL"))
+        dburl = getenv("DOCPIPE_DATABASE_URL");
+    if (getenv("DOCPIPE_TOPIC_PARTITIONS"))
+        partitions = atoi(getenv("DOCPIPE_TOPIC_PARTITIONS"));
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    PGconn *db = PQconnectdb(dburl);
+    if (PQstatus(db) != CONNECTION_OK) {
+        fprintf(stderr, "bench: %s", PQerrorMessage(db));
+        return 1;
+    }
+    char tmp[] = "/tmp/bench_pipeline.XXXXXX";
+    if (!mkdtemp(tmp)) {
+        fprintf(stderr, "bench: mkdtemp: %s\n", strerror(errno));
+        return 1;
+    }
+    scenario setup = {.name = "setup"};
+    snprintf(setup.logs, sizeof(setup.logs), "%s", tmp);
+    char *margv[] = {(char *)bin, "migrate", NULL};
+    if (run_cmd(&setup, "migrate", margv, NULL, 120) != 0) {
+        fprintf(stderr, "bench: docpipe migrate failed (see %s/migrate.log)\n", tmp);
+        return 1;
+    }
+    char docs[512], warm[512];
+    snprintf(docs, sizeof(docs), "%s/docs", tmp);
+    snprintf(warm, sizeof(warm), "%s/warm", tmp);
+    if (make_documents(docs, n, 0) || make_documents(warm, 1, 900000)) {
+        fprintf(stderr, "bench: cannot write documents into %s\n", tmp);
+        return 1;
+    }
+    struct stat st;
+    char first[PATH_MAX];
+    snprintf(first, sizeof(first), "%s/doc-000000.md", docs);
+    stat(first, &st);
+
+    printf("docpipe pipeline benchmark: %ld markdown documents (~%.1f KB each), eight"
+           " stages as separate processes, %d partitions per topic, %ld CPUs\n",
+           n, (double)st.st_size / 1024.0, partitions, sysconf(_SC_NPROCESSORS_ONLN));
+    printf("latency = processing_completed_at (finalize) - the moment `docpipe submit`"
+           " started; all documents are\nsubmitted in one burst, so it includes"
+           " queueing behind the rest of the burst.  Step = a stage's event minus the\n"
+           "previous stage's (intake: minus submit start), per document; first/last s ="
+           " since submit start.\n");
+    fflush(stdout);
+
+    scenario all[] = {{.name = "a", .latency_ms = 0, .instances = 1},
+                      {.name = "b", .latency_ms = 1000, .instances = 1},
+                      {.name = "c1", .latency_ms = 1000, .instances = 1, .prefill = 1},
+                      {.name = "c2", .latency_ms = 1000, .instances = 2, .prefill = 1},
+                      {.name = "c4", .latency_ms = 1000, .instances = 4, .prefill = 1}};
+    result res[5];
+    int failures = 0;
+    for (int i = 0; i < 5 && !interrupted; i++) {
+        memset(&res[i], 0, sizeof(res[i]));
+        if (only && all[i].name[0] != only[0])
+            continue;
+        if (run_scenario(db, &all[i], tmp, docs, warm, n, keep, &res[i]))
+            failures++;
+    }
+
+    printf("\nsummary (one run each; other work on this machine makes these noisy)\n");
+    for (int i = 0; i < 5; i++)
+        if (res[i].ran && !res[i].ok)
+            printf("  %-2s FAILED: no figures\n", all[i].name);
+    if (res[0].ok)
+        printf("  a  latency 0 ms, 1 embed:     %7.1f documents/s end to end"
+               " (target >= 200: %s)\n", res[0].e2e_docs_s,
+               verdict(res[0].e2e_docs_s, 200, 1));
+    if (res[1].ok)
+        printf("  b  latency 1000 ms, 1 embed:  %7.1f documents/s end to end"
+               " (target >= 30 per embed instance: %s)\n", res[1].e2e_docs_s,
+               verdict(res[1].e2e_docs_s, 30, 1));
+    if (res[2].ok || res[3].ok || res[4].ok) {
+        printf("  c  latency 1000 ms, embed stage alone on a full backlog:\n");
+        printf("     %9s %12s %14s %9s %11s\n", "instances", "documents/s",
+               "per instance", "scaling", "linear");
+        for (int i = 2; i < 5; i++) {
+            if (!res[i].ok)
+                continue;
+            double ratio = res[2].ok && res[2].embed_docs_s > 0
+                           ? res[i].embed_docs_s / res[2].embed_docs_s : -1;
+            printf("     %9d %12.1f %14.1f %8.2fx %10d%%   (per instance >= 30: %s)\n",
+                   all[i].instances, res[i].embed_docs_s,
+                   res[i].embed_docs_s / all[i].instances, ratio,
+                   ratio > 0 ? (int)(100 * ratio / all[i].instances + 0.5) : 0,
+                   verdict(res[i].embed_docs_s / all[i].instances, 30, 1));
+        }
+    }
+    if (keep)
+        printf("kept: documents, logs and storage in %s; rows of each scenario's user"
+               " and topics with its prefix\n", tmp);
+    else
+        rm_tree(tmp);
+    stop_all();
+    PQfinish(db);
+    return failures || interrupted ? 1 : 0;
+}
