@@ -30,7 +30,8 @@
  *     document (its event minus the previous stage's event, from the
  *     upload_pipeline.events timeline), which shows where documents wait;
  *   - peak memory: VmHWM of every process, read from /proc just before it
- *     is stopped (SIGTERM; each must exit 0).
+ *     is stopped (SIGTERM; each must exit 0); CPU seconds of each process
+ *     and, when PostgreSQL runs on this machine, of its database backend.
  *
  * Every child is stopped (SIGTERM, SIGKILL after 30 s), also when a run
  * fails or the benchmark is interrupted; its documents, database rows and
@@ -277,6 +278,9 @@ typedef struct child {
     int status;             /* wait status once reaped */
     long hwm_kb;            /* largest VmHWM seen */
     double cpu_s;
+    pid_t pg_pid[4];        /* its PostgreSQL backends (a reconnect adds one) */
+    double pg_cpu[4];       /* and their CPU seconds */
+    int npg;
     char log[PATH_MAX];     /* its stderr */
 } child;
 
@@ -299,6 +303,47 @@ static void sample(child *c)
     double cpu = cpu_seconds(c->pid);
     if (cpu >= 0)
         c->cpu_s = cpu;
+}
+
+/* CPU of each stage's PostgreSQL backend (application_name is the stage's
+ * instance id), when the server runs on this machine: a stage's database
+ * work is done there, not in the stage process. */
+static void sample_backends(PGconn *db, const scenario *sc)
+{
+    char app[128];
+    snprintf(app, sizeof(app), "%.*s-", (int)strlen(sc->prefix) - 1, sc->prefix);
+    const char *p[1] = {app};
+    PGresult *r = PQexecParams(db, "SELECT substr(application_name, length($1) + 1),"
+                               " pid FROM pg_stat_activity"
+                               " WHERE left(application_name, length($1)) = $1",
+                               1, NULL, p, NULL, NULL, 0);
+    for (int i = 0; PQresultStatus(r) == PGRES_TUPLES_OK && i < PQntuples(r); i++)
+        for (int k = 0; k < nkids; k++) {
+            child *c = &kids[k];
+            if (strcmp(c->name, PQgetvalue(r, i, 0)))
+                continue;
+            pid_t pid = (pid_t)atoi(PQgetvalue(r, i, 1));
+            int j = 0;
+            while (j < c->npg && c->pg_pid[j] != pid)
+                j++;
+            if (j == 4)
+                continue;
+            double cpu = cpu_seconds(pid);
+            if (cpu >= 0) {
+                c->pg_pid[j] = pid;
+                c->pg_cpu[j] = cpu;
+                c->npg += j == c->npg;
+            }
+        }
+    PQclear(r);
+}
+
+static double backend_cpu(const child *c)
+{
+    double sum = c->npg ? 0 : -1;
+    for (int j = 0; j < c->npg; j++)
+        sum += c->pg_cpu[j];
+    return sum;
 }
 
 /* Starts argv with the scenario's settings in its environment, stdout to
@@ -542,6 +587,7 @@ static int wait_jobs(PGconn *db, const scenario *sc, const char *user, long n,
         }
         for (int i = 0; i < nkids; i++)
             sample(&kids[i]);
+        sample_backends(db, sc);
         long known = job_counts(db, user, counts);
         if (known >= 0) {
             long failed = counts[10] + counts[11] + counts[12] + counts[13];
@@ -701,9 +747,9 @@ static void report_figures(PGconn *db, const scenario *sc, double t0, result *re
         "   percentile_cont(0.5) WITHIN GROUP (ORDER BY step),"
         "   percentile_cont(0.99) WITHIN GROUP (ORDER BY step)"
         " FROM t GROUP BY stage", 2, p);
-    printf("  %-11s %6s %9s %9s %9s %9s | %-12s %8s %7s %5s\n", "stage", "docs",
+    printf("  %-11s %6s %9s %9s %9s %9s | %-12s %8s %7s %8s %5s\n", "stage", "docs",
            "first s", "last s", "step p50", "step p99", "process", "peak MB",
-           "CPU s", "exit");
+           "CPU s", "PG CPU s", "exit");
     for (int s = 0; s <= N_STAGES; s++) {
         /* Each stage's processes, then the embedding service. */
         const char *want = s < N_STAGES ? stage_names[s] : "embedserver";
@@ -726,8 +772,11 @@ static void report_figures(PGconn *db, const scenario *sc, double t0, result *re
                 printf("  %-11s %6s %9s %9s %9s %9s |", want, "0", "-", "-", "-", "-");
             char st[16];
             describe_status(kids[k].status, st, sizeof(st));
-            printf(" %-12s %8.1f %7.2f %5s\n", kids[k].name,
-                   (double)kids[k].hwm_kb / 1024.0, kids[k].cpu_s, st);
+            char pg[16] = "-";
+            if (backend_cpu(&kids[k]) >= 0)
+                snprintf(pg, sizeof(pg), "%.2f", backend_cpu(&kids[k]));
+            printf(" %-12s %8.1f %7.2f %8s %5s\n", kids[k].name,
+                   (double)kids[k].hwm_kb / 1024.0, kids[k].cpu_s, pg, st);
         }
     }
     PQclear(r);
@@ -983,6 +1032,7 @@ static int run_scenario(PGconn *db, scenario *sc, const char *tmp, const char *d
         goto out;
     rc = 0;
 out:
+    sample_backends(db, sc);
     stop_all();
     if (rc == 0) {
         report_figures(db, sc, t0, res);
