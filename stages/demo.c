@@ -78,6 +78,22 @@ static void demo_free_decoded(void *state, void *decoded)
     free(r);
 }
 
+static char *fmt_i64(char *p, int64_t v)
+{
+    char tmp[24];
+    int n = 0;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    if (v < 0)
+        *p++ = '-';
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    while (n)
+        *p++ = tmp[--n];
+    return p;
+}
+
 /* COPY text format: backslash, tab, newline and CR escaped. */
 static void copy_field(dp_buf *b, const char *s)
 {
@@ -113,25 +129,35 @@ static dp_err demo_handle(void *state, dp_batch *batch, char *err,
                           "demo record %s asks to fail permanently", r->id);
             continue;
         }
-        if (sscanf(r->body, "fail:retry-until:%d", &until) == 1 &&
+        if (r->body[0] == 'f' && sscanf(r->body, "fail:retry-until:%d", &until) == 1 &&
             rec->attempts < until) {
             dp_batch_fail(batch, i, DP_ERR_RETRYABLE,
                           "demo record %s fails until attempt %d (this is %d)",
                           r->id, until, rec->attempts);
             continue;
         }
-        if (sscanf(r->body, "stall-once:%ld:%511s", &ms, path) == 2) {
+        if (r->body[0] == 's' && sscanf(r->body, "stall-once:%ld:%511s", &ms, path) == 2) {
             FILE *f = fopen(path, "wx");
             if (f) {
                 fclose(f);
                 usleep((useconds_t)ms * 1000);
             }
         }
+        char num[64], *q;
         copy_field(&st->copy, r->id);
-        dp_buf_appendf(&st->copy, "\t%" PRId64 "\t", r->seq);
+        q = num;
+        *q++ = '\t';
+        q = fmt_i64(q, r->seq);
+        *q++ = '\t';
+        dp_buf_append(&st->copy, num, (size_t)(q - num));
         copy_field(&st->copy, rec->topic);
-        dp_buf_appendf(&st->copy, "\t%d\t%" PRId64 "\t", rec->partition,
-                       rec->offset);
+        q = num;
+        *q++ = '\t';
+        q = fmt_i64(q, rec->partition);
+        *q++ = '\t';
+        q = fmt_i64(q, rec->offset);
+        *q++ = '\t';
+        dp_buf_append(&st->copy, num, (size_t)(q - num));
         copy_field(&st->copy, r->body);
         dp_buf_append(&st->copy, "\t", 1);
         copy_field(&st->copy, instance);
