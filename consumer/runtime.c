@@ -77,8 +77,10 @@ struct dp_batch {
 
 typedef struct dp_mark {
     char *stream;
-    int64_t offset;
+    int64_t offset;              /* committed high-water (offset, index) */
     int32_t index;
+    int64_t b_offset;            /* highest held by the batch being built */
+    int32_t b_index;
     int dirty;
 } dp_mark;
 
@@ -249,6 +251,11 @@ static void batch_clear(dp_runtime *rt)
     for (size_t i = 0; i < rt->nslots; i++)
         slot_release(rt, &rt->slots[i]);
     rt->nslots = 0;
+    for (int p = 0; p < rt->nparts; p++)
+        for (int i = 0; i < rt->parts[p].nmarks; i++) {
+            rt->parts[p].marks[i].b_offset = -1;
+            rt->parts[p].marks[i].b_index = -1;
+        }
 }
 
 /* ---- partitions -------------------------------------------------------- */
@@ -291,8 +298,8 @@ static dp_mark *mark_find(dp_part *pt, const char *stream, int create)
     pt->marks = realloc(pt->marks, (size_t)(pt->nmarks + 1) * sizeof(dp_mark));
     dp_mark *m = &pt->marks[pt->nmarks++];
     m->stream = strdup(stream);
-    m->offset = -1;
-    m->index = -1;
+    m->offset = m->b_offset = -1;
+    m->index = m->b_index = -1;
     m->dirty = 0;
     return m;
 }
@@ -623,21 +630,16 @@ static void slot_prepare(dp_runtime *rt, dp_slot *s, rd_kafka_message_t *m)
     if (header_str(h, HDR_STREAM, s->stream, sizeof(s->stream)) &&
         header_str(h, HDR_SEQ, buf, sizeof(buf)) &&
         sscanf(buf, "%" SCNd64 ":%" SCNd32, &s->src_offset, &s->src_index) == 2) {
-        dp_mark *mk = mark_find(pt, s->stream, 0);
-        int dup = mk && mk->offset >= 0 &&
-                  seq_le(s->src_offset, s->src_index, mk->offset, mk->index);
-        /* A copy may also sit earlier in this very batch. */
-        for (size_t i = 0; !dup && i + 1 < rt->nslots; i++) {
-            dp_slot *o = &rt->slots[i];
-            if (o != s && o->rec.partition == s->rec.partition &&
-                o->state != RS_DUP && strcmp(o->stream, s->stream) == 0 &&
-                seq_le(s->src_offset, s->src_index, o->src_offset, o->src_index))
-                dup = 1;
-        }
-        if (dup) {
+        /* Seen if at or below the committed mark, or below what this very
+         * batch already holds from the stream (a copy earlier in it). */
+        dp_mark *mk = mark_find(pt, s->stream, 1);
+        if (seq_le(s->src_offset, s->src_index, mk->offset, mk->index) ||
+            seq_le(s->src_offset, s->src_index, mk->b_offset, mk->b_index)) {
             s->state = RS_DUP;
             return;
         }
+        mk->b_offset = s->src_offset;
+        mk->b_index = s->src_index;
     } else {
         s->stream[0] = '\0';
     }
