@@ -17,6 +17,8 @@
 #include "chunker.h"
 #include "ids.h"
 
+#include "unit/support_lcg.h"
+
 static dp_chunk_list chunk_ok(const char *text)
 {
     dp_chunk_list list;
@@ -213,28 +215,7 @@ Test(chunker, empty_content_is_an_error_with_the_original_message)
 
 /* ---- differential against python ---------------------------------------- */
 
-/* Same LCG document generator as test_ids.c and the python3 generator. */
-static const char *const LCG_TOKENS[] = {
-    "a", "word ", "Text.", "#", "## H", " ", "  ", "\t", "\r", "\n", "\n", "\n\n",
-    "\xc2\xa0", "\xe3\x80\x80", "\xe2\x80\xa8", "\v", "\x1c", "x", "\xc3\xa9", "# Title\n",
-};
-
-static char *lcg_doc(uint64_t seed, int ntok, size_t *len)
-{
-    size_t cap = (size_t)ntok * 8 + 1, n = 0;
-    char *doc = malloc(cap);
-    uint64_t x = seed;
-    for (int i = 0; i < ntok; i++) {
-        x = x * UINT64_C(6364136223846793005) + UINT64_C(1442695040888963407);
-        const char *t = LCG_TOKENS[(x >> 33) % (sizeof LCG_TOKENS / sizeof LCG_TOKENS[0])];
-        size_t tl = strlen(t);
-        memcpy(doc + n, t, tl);
-        n += tl;
-    }
-    doc[n] = '\0';
-    *len = n;
-    return doc;
-}
+/* lcg_doc: the generator shared with the python3 tables (support_lcg.c). */
 
 struct lcg_chunk { int seed; uint32_t ord; size_t start_line, end_line; const char *sha; };
 

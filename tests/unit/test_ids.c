@@ -16,6 +16,8 @@
 
 #include "ids.h"
 
+#include "unit/support_lcg.h"
+
 #define DOC1 "00000000-0000-0000-0000-000000000001"
 
 /* ---- chunk ids ----------------------------------------------------------- */
@@ -192,29 +194,7 @@ Test(ids, parsed_sha256_of_empty_or_blank_content_is_a_permanent_error)
     }
 }
 
-/* The LCG document generator shared with test_chunker.c and the python3
- * generator: mixes words, headings, '\r', '\n', ASCII and Unicode spaces. */
-static const char *const LCG_TOKENS[] = {
-    "a", "word ", "Text.", "#", "## H", " ", "  ", "\t", "\r", "\n", "\n", "\n\n",
-    "\xc2\xa0", "\xe3\x80\x80", "\xe2\x80\xa8", "\v", "\x1c", "x", "\xc3\xa9", "# Title\n",
-};
-
-static char *lcg_doc(uint64_t seed, int ntok, size_t *len)
-{
-    size_t cap = (size_t)ntok * 8 + 1, n = 0;
-    char *doc = malloc(cap);
-    uint64_t x = seed;
-    for (int i = 0; i < ntok; i++) {
-        x = x * UINT64_C(6364136223846793005) + UINT64_C(1442695040888963407);
-        const char *t = LCG_TOKENS[(x >> 33) % (sizeof LCG_TOKENS / sizeof LCG_TOKENS[0])];
-        size_t tl = strlen(t);
-        memcpy(doc + n, t, tl);
-        n += tl;
-    }
-    doc[n] = '\0';
-    *len = n;
-    return doc;
-}
+/* lcg_doc: the generator shared with the python3 tables (support_lcg.c). */
 
 struct lcg_parsed { uint64_t seed; int ntok; const char *sha; };
 
