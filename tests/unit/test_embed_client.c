@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "embed_client.h"
+#include "unit/support_embedserver.h"
 
 /* ------------------------------------------------------------------------
  * The embedding server.
@@ -35,38 +36,11 @@
 static pid_t server_pid;
 static char base_url[64];
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void server_path(char *out, size_t n)
-{
-    const char *explicit = getenv("DOCPIPE_EMBEDSERVER");
-    if (explicit && *explicit) {
-        snprintf(out, n, "%s", explicit);
-        return;
-    }
-    char self[4096];
-    const char *bin = getenv("DOCPIPE_BIN");
-    if (!bin || !*bin) {
-        ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
-        cr_assert(len > 0, "set DOCPIPE_EMBEDSERVER or DOCPIPE_BIN");
-        self[len] = '\0';
-        bin = self;
-    }
-    const char *slash = strrchr(bin, '/');
-    int dirlen = slash ? (int)(slash - bin) : 1;
-    snprintf(out, n, "%.*s/tools/docpipe-embedserver", dirlen, slash ? bin : ".");
-}
-
 /* args: NULL-terminated extra flags. */
 static void server_start(const char *const *args)
 {
     char path[4096];
-    server_path(path, sizeof(path));
+    embedserver_path(path, sizeof(path));
     cr_assert(access(path, X_OK) == 0,
               "no executable at %s (build the docpipe-embedserver target)", path);
     const char *argv[32] = {path, "--port", "0", "--quiet"};
@@ -281,9 +255,9 @@ Test(embed_client, sixty_four_jobs_at_500ms_latency_run_32_at_a_time_in_two_wave
         }
         jobs[j] = job_of(texts[j], PER_JOB);
     }
-    double t0 = now_s();
+    double t0 = test_now_s();
     run_all_ok(c, jobs, NJOBS);
-    double took = now_s() - t0;
+    double took = test_now_s() - t0;
     cr_assert(took >= 0.95 && took < 3.0, "64 jobs took %.2f s", took);
     cr_log_info("64 jobs x 4 texts, 500 ms latency, 32 in flight: %.3f s", took);
 
@@ -321,9 +295,9 @@ Test(embed_client, sixty_four_jobs_at_500ms_latency_run_32_at_a_time_in_two_wave
 
     /* A second run reuses the kept-alive connections. */
     jobs_free(jobs, NJOBS);
-    t0 = now_s();
+    t0 = test_now_s();
     run_all_ok(c, jobs, NJOBS);
-    took = now_s() - t0;
+    took = test_now_s() - t0;
     cr_assert(took < 3.0, "second run took %.2f s", took);
     cr_log_info("second run on the same client: %.3f s", took);
     dp_embed_client_stats(c, &st);
@@ -447,9 +421,9 @@ Test(embed_client, a_hung_server_times_out_as_retryable)
     dp_embed_client *c = client_for(&cfg);
     const char *texts[] = {"a"};
     dp_embed_job jobs[3] = {job_of(texts, 1), job_of(texts, 1), job_of(texts, 1)};
-    double t0 = now_s();
+    double t0 = test_now_s();
     cr_assert_eq(dp_embed_run(c, jobs, 3), DP_OK);
-    double took = now_s() - t0;
+    double took = test_now_s() - t0;
     cr_assert(took >= 0.29 && took < 2.0, "took %.2f s", took);
     for (int i = 0; i < 3; i++) {
         cr_assert_eq(jobs[i].result, DP_ERR_RETRYABLE);
@@ -580,9 +554,9 @@ Test(embed_client, a_full_rate_window_makes_jobs_wait_not_fail)
     dp_embed_job jobs[6];
     for (int i = 0; i < 6; i++)
         jobs[i] = job_of(texts, 1);
-    double t0 = now_s();
+    double t0 = test_now_s();
     run_all_ok(c, jobs, 6);
-    double took = now_s() - t0;
+    double took = test_now_s() - t0;
     /* 2 now, 2 a (fast) minute later, 2 another minute later. */
     cr_assert(took >= 1.9 && took < 4.0, "took %.2f s", took);
     cr_log_info("6 jobs at 2 requests per (1 s) minute: %.3f s", took);

@@ -23,6 +23,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include "unit/support_embedserver.h"
 
 extern char **environ;
 
@@ -33,39 +34,11 @@ extern char **environ;
 static pid_t server_pid;
 static char base_url[64];
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void server_path(char *out, size_t n)
-{
-    const char *explicit = getenv("DOCPIPE_EMBEDSERVER");
-    if (explicit && *explicit) {
-        snprintf(out, n, "%s", explicit);
-        return;
-    }
-    /* Else beside build/docpipe, or beside this test (also in build/). */
-    char self[4096];
-    const char *bin = getenv("DOCPIPE_BIN");
-    if (!bin || !*bin) {
-        ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-        cr_assert(n > 0, "set DOCPIPE_EMBEDSERVER or DOCPIPE_BIN");
-        self[n] = '\0';
-        bin = self;
-    }
-    const char *slash = strrchr(bin, '/');
-    int dirlen = slash ? (int)(slash - bin) : 1;
-    snprintf(out, n, "%.*s/tools/docpipe-embedserver", dirlen, slash ? bin : ".");
-}
-
 /* args and env: NULL-terminated extras ("--flag", "value"; "NAME=value"). */
 static void server_start_env(const char *const *args, const char *const *env)
 {
     char path[4096];
-    server_path(path, sizeof(path));
+    embedserver_path(path, sizeof(path));
     cr_assert(access(path, X_OK) == 0, "no executable at %s", path);
 
     const char *argv[32] = {path, "--port", "0", "--quiet"};
@@ -124,17 +97,17 @@ static void server_start(const char *const *args) { server_start_env(args, NULL)
 /* Sends sig and returns the seconds the server took to exit 0. */
 static double server_stop_with(int sig)
 {
-    double t0 = now_s();
+    double t0 = test_now_s();
     cr_assert(kill(server_pid, sig) == 0);
     int status = 0;
     pid_t got = 0;
-    while ((got = waitpid(server_pid, &status, WNOHANG)) == 0 && now_s() - t0 < 15)
+    while ((got = waitpid(server_pid, &status, WNOHANG)) == 0 && test_now_s() - t0 < 15)
         usleep(10000);
     cr_assert(got == server_pid, "server did not stop within 15 s");
     server_pid = 0;
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
               "server ended badly (status 0x%x)", status);
-    return now_s() - t0;
+    return test_now_s() - t0;
 }
 
 static void server_stop(void) { server_stop_with(SIGTERM); }
@@ -312,7 +285,7 @@ static double embed_in_parallel(int n)
     struct body bodies[128] = {0};
     struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/json");
     cr_assert(n <= 128);
-    double t0 = now_s();
+    double t0 = test_now_s();
     for (int i = 0; i < n; i++) {
         easy[i] = easy_new("POST", "/v1/embeddings",
                            "{\"model\":\"m\",\"input\":[\"parallel\"],\"dimensions\":8}",
@@ -325,7 +298,7 @@ static double embed_in_parallel(int n)
         if (running)
             curl_multi_poll(m, NULL, 0, 1000, NULL);
     }
-    double elapsed = now_s() - t0;
+    double elapsed = test_now_s() - t0;
     CURLMsg *msg;
     int left;
     while ((msg = curl_multi_info_read(m, &left)))
@@ -650,11 +623,11 @@ Test(embedserver, a_hung_request_outlasts_the_client_and_sigterm_still_stops_at_
 {
     server_start(NULL);
     set_faults("{\"timeout_rate\":1,\"timeout_ms\":60000}");
-    double t0 = now_s();
+    double t0 = test_now_s();
     struct response r =
         http_opts("POST", "/v1/embeddings", "{\"model\":\"m\",\"input\":\"x\"}", NULL, 300);
     cr_assert_eq(r.rc, CURLE_OPERATION_TIMEDOUT);
-    cr_assert_lt(now_s() - t0, 5.0);
+    cr_assert_lt(test_now_s() - t0, 5.0);
     response_free(&r);
 
     r = http("GET", "/admin/stats", NULL);
