@@ -124,8 +124,8 @@ static const struct option_def option_defs[] = {
      "1", 0, 1, true, "share of requests that fail while fail-status is set"},
     {"fail-for-ms", "DOCPIPE_EMBED_SERVER_FAIL_FOR_MS", OPT_LONG,
      KNOB(fail_for_ms), "0", 0, 86400000, true,
-     "fail every request for the next N ms with fail-status (503 if 0), "
-     "then set fail-status back to 0"},
+     "an outage: fail every request but /admin/* for the next N ms with "
+     "fail-status (503 if 0), then set fail-status back to 0"},
     {"retry-after-s", "DOCPIPE_EMBED_SERVER_RETRY_AFTER_S", OPT_LONG,
      KNOB(retry_after_s), "0", 0, 86400, true,
      "send 'Retry-After: N' with 429 and 503 failures; 0 = no header"},
@@ -1005,11 +1005,29 @@ static void request_append(struct request *rq, const char *data, size_t n)
     rq->body[rq->len] = '\0';
 }
 
+/* During a fail_for_ms window the whole service is down, not only the
+ * embeddings endpoint: a client checking whether it is up sees it too. */
+static bool outage_now(struct server *s, long *status)
+{
+    pthread_mutex_lock(&s->lock);
+    knobs_expire_locked(s, now_ms());
+    bool down = s->fail_until > 0;
+    *status = s->knobs.fail_status ? s->knobs.fail_status : 503;
+    pthread_mutex_unlock(&s->lock);
+    return down;
+}
+
 static struct reply route(struct server *s, struct MHD_Connection *conn,
                           const char *url, const char *method, struct request *rq)
 {
     bool get = !strcmp(method, "GET"), post = !strcmp(method, "POST"),
          del = !strcmp(method, "DELETE");
+    long down_status;
+
+    if (strncmp(url, "/admin/", 7) != 0 && strcmp(url, "/v1/embeddings") != 0 &&
+        outage_now(s, &down_status))
+        return reply_error((unsigned)down_status, "server_error", "injected_fault",
+                           "docpipe-embedserver: injected outage (HTTP %ld)", down_status);
 
     if (!strcmp(url, "/v1/embeddings")) {
         if (post)

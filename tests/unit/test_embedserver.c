@@ -581,6 +581,13 @@ Test(embedserver, fail_for_ms_fails_everything_for_a_while_then_recovers)
     cr_assert_eq(r.status, 503, "no fail_status given: the window fails with 503");
     cr_assert_str_eq(r.retry_after, "1");
     response_free(&r);
+    /* An outage takes the whole service down, admin endpoints aside. */
+    r = http("GET", "/v1/models", NULL);
+    cr_assert_eq(r.status, 503, "/v1/models in the window: %ld", r.status);
+    response_free(&r);
+    r = http("GET", "/health", NULL);
+    cr_assert_eq(r.status, 503, "/health in the window: %ld", r.status);
+    response_free(&r);
 
     r = http("GET", "/admin/faults", NULL);
     json_int_t left = json_integer_value(json_object_get(r.json, "fail_for_ms"));
@@ -589,6 +596,9 @@ Test(embedserver, fail_for_ms_fails_everything_for_a_while_then_recovers)
 
     usleep(600 * 1000);
     cr_assert_eq(embed_status("{\"model\":\"m\",\"input\":\"x\"}"), 200);
+    r = http("GET", "/v1/models", NULL);
+    cr_assert_eq(r.status, 200, "/v1/models after the window: %ld", r.status);
+    response_free(&r);
     r = http("GET", "/admin/faults", NULL);
     cr_assert_eq(json_integer_value(json_object_get(r.json, "fail_for_ms")), 0);
     cr_assert_eq(json_integer_value(json_object_get(r.json, "fail_status")), 0);
