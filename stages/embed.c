@@ -9,8 +9,11 @@
  * goes to <prefix>embedded.  The job moves to embedding_in_progress.
  * 408/429/5xx/timeouts are retryable and other 4xx or a wrong dimension
  * permanent (failed_embedding).  While the embedding service's circuit
- * breaker is open the whole batch waits (partitions paused) and no
- * record's retry budget is spent, so an outage dead-letters nothing.
+ * breaker is open, or when every request of a run failed retryably and the
+ * service does not answer GET /v1/models either, the whole batch waits
+ * (partitions paused) and no record's retry budget is spent, so an outage
+ * dead-letters nothing.  A retryable failure spends the record's budget only
+ * while the service is up.
  */
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -171,12 +174,23 @@ static dp_err embed_handle(void *state, dp_batch *b, char *err, size_t errlen)
     dp_breaker *br = dp_embed_client_breaker(st->client);
     dp_err run = dp_embed_run(st->client, jobs, n);
     int open_now = dp_breaker_state_now(br) == DP_BREAKER_OPEN;
-    int transient = run != DP_OK;
-    for (size_t k = 0; !transient && k < n; k++)
-        if (jobs[k].result == DP_ERR_RETRYABLE && open_now)
-            transient = 1;
+    /* Whether the service answered anything but a retryable failure in this
+     * run: only then is a retryable failure the record's own. */
+    int answered = 0, failed = 0;
+    for (size_t k = 0; k < n; k++) {
+        failed |= jobs[k].result == DP_ERR_RETRYABLE;
+        answered |= jobs[k].result != DP_ERR_RETRYABLE;
+    }
+    int transient = run != DP_OK || (failed && open_now);
+    if (failed && !transient && !answered)
+        /* Every request failed: an outage, or records the service chokes
+         * on?  Ask whether it is up (a "no" also counts on the breaker). */
+        transient = !dp_embed_client_alive(st->client);
     if (transient) {
-        /* The service is down: wait for the breaker, spend no budgets. */
+        /* The service is down: wait for it (the breaker opens after enough
+         * of these), spend no record's budget.  So an outage that begins
+         * with fewer records in flight than the breaker's threshold
+         * dead-letters nothing either. */
         int64_t wait = dp_breaker_retry_in_ms(br);
         dp_batch_retry_after(b, wait > 0 ? wait : 1000);
         e = dp_errf(DP_ERR_RETRYABLE, err, errlen,

@@ -25,6 +25,7 @@
 #include <openssl/evp.h>
 
 #include "chunker.h"
+#include "http_alive.h"
 #include "log.h"
 
 struct buf {
@@ -46,6 +47,7 @@ struct slot {
 struct dp_embed_client {
     pthread_mutex_t run_mu;  /* one dp_embed_run at a time */
     char *endpoint;          /* {embed_url}/v1/embeddings */
+    char *models;            /* {embed_url}/v1/models: is the service up */
     char *model;
     const char *encoding;   /* "float" or "base64" */
     int dim;
@@ -98,6 +100,8 @@ dp_err dp_embed_client_new(const dp_config *cfg, dp_embed_client **out, char *er
         ulen--;
     if (asprintf(&c->endpoint, "%.*s/v1/embeddings", (int)ulen, url) < 0)
         c->endpoint = NULL;
+    if (asprintf(&c->models, "%.*s/v1/models", (int)ulen, url) < 0)
+        c->models = NULL;
     c->model = strdup(cfg->embed_model ? cfg->embed_model : "text-embedding-3-small");
     c->encoding = cfg->embed_encoding && strcmp(cfg->embed_encoding, "float") == 0
                       ? "float" : "base64";
@@ -122,7 +126,7 @@ dp_err dp_embed_client_new(const dp_config *cfg, dp_embed_client **out, char *er
     c->slots = calloc((size_t)c->inflight, sizeof(*c->slots));
     c->breaker = dp_breaker_new("embeddings", cfg->breaker_threshold, cfg->breaker_reset_ms);
     c->rl = dp_ratelimit_new(cfg->embed_rpm, cfg->embed_tpm);
-    if (!c->endpoint || !c->model || !c->headers || !c->multi || !c->slots || !c->breaker ||
+    if (!c->endpoint || !c->models || !c->model || !c->headers || !c->multi || !c->slots || !c->breaker ||
         !c->rl) {
         dp_embed_client_free(c);
         return dp_errf(DP_ERR_RETRYABLE, err, errlen, "out of memory");
@@ -154,6 +158,7 @@ void dp_embed_client_free(dp_embed_client *c)
     dp_breaker_free(c->breaker);
     dp_ratelimit_free(c->rl);
     free(c->endpoint);
+    free(c->models);
     free(c->model);
     pthread_mutex_destroy(&c->run_mu);
     pthread_mutex_destroy(&c->stats_mu);
@@ -163,6 +168,15 @@ void dp_embed_client_free(dp_embed_client *c)
 dp_breaker *dp_embed_client_breaker(dp_embed_client *c) { return c->breaker; }
 
 dp_ratelimit *dp_embed_client_ratelimit(dp_embed_client *c) { return c->rl; }
+
+int dp_embed_client_alive(dp_embed_client *c)
+{
+    int up = dp_http_alive(c->models, c->headers,
+                           c->timeout_ms < 5000 ? c->timeout_ms : 5000);
+    if (!up)
+        dp_breaker_failure(c->breaker);
+    return up;
+}
 
 void dp_embed_client_stats(dp_embed_client *c, dp_embed_stats *out)
 {

@@ -75,6 +75,11 @@ void dp_embed_client_free(dp_embed_client *c);
 dp_breaker *dp_embed_client_breaker(dp_embed_client *c);
 dp_ratelimit *dp_embed_client_ratelimit(dp_embed_client *c);
 
+/* Whether the service is up at all: GET {embed_url}/v1/models answers below
+ * 500 (see http_alive.h).  Asked when every request of a run failed
+ * retryably; a "no" counts as a failure on the breaker. */
+int dp_embed_client_alive(dp_embed_client *c);
+
 /* Runs every job, up to embed_inflight requests at once, honouring the rate
  * limiter and the breaker.  The out fields of every job are overwritten
  * (vectors is set to NULL unless the job succeeds).  A job with n == 0

@@ -6,8 +6,10 @@
  * server, PUT /tika).  The text, at most 10 MB, is stored content-addressed
  * and the job moves parse_queued → parsed; a DocumentParsed goes to
  * <prefix>parsed.  An unparseable file is a permanent failure
- * (failed_parse, dead-lettered); a parser outage is retryable, and while the
- * parser's circuit breaker is open the stage pauses instead.
+ * (failed_parse, dead-lettered).  A retryable failure while the parser is
+ * down (its circuit breaker open, or GET /tika unanswered) pauses the stage
+ * and spends no record's retry budget; one while Tika is up is the
+ * document's own (retried, then dead-lettered).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,12 +62,17 @@ static dp_err parse_handle(void *state, dp_batch *b, char *err, size_t errlen)
             }
         }
         free(raw);
+        /* Tika down (breaker open, or not answering at all) is not this
+         * document's failure: wait, spend no budget. */
         if (e == DP_ERR_RETRYABLE &&
-            dp_breaker_state_now(dp_tika_client_breaker(tika)) == DP_BREAKER_OPEN) {
+            (dp_breaker_state_now(dp_tika_client_breaker(tika)) == DP_BREAKER_OPEN ||
+             !dp_tika_client_alive(tika))) {
             free(text);
             dp_batch_retry_after(b, dp_breaker_retry_in_ms(dp_tika_client_breaker(tika)));
             return dp_errf(DP_ERR_RETRYABLE, err, errlen,
-                           "parser circuit breaker open: %s", why);
+                           "parser unavailable (breaker %s): %s",
+                           dp_breaker_state_name(dp_breaker_state_now(
+                               dp_tika_client_breaker(tika))), why);
         }
         char path[DP_STORAGE_PATH_SIZE];
         if (e == DP_OK)

@@ -9,12 +9,14 @@
 
 #include <curl/curl.h>
 
+#include "http_alive.h"
 #include "log.h"
 
 struct dp_tika_client {
     pthread_mutex_t mu;      /* one request at a time on the easy handle */
     CURL *easy;
     char *endpoint;          /* {tika_url}/tika */
+    long timeout_ms;
     dp_breaker *breaker;
 };
 
@@ -55,6 +57,7 @@ dp_err dp_tika_client_new(const dp_config *cfg, dp_tika_client **out, char *err,
         return dp_errf(DP_ERR_RETRYABLE, err, errlen, "out of memory");
     }
     long timeout = cfg->tika_timeout_ms > 0 ? cfg->tika_timeout_ms : 120000;
+    c->timeout_ms = timeout;
     CURL *e = c->easy;
     curl_easy_setopt(e, CURLOPT_URL, c->endpoint);
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "PUT");
@@ -79,6 +82,15 @@ void dp_tika_client_free(dp_tika_client *c)
 }
 
 dp_breaker *dp_tika_client_breaker(dp_tika_client *c) { return c->breaker; }
+
+int dp_tika_client_alive(dp_tika_client *c)
+{
+    /* GET /tika answers with Tika's greeting. */
+    int up = dp_http_alive(c->endpoint, NULL, c->timeout_ms < 5000 ? c->timeout_ms : 5000);
+    if (!up)
+        dp_breaker_failure(c->breaker);
+    return up;
+}
 
 static size_t collect(char *data, size_t size, size_t n, void *arg)
 {

@@ -37,6 +37,11 @@ dp_err dp_tika_client_new(const dp_config *cfg, dp_tika_client **out, char *err,
 void dp_tika_client_free(dp_tika_client *c);
 dp_breaker *dp_tika_client_breaker(dp_tika_client *c);
 
+/* Whether Tika is up at all: GET {tika_url}/tika answers below 500 (see
+ * http_alive.h).  Asked after a retryable failure; a "no" counts as a
+ * failure on the breaker. */
+int dp_tika_client_alive(dp_tika_client *c);
+
 /* PUT {tika_url}/tika with the document bytes, Content-Type (may be NULL:
  * Tika detects the type), Accept: text/plain.  On DP_OK *text is the UTF-8
  * text (malloc'd, NUL-terminated, caller frees) and *text_len its length;

@@ -182,7 +182,7 @@ Test(pipeline, test_same_file_twice_is_one_document)
     char dir[1300];
     snprintf(dir, sizeof(dir), "/tmp/docpipe-%sdocs", T.prefix);
     mkdir(dir, 0755);
-    tdoc d;
+    static tdoc d; /* static: still reachable if an assertion ends the test */
     tdoc_make(&d, dir, "md", 5000, 4242);
     char a[2][40], b[2][40];
     cr_assert_eq(submit(d.path, a, 2), 1);
@@ -244,17 +244,31 @@ Test(pipeline, test_embedding_outage_opens_breaker_pauses_and_everything_complet
     char url[400];
     snprintf(url, sizeof(url), "%s/admin/faults", embed_url);
     tenv_http_post(url, "{\"fail_status\": 503, \"fail_for_ms\": 90000}");
-    char dir[1300];
+    char dir[1300], lone[1300];
     snprintf(dir, sizeof(dir), "/tmp/docpipe-%sdocs", T.prefix);
+    snprintf(lone, sizeof(lone), "/tmp/docpipe-%slone", T.prefix);
     mkdir(dir, 0755);
+    mkdir(lone, 0755);
     tdoc d[20];
-    for (int i = 0; i < 20; i++)
-        tdoc_make(&d[i], dir, i % 2 ? "md" : "txt", 4000 + (size_t)i * 900, 900 + (unsigned)i);
+    for (int i = 0; i < 20; i++) {
+        tdoc_make(&d[i], i ? dir : lone, i % 2 ? "md" : "txt", 4000 + (size_t)i * 900,
+                  900 + (unsigned)i);
+        tdoc_free(&d[i]); /* the files are what is submitted */
+    }
+    /* One document alone first: its embedding batch fails more times than
+     * its retry budget before the breaker has seen enough failures to open,
+     * and must still not be dead-lettered. */
     char ids[20][40];
-    cr_assert_eq(submit(dir, ids, 20), 20);
-    /* During the outage nothing completes and nothing is dead-lettered. */
-    sleep(45);
+    cr_assert_eq(submit(lone, ids, 1), 1);
     char sql[600];
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM docpipe.dp_dead_letters"
+             " WHERE group_id LIKE '%s%%'", T.prefix);
+    sleep(15);
+    cr_assert_eq(tenv_scalar(&T, sql), 0, "a lone document is not dead-lettered in an outage");
+    cr_assert_eq(submit(dir, ids + 1, 19), 19);
+    /* During the outage nothing completes and nothing is dead-lettered. */
+    sleep(30);
+    cr_assert_eq(tenv_scalar(&T, sql), 0, "nothing dead-lettered during the outage");
     snprintf(sql, sizeof(sql), "SELECT count(*) FROM upload_pipeline.upload_jobs"
              " WHERE user_id = '%s' AND status = 'complete'", user);
     cr_assert_eq(tenv_scalar(&T, sql), 0, "nothing completes while the service is down");
@@ -267,6 +281,4 @@ Test(pipeline, test_embedding_outage_opens_breaker_pauses_and_everything_complet
     cr_assert(strstr(log, "embedding service unavailable (breaker open)"),
               "the embed stage waited on the open breaker");
     free(log);
-    for (int i = 0; i < 20; i++)
-        tdoc_free(&d[i]);
 }

@@ -225,6 +225,18 @@ Test(tika_client, nothing_listening_is_retryable_and_five_of_those_open_the_brea
     dp_tika_client_free(c);
 }
 
+Test(tika_client, alive_is_yes_for_tika_and_no_with_nothing_listening)
+{
+    dp_tika_client *c = client_for(tika_url(), 5000);
+    cr_assert_eq(dp_tika_client_alive(c), 1, "Tika at %s", tika_url());
+    cr_assert_eq(dp_breaker_failures(dp_tika_client_breaker(c)), 0);
+    dp_tika_client_free(c);
+    c = client_for("http://127.0.0.1:1", 5000);
+    cr_assert_eq(dp_tika_client_alive(c), 0);
+    cr_assert_eq(dp_breaker_failures(dp_tika_client_breaker(c)), 1, "counted on the breaker");
+    dp_tika_client_free(c);
+}
+
 Test(tika_client, a_server_that_never_answers_times_out_as_retryable)
 {
     /* A listening socket nobody accepts from: the kernel completes the

@@ -445,6 +445,32 @@ Test(embed_client, nothing_listening_is_retryable)
     dp_embed_client_free(c);
 }
 
+Test(embed_client, alive_tells_an_outage_from_failing_requests)
+{
+    /* Nothing listening: down, and it counts on the breaker. */
+    dp_config cfg = cfg_for("http://127.0.0.1:1", 1536, 2);
+    dp_embed_client *c = client_for(&cfg);
+    cr_assert_eq(dp_embed_client_alive(c), 0);
+    cr_assert_eq(dp_breaker_failures(dp_embed_client_breaker(c)), 1);
+    dp_embed_client_free(c);
+
+    server_start(NULL);
+    cfg = cfg_for(base_url, 1536, 2);
+    c = client_for(&cfg);
+    /* Every embeddings request fails, but the service answers: up, so a
+     * failure is the records' own. */
+    set_faults("{\"fail_status\":500}");
+    cr_assert_eq(run_one(c, "x", DP_OK).result, DP_ERR_RETRYABLE);
+    cr_assert_eq(dp_embed_client_alive(c), 1);
+    cr_assert_eq(dp_breaker_failures(dp_embed_client_breaker(c)), 1, "alive adds nothing");
+    /* An outage window takes the whole service down. */
+    set_faults("{\"fail_status\":0,\"fail_for_ms\":5000}");
+    cr_assert_eq(dp_embed_client_alive(c), 0);
+    cr_assert_eq(dp_breaker_failures(dp_embed_client_breaker(c)), 2);
+    dp_embed_client_free(c);
+    server_stop();
+}
+
 /* ------------------------------------------------------------------------
  * The breaker.
  * ---------------------------------------------------------------------- */
