@@ -43,6 +43,74 @@ typedef struct dp_output {
     size_t value_len;
 } dp_output;
 
+/* A bump allocator for one batch's bytes (record copies, outputs): one
+ * reset per batch instead of a free per record.  Chunks of the standard
+ * size are kept for reuse up to ARENA_KEEP bytes; bigger ones are freed. */
+#define ARENA_CHUNK (64 * 1024)
+#define ARENA_KEEP (1024 * 1024)
+
+typedef struct arena_chunk {
+    struct arena_chunk *next;
+    size_t cap, used, pad_;   /* 32 bytes: what follows stays 16-aligned */
+} arena_chunk;
+
+typedef struct arena {
+    arena_chunk *cur;          /* in use, newest first */
+    arena_chunk *spare;        /* standard-size chunks kept for reuse */
+    size_t spare_bytes;
+} arena;
+
+static void *arena_alloc(arena *a, size_t n)
+{
+    n = (n + 15) & ~(size_t)15;
+    arena_chunk *c = a->cur;
+    if (!c || c->cap - c->used < n) {
+        if (n <= ARENA_CHUNK && a->spare) {
+            c = a->spare;
+            a->spare = c->next;
+            a->spare_bytes -= c->cap;
+        } else {
+            size_t cap = n > ARENA_CHUNK ? n : ARENA_CHUNK;
+            c = malloc(sizeof(*c) + cap);
+            if (!c)
+                abort(); /* as the rest of the runtime: no recovery from OOM */
+            c->cap = cap;
+        }
+        c->used = 0;
+        c->next = a->cur;
+        a->cur = c;
+    }
+    void *p = (char *)(c + 1) + c->used;
+    c->used += n;
+    return p;
+}
+
+static void arena_reset(arena *a)
+{
+    while (a->cur) {
+        arena_chunk *c = a->cur;
+        a->cur = c->next;
+        if (c->cap == ARENA_CHUNK && a->spare_bytes + c->cap <= ARENA_KEEP) {
+            c->next = a->spare;
+            a->spare = c;
+            a->spare_bytes += c->cap;
+        } else {
+            free(c);
+        }
+    }
+}
+
+static void arena_free(arena *a)
+{
+    arena_reset(a);
+    while (a->spare) {
+        arena_chunk *c = a->spare;
+        a->spare = c->next;
+        free(c);
+    }
+    a->spare_bytes = 0;
+}
+
 typedef enum {
     RS_PENDING,   /* to be handled */
     RS_DUP,       /* already seen upstream duplicate: skip, commit offset */
@@ -53,7 +121,7 @@ typedef enum {
 typedef struct dp_slot {
     dp_record rec;
     rd_kafka_message_t *msg;     /* only while the slot is being prepared */
-    char *data;                  /* key then value, copied */
+    char *data;                  /* key then value, copied (rt->recs) */
     rec_state state;
     dp_err verdict;              /* handler's verdict in the current pass */
     int64_t defer_ms;            /* with verdict retryable: no budget spent */
@@ -65,7 +133,7 @@ typedef struct dp_slot {
     char stream[256];            /* empty: no upstream identity */
     int64_t src_offset;
     int32_t src_index;
-    dp_output *outs;
+    dp_output *outs;             /* in rt->outs, valid for one pass */
     size_t nouts, capouts;
 } dp_slot;
 
@@ -109,6 +177,9 @@ struct dp_runtime {
     int nparts;
     dp_slot *slots;
     size_t nslots, capslots;
+    arena recs;                  /* record copies of the batch being built */
+    arena outs;                  /* outputs of the current handler pass */
+    rd_kafka_queue_t *cq;        /* the consumer's queue */
     int batch_max;
     int64_t batch_deadline_ms;
     int delivery_failures;
@@ -209,41 +280,48 @@ void dp_batch_emit(dp_batch *b, size_t i, const char *topic, const void *key,
                    size_t key_len, const void *value, size_t value_len)
 {
     dp_slot *s = b->live[i];
+    arena *a = &b->rt->outs;
     if (s->nouts == s->capouts) {
-        s->capouts = s->capouts ? s->capouts * 2 : 2;
-        s->outs = realloc(s->outs, s->capouts * sizeof(dp_output));
+        size_t cap = s->capouts ? s->capouts * 2 : 2;
+        dp_output *outs = arena_alloc(a, cap * sizeof(dp_output));
+        if (s->nouts)
+            memcpy(outs, s->outs, s->nouts * sizeof(dp_output));
+        s->outs = outs;
+        s->capouts = cap;
     }
     dp_output *o = &s->outs[s->nouts++];
-    /* One allocation holds topic, key and value (freed through topic). */
     size_t tlen = strlen(topic) + 1;
-    char *mem = malloc(tlen + key_len + value_len);
+    char *mem = arena_alloc(a, tlen + key_len + value_len);
     o->topic = memcpy(mem, topic, tlen);
     o->key = mem + tlen;
-    memcpy(o->key, key, key_len);
+    if (key_len)
+        memcpy(o->key, key, key_len);
     o->key_len = key_len;
     o->value = mem + tlen + key_len;
-    memcpy(o->value, value, value_len);
+    if (value_len)
+        memcpy(o->value, value, value_len);
     o->value_len = value_len;
 }
 
+/* Outputs live in rt->outs, which each handler pass resets. */
 static void slot_clear_outputs(dp_slot *s)
 {
-    for (size_t i = 0; i < s->nouts; i++)
-        free(s->outs[i].topic);
-    s->nouts = 0;
+    s->outs = NULL;
+    s->nouts = s->capouts = 0;
 }
 
 static void slot_release(dp_runtime *rt, dp_slot *s)
 {
     slot_clear_outputs(s);
-    free(s->outs);
     free(s->error);
     if (s->rec.decoded && rt->stage->free_decoded)
         rt->stage->free_decoded(rt->stage->state, s->rec.decoded);
     if (s->msg)
         rd_kafka_message_destroy(s->msg);
-    free(s->data);
-    memset(s, 0, sizeof(*s));
+    s->error = NULL;
+    s->rec.decoded = NULL;
+    s->msg = NULL;
+    s->data = NULL;
 }
 
 static void batch_clear(dp_runtime *rt)
@@ -251,6 +329,8 @@ static void batch_clear(dp_runtime *rt)
     for (size_t i = 0; i < rt->nslots; i++)
         slot_release(rt, &rt->slots[i]);
     rt->nslots = 0;
+    arena_reset(&rt->recs);
+    arena_reset(&rt->outs);
     for (int p = 0; p < rt->nparts; p++)
         for (int i = 0; i < rt->parts[p].nmarks; i++) {
             rt->parts[p].marks[i].b_offset = -1;
@@ -521,6 +601,7 @@ dp_err dp_runtime_new(const dp_config *cfg, const dp_stage *stage,
     }
     cc = NULL;
     rd_kafka_poll_set_consumer(rt->consumer);
+    rt->cq = rd_kafka_queue_get_consumer(rt->consumer);
     rt->producer = rd_kafka_new(RD_KAFKA_PRODUCER, pc, kerr, sizeof(kerr));
     if (!rt->producer) {
         e = dp_errf(DP_ERR_PERMANENT, err, errlen, "producer: %s", kerr);
@@ -605,7 +686,7 @@ static void slot_prepare(dp_runtime *rt, dp_slot *s, rd_kafka_message_t *m)
     /* Key and value are copied so the message (and the fetch buffer it
      * pins inside librdkafka) is released at once: a batch then costs its
      * records' bytes, not the fetch responses they came in. */
-    s->data = malloc(m->key_len + m->len + 1);
+    s->data = arena_alloc(&rt->recs, m->key_len + m->len + 1);
     if (m->key)
         memcpy(s->data, m->key, m->key_len);
     if (m->payload)
@@ -954,6 +1035,9 @@ static batch_result settle(dp_runtime *rt, size_t from, size_t to)
     if ((e = db_ensure(rt, err, sizeof(err))))
         goto retry;
     for (;;) {
+        /* A pass starts afresh: outputs of an earlier pass (rolled back)
+         * and of slots already settled (acknowledged) are not needed. */
+        arena_reset(&rt->outs);
         b.n = 0;
         for (size_t i = from; i < to; i++) {
             dp_slot *s = &rt->slots[i];
@@ -1311,34 +1395,50 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
             int64_t left = rt->batch_deadline_ms - mono_ms();
             timeout = left < 0 ? 0 : (int)left;
         }
+        /* Wait for one record, then take whatever else is already queued
+         * in one call (one lock instead of one per record). */
+        rd_kafka_message_t *ms[256];
+        size_t nm = 0;
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rt->consumer, timeout);
         if (m) {
+            ms[nm++] = m;
+            size_t want = rt->batch_max > (int)rt->nslots + 1
+                              ? (size_t)rt->batch_max - rt->nslots - 1 : 0;
+            if (want > sizeof(ms) / sizeof(ms[0]) - 1)
+                want = sizeof(ms) / sizeof(ms[0]) - 1;
+            if (want) {
+                ssize_t got = rd_kafka_consume_batch_queue(rt->cq, 0, ms + 1, want);
+                if (got > 0)
+                    nm += (size_t)got;
+            }
+        }
+        for (size_t k = 0; k < nm; k++) {
+            m = ms[k];
             if (m->err) {
                 if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
                     dp_log(DP_LOG_WARN, &ctx, "consumer: %s",
                            rd_kafka_message_errstr(m));
                 rd_kafka_message_destroy(m);
-            } else {
-                dp_part *pt = part_get(rt, m->partition);
-                if (pt->first_seen < 0)
-                    pt->first_seen = m->offset;
-                if (!pt->assigned || pt->paused_until_ms) {
-                    rd_kafka_message_destroy(m); /* rewound: refetched later */
-                } else {
-                    if (rt->nslots == rt->capslots) {
-                        rt->capslots = rt->capslots ? rt->capslots * 2 : 64;
-                        rt->slots = realloc(rt->slots,
-                                            rt->capslots * sizeof(dp_slot));
-                    }
-                    if (rt->nslots == 0)
-                        rt->batch_deadline_ms = mono_ms() + rt->cfg->batch_wait_ms;
-                    dp_slot *s = &rt->slots[rt->nslots++];
-                    memset(s, 0, sizeof(*s));
-                    slot_prepare(rt, s, m);
-                    rd_kafka_message_destroy(m);
-                    s->msg = NULL;
-                }
+                continue;
             }
+            dp_part *pt = part_get(rt, m->partition);
+            if (pt->first_seen < 0)
+                pt->first_seen = m->offset;
+            if (!pt->assigned || pt->paused_until_ms) {
+                rd_kafka_message_destroy(m); /* rewound: refetched later */
+                continue;
+            }
+            if (rt->nslots == rt->capslots) {
+                rt->capslots = rt->capslots ? rt->capslots * 2 : 64;
+                rt->slots = realloc(rt->slots, rt->capslots * sizeof(dp_slot));
+            }
+            if (rt->nslots == 0)
+                rt->batch_deadline_ms = mono_ms() + rt->cfg->batch_wait_ms;
+            dp_slot *s = &rt->slots[rt->nslots++];
+            memset(s, 0, sizeof(*s));
+            slot_prepare(rt, s, m);
+            rd_kafka_message_destroy(m);
+            s->msg = NULL;
         }
         if (rt->nslots && ((int)rt->nslots >= rt->batch_max ||
                            mono_ms() >= rt->batch_deadline_ms))
@@ -1374,7 +1474,11 @@ void dp_runtime_free(dp_runtime *rt)
     if (!rt)
         return;
     batch_clear(rt);
+    arena_free(&rt->recs);
+    arena_free(&rt->outs);
     free(rt->slots);
+    if (rt->cq)
+        rd_kafka_queue_destroy(rt->cq);
     for (int i = 0; i < rt->nparts; i++)
         part_reset(&rt->parts[i]);
     free(rt->parts);

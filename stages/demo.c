@@ -4,7 +4,7 @@
  * Reads DemoRecord values (schemas/demo_record.avsc, Avro single-object
  * encoding) from <prefix>demo.in, writes one row per record into
  * docpipe.demo_results with COPY, and publishes each record unchanged to
- * <prefix>demo.out.  It exists to show and test the runtime, so its body
+ * <prefix>demo.out (unless demo_publish is 0: a sink, rows only).  It exists to show and test the runtime, so its body
  * text may carry fault directives:
  *   "fail:permanent"        the record fails permanently;
  *   "fail:retry-until:N"    it fails retryably until its N-th attempt;
@@ -30,6 +30,9 @@ typedef struct demo_state {
     char *in, *out, *dlq;
     const char *outputs[2];
     dp_buf copy;
+    int publish;                /* demo_publish */
+    avro_value_t scratch;       /* reused by every decode (one thread) */
+    int has_scratch;
 } demo_state;
 
 typedef struct demo_rec {
@@ -42,29 +45,40 @@ static dp_err demo_decode(void *state, const void *value, size_t len,
                           void **out, char *err, size_t errlen)
 {
     demo_state *st = state;
-    avro_value_t v, f;
-    dp_err e = dp_avro_decode(st->reg, st->reader_fp, value, len, &v, err,
-                              errlen);
-    if (e)
-        return e;
-    demo_rec *r = calloc(1, sizeof(*r));
-    const char *s;
-    size_t sl;
-    if (avro_value_get_by_name(&v, "id", &f, NULL) == 0 &&
-        avro_value_get_string(&f, &s, &sl) == 0)
-        r->id = strndup(s, sl ? sl - 1 : 0);
-    if (avro_value_get_by_name(&v, "seq", &f, NULL) == 0)
-        avro_value_get_long(&f, &r->seq);
-    if (avro_value_get_by_name(&v, "body", &f, NULL) == 0 &&
-        avro_value_get_string(&f, &s, &sl) == 0)
-        r->body = strndup(s, sl ? sl - 1 : 0);
-    avro_value_decref(&v);
-    if (!r->id || !r->body) {
-        free(r->id);
-        free(r->body);
-        free(r);
-        return dp_errf(DP_ERR_POISON, err, errlen, "DemoRecord lacks id or body");
+    avro_value_t f;
+    dp_err e;
+    if (!st->has_scratch) {
+        if ((e = dp_avro_value_new(st->reg, st->reader_fp, &st->scratch, err, errlen)))
+            return e;
+        st->has_scratch = 1;
     }
+    if ((e = dp_avro_decode_into(st->reg, st->reader_fp, value, len, &st->scratch,
+                                 err, errlen)))
+        return e;
+    const char *id = NULL, *body = NULL;
+    size_t idl = 0, bodyl = 0;
+    int64_t seq = 0;
+    if (avro_value_get_by_name(&st->scratch, "id", &f, NULL) == 0 &&
+        avro_value_get_string(&f, &id, &idl) == 0 && idl)
+        idl--;
+    if (avro_value_get_by_name(&st->scratch, "seq", &f, NULL) == 0)
+        avro_value_get_long(&f, &seq);
+    if (avro_value_get_by_name(&st->scratch, "body", &f, NULL) == 0 &&
+        avro_value_get_string(&f, &body, &bodyl) == 0 && bodyl)
+        bodyl--;
+    if (!id || !body)
+        return dp_errf(DP_ERR_POISON, err, errlen, "DemoRecord lacks id or body");
+    /* One allocation: the struct, then both strings. */
+    demo_rec *r = malloc(sizeof(*r) + idl + bodyl + 2);
+    if (!r)
+        return dp_errf(DP_ERR_RETRYABLE, err, errlen, "out of memory");
+    r->id = (char *)(r + 1);
+    memcpy(r->id, id, idl);
+    r->id[idl] = '\0';
+    r->body = r->id + idl + 1;
+    memcpy(r->body, body, bodyl);
+    r->body[bodyl] = '\0';
+    r->seq = seq;
     *out = r;
     return DP_OK;
 }
@@ -72,10 +86,7 @@ static dp_err demo_decode(void *state, const void *value, size_t len,
 static void demo_free_decoded(void *state, void *decoded)
 {
     (void)state;
-    demo_rec *r = decoded;
-    free(r->id);
-    free(r->body);
-    free(r);
+    free(decoded);
 }
 
 static char *fmt_i64(char *p, int64_t v)
@@ -162,8 +173,9 @@ static dp_err demo_handle(void *state, dp_batch *batch, char *err,
         dp_buf_append(&st->copy, "\t", 1);
         copy_field(&st->copy, instance);
         dp_buf_append(&st->copy, "\n", 1);
-        dp_batch_emit(batch, i, st->out, r->id, strlen(r->id), rec->value,
-                      rec->value_len);
+        if (st->publish)
+            dp_batch_emit(batch, i, st->out, r->id, strlen(r->id), rec->value,
+                          rec->value_len);
     }
     if (st->copy.len == 0)
         return DP_OK;
@@ -206,6 +218,7 @@ dp_err dp_demo_open(const dp_config *cfg, dp_stage *stage, char *err,
     st->out = dp_topic_name(cfg, "demo.out");
     st->dlq = dp_topic_name(cfg, "demo.dlq");
     st->outputs[0] = st->out;
+    st->publish = cfg->demo_publish;
     stage->name = "demo";
     stage->input_topic = st->in;
     stage->output_topics = st->outputs;
@@ -223,6 +236,8 @@ void dp_demo_close(dp_stage *stage)
     demo_state *st = stage->state;
     if (!st)
         return;
+    if (st->has_scratch)
+        avro_value_decref(&st->scratch);
     dp_avro_registry_free(st->reg);
     free(st->in);
     free(st->out);
