@@ -64,6 +64,8 @@ static const dp_config_entry dp_config_table[] = {
      "PostgreSQL ends a transaction left idle this long (a stalled zombie)."},
     {"topic_partitions", CT_INT, F(topic_partitions), "4", 1, 1024,
      "Partitions of each topic created by `docpipe topics`."},
+    {"demo_publish", CT_INT, F(demo_publish), "1", 0, 1,
+     "Demo stage: 1 publishes each record to demo.out; 0 only writes its row."},
     {"embed_url", CT_STR, F(embed_url), "http://127.0.0.1:39980", 0, 0,
      "Base URL of the OpenAI-compatible embedding service."},
     {"embed_model", CT_STR, F(embed_model), "text-embedding-3-small", 0, 0,

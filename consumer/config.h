@@ -39,6 +39,7 @@ typedef struct dp_config {
     int lock_timeout_ms;
     int idle_txn_timeout_ms;
     int topic_partitions;
+    int demo_publish;           /* demo stage: publish each record onward */
     char *embed_url;
     char *embed_model;
     char *embed_api_key;
