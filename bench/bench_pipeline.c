@@ -58,6 +58,7 @@
 
 #include "ids.h"
 #include "pg.h"
+#include "topics.h"
 
 #define STOP_GRACE_S 30.0     /* SIGTERM, then SIGKILL after this */
 #define JOIN_TIMEOUT_S 90.0   /* stages claiming their partitions */
@@ -867,35 +868,8 @@ static void delete_rows(PGconn *db, const scenario *sc)
 static void delete_topics(const char *prefix)
 {
     char err[512];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    rd_kafka_conf_set(conf, "bootstrap.servers", brokers, err, sizeof(err));
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
-    if (!rk) {
-        fprintf(stderr, "bench: cannot delete topics %s*: %s\n", prefix, err);
-        return;
-    }
-    const struct rd_kafka_metadata *md;
-    if (rd_kafka_metadata(rk, 1, NULL, &md, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        rd_kafka_DeleteTopic_t *del[64];
-        size_t n = 0;
-        for (int i = 0; i < md->topic_cnt && n < 64; i++)
-            if (!strncmp(md->topics[i].topic, prefix, strlen(prefix)))
-                del[n++] = rd_kafka_DeleteTopic_new(md->topics[i].topic);
-        rd_kafka_metadata_destroy(md);
-        if (n) {
-            rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
-            rd_kafka_DeleteTopics(rk, del, n, NULL, q);
-            rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
-            if (!ev || rd_kafka_event_error(ev))
-                fprintf(stderr, "bench: deleting topics %s*: %s\n", prefix,
-                        ev ? rd_kafka_event_error_string(ev) : "timed out");
-            if (ev)
-                rd_kafka_event_destroy(ev);
-            rd_kafka_queue_destroy(q);
-            rd_kafka_DeleteTopic_destroy_array(del, n);
-        }
-    }
-    rd_kafka_destroy(rk);
+    if (dp_topics_delete_prefix(brokers, prefix, NULL, err, sizeof(err)))
+        fprintf(stderr, "bench: deleting topics %s*: %s\n", prefix, err);
 }
 
 /* ---- one scenario ----------------------------------------------------- */

@@ -69,3 +69,66 @@ dp_err dp_topics_ensure(const dp_config *cfg, const char *const *names, int n,
     rd_kafka_destroy(rk);
     return e;
 }
+
+dp_err dp_topics_delete_prefix(const char *brokers, const char *prefix,
+                               int *deleted, char *err, size_t errlen)
+{
+    char kerr[512];
+    if (deleted)
+        *deleted = 0;
+    if (!prefix || !*prefix)
+        return dp_errf(DP_ERR_PERMANENT, err, errlen, "refusing an empty prefix");
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", brokers, kerr,
+                          sizeof(kerr)) != RD_KAFKA_CONF_OK) {
+        rd_kafka_conf_destroy(conf);
+        return dp_errf(DP_ERR_PERMANENT, err, errlen, "%s", kerr);
+    }
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, kerr, sizeof(kerr));
+    if (!rk)
+        return dp_errf(DP_ERR_PERMANENT, err, errlen, "admin client: %s", kerr);
+    const rd_kafka_metadata_t *md = NULL;
+    rd_kafka_resp_err_t me = rd_kafka_metadata(rk, 1, NULL, &md, 10000);
+    if (me) {
+        rd_kafka_destroy(rk);
+        return dp_errf(DP_ERR_RETRYABLE, err, errlen, "list topics: %s",
+                       rd_kafka_err2str(me));
+    }
+    size_t plen = strlen(prefix), n = 0;
+    rd_kafka_DeleteTopic_t **dt = calloc((size_t)md->topic_cnt + 1, sizeof(*dt));
+    for (int i = 0; i < md->topic_cnt; i++)
+        if (strncmp(md->topics[i].topic, prefix, plen) == 0)
+            dt[n++] = rd_kafka_DeleteTopic_new(md->topics[i].topic);
+    rd_kafka_metadata_destroy(md);
+    dp_err e = DP_OK;
+    if (n) {
+        rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+        rd_kafka_AdminOptions_t *opts =
+            rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_DELETETOPICS);
+        rd_kafka_AdminOptions_set_operation_timeout(opts, 30000, kerr, sizeof(kerr));
+        rd_kafka_DeleteTopics(rk, dt, n, opts, q);
+        rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 60000);
+        if (!ev) {
+            e = dp_errf(DP_ERR_RETRYABLE, err, errlen, "delete topics: no answer");
+        } else if (rd_kafka_event_error(ev)) {
+            e = dp_errf(DP_ERR_RETRYABLE, err, errlen, "delete topics: %s",
+                        rd_kafka_event_error_string(ev));
+        } else {
+            size_t cnt;
+            const rd_kafka_topic_result_t **tr = rd_kafka_DeleteTopics_result_topics(
+                rd_kafka_event_DeleteTopics_result(ev), &cnt);
+            for (size_t i = 0; i < cnt; i++)
+                if (rd_kafka_topic_result_error(tr[i]) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+                    deleted)
+                    (*deleted)++;
+        }
+        if (ev)
+            rd_kafka_event_destroy(ev);
+        rd_kafka_AdminOptions_destroy(opts);
+        rd_kafka_queue_destroy(q);
+        rd_kafka_DeleteTopic_destroy_array(dt, n);
+    }
+    free(dt);
+    rd_kafka_destroy(rk);
+    return e;
+}

@@ -1,6 +1,7 @@
 /* support_env: shared integration-test machinery (see support_env.h). */
 #include "support_env.h"
 #include "pg.h"
+#include "topics.h"
 
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -54,6 +55,13 @@ void tenv_setup(tenv *t, const char *name)
 
 void tenv_teardown(tenv *t)
 {
+    /* A test's topics go with it, so repeated runs do not pile up
+     * partitions in the broker. */
+    if (t->prefix[0]) {
+        char err[512];
+        if (dp_topics_delete_prefix(t->brokers, t->prefix, NULL, err, sizeof(err)))
+            fprintf(stderr, "teardown: %s\n", err);
+    }
     if (t->db)
         PQfinish(t->db);
     t->db = NULL;
