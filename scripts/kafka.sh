@@ -11,7 +11,7 @@
 # resolved once by Maven into $CACHE_DIR/kafka-<version>-<hash>/jars.
 # State: .run/kafka/{server.properties,data,server.log,stdout.log,kafka.pid}.
 # Environment: DOCPIPE_BROKER_PORT (39092), DOCPIPE_CONTROLLER_PORT
-# (39093), KAFKA_HEAP_OPTS (512 MiB). The version is the pom's kafka.version.
+# (39093), KAFKA_HEAP_OPTS (1 GiB). The version is the pom's kafka.version.
 set -euo pipefail
 DP_NAME=kafka.sh
 # shellcheck source=lib.sh
@@ -38,7 +38,7 @@ java_cmd() {
     local logfile=$1
     shift
     # shellcheck disable=SC2206 # KAFKA_HEAP_OPTS is a list of flags
-    local heap=(${KAFKA_HEAP_OPTS:--Xmx512m -Xms512m})
+    local heap=(${KAFKA_HEAP_OPTS:--Xmx1g -Xms1g})
     JAVA_CMD=(java "${heap[@]}" -XX:+UseG1GC -XX:MaxGCPauseMillis=20
         -Djava.awt.headless=true
         -Dlog4j2.configurationFile="$REPO/scripts/kafka/log4j2.xml"
