@@ -3,8 +3,11 @@
  *
  * For each batch size (1, 100, 1000) it measures, in the same run:
  *   stage    `docpipe run demo` (a separate process, DOCPIPE_BATCH_MAX=B)
- *            passing N records through: one row per record (COPY) plus its
- *            output record, offsets fenced and committed per batch;
+ *            passing N records through: one row per record (COPY) plus,
+ *            unless --publish 0 (a sink), its output record; offsets fenced
+ *            and committed per batch.  --prefetch-kb sets the consumer's
+ *            queued.max.messages.kbytes (docs/benchmarks.md says why it
+ *            bounds the rate with librdkafka 2.0.2);
  *   pg       the same rows COPYed straight into PostgreSQL, one
  *            transaction per B rows (the database ceiling);
  *   kafka    a bare librdkafka consumer reading the same N records.
@@ -31,6 +34,8 @@
 #include "topics.h"
 
 static const char *bin = "./docpipe";
+static const char *publish = "1";    /* demo_publish of the stage */
+static const char *prefetch_kb;      /* queued.max.messages.kbytes, NULL: default */
 static const char *brokers = "127.0.0.1:39092";
 static const char *dburl = "postgresql://postgres@127.0.0.1:55432/docpipe";
 
@@ -119,6 +124,9 @@ static double bench_stage(PGconn *db, const char *prefix, long n, int batch,
         setenv("DOCPIPE_TOPIC_PREFIX", prefix, 1);
         setenv("DOCPIPE_BATCH_MAX", bs, 1);
         setenv("DOCPIPE_LOG_LEVEL", "warn", 1);
+        setenv("DOCPIPE_DEMO_PUBLISH", publish, 1);
+        if (prefetch_kb)
+            setenv("DOCPIPE_CONSUMER_QUEUED_MAX_MESSAGES_KBYTES", prefetch_kb, 1);
         const char *argv[] = {bin, "run", "demo", NULL};
         execv(bin, (char *const *)argv);
         _exit(127);
@@ -216,7 +224,7 @@ static double bench_kafka(const char *topic, long n)
 
 int main(int argc, char **argv)
 {
-    long n = 50000, n1 = 2000;
+    long n = 200000, n1 = 2000;
     int runs = 3;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--bin") && i + 1 < argc)
@@ -227,9 +235,14 @@ int main(int argc, char **argv)
             n1 = atol(argv[++i]);
         else if (!strcmp(argv[i], "--runs") && i + 1 < argc)
             runs = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--publish") && i + 1 < argc)
+            publish = argv[++i];
+        else if (!strcmp(argv[i], "--prefetch-kb") && i + 1 < argc)
+            prefetch_kb = argv[++i];
         else {
             fprintf(stderr, "usage: bench_runtime [--bin PATH] [--records N]"
-                            " [--records-batch1 N] [--runs R]\n");
+                            " [--records-batch1 N] [--runs R] [--publish 0|1]"
+                            " [--prefetch-kb KB]\n");
             return 2;
         }
     }
@@ -247,7 +260,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench: migrate failed (is %s built?)\n", bin);
         return 1;
     }
-    printf("docpipe runtime benchmark: pass-through stage, one row + one output per record\n");
+    printf("docpipe runtime benchmark: pass-through stage, one row%s per record,"
+           " consumer prefetch %s KB\n", strcmp(publish, "0") ? " + one output" : " (sink)",
+           prefetch_kb ? prefetch_kb : "2048 (default)");
     printf("%-6s %10s %12s %12s %7s %14s %9s\n", "batch", "records", "stage rec/s",
            "pg rec/s", "ratio", "kafka rec/s", "RSS MB");
     static const int batches[] = {1, 100, 1000};
@@ -267,6 +282,9 @@ int main(int argc, char **argv)
             char topic[128];
             snprintf(topic, sizeof(topic), "%sdemo.in", prefix);
             kf[r] = bench_kafka(topic, count);
+            char err[512];
+            if (dp_topics_delete_prefix(brokers, prefix, NULL, err, sizeof(err)))
+                fprintf(stderr, "bench: %s\n", err);
             ratio[r] = pg[r] > 0 ? st[r] / pg[r] : 0;
             if (rss > rss_max)
                 rss_max = rss;
