@@ -162,6 +162,7 @@ typedef struct dp_part {
     char last_error[512];
     int64_t paused_until_ms;     /* 0: running; >0 to apply; <0 applied */
     int64_t first_seen;          /* first offset polled, -1: none yet */
+    int64_t next_poll;           /* offset after the last one polled, -1: none */
     dp_mark *marks;
     int nmarks;
 } dp_part;
@@ -188,6 +189,8 @@ struct dp_runtime {
     int batch_failures;          /* consecutive batch-wide failures */
     int64_t retry_hint_ms;       /* from dp_batch_retry_after */
     int64_t t_handler, t_flush, t_commit, t_settle; /* ms spent, for debug */
+    int64_t last_nudge_ms;       /* see nudge_fetcher() */
+    int lagging;                 /* the last nudge saw records not yet fetched */
     dp_runtime_stats stats;
     unsigned int rand_state;
 };
@@ -351,6 +354,7 @@ static dp_part *part_get(dp_runtime *rt, int32_t p)
             rt->parts[i].retry_offset = -1;
             rt->parts[i].committed = -1;
             rt->parts[i].first_seen = -1;
+            rt->parts[i].next_poll = -1;
         }
         rt->nparts = n;
     }
@@ -366,6 +370,7 @@ static void part_reset(dp_part *pt)
     pt->retry_offset = -1;
     pt->committed = -1;
     pt->first_seen = -1;
+    pt->next_poll = -1;
 }
 
 static dp_mark *mark_find(dp_part *pt, const char *stream, int create)
@@ -464,6 +469,7 @@ static void on_assign(dp_runtime *rt, rd_kafka_topic_partition_list_t *parts)
         pt->epoch = claims[i].epoch;
         pt->committed = claims[i].next_offset;
         pt->first_seen = -1;
+        pt->next_poll = -1;
         pt->retry_offset = -1;
         pt->paused_until_ms = 0;
         parts->elems[i].offset =
@@ -538,12 +544,12 @@ static dp_err kafka_conf(dp_runtime *rt, int producer, rd_kafka_conf_t **out,
         {"enable.auto.offset.store", "false"},
         {"partition.assignment.strategy", "range"},
         {"isolation.level", "read_committed"},
-        /* Prefetch bounds memory (librdkafka 2.0.2 applies it per
-         * partition): 2 MB keeps a 1000-record batch fed without holding a
-         * backlog; raise it for throughput, lower it for memory. */
-        {"queued.max.messages.kbytes", "2048"},
-        {"fetch.max.bytes", "2097152"},
-        {"max.partition.fetch.bytes", "524288"},
+        /* A small prefetch: nudge_fetcher() makes librdkafka refill it at
+         * once instead of after its one-second backoff, so 256 KB keeps a
+         * 1000-record batch fed and the process small. */
+        {"queued.max.messages.kbytes", "256"},
+        {"fetch.max.bytes", "1048576"},
+        {"max.partition.fetch.bytes", "262144"},
         {"client.id", rt->cfg->instance_id},
         {NULL, NULL}}, base_producer[] = {
         {"bootstrap.servers", rt->cfg->brokers},
@@ -1356,6 +1362,48 @@ static void rejoin_group(dp_runtime *rt)
     rt->rejoin = 0;
 }
 
+/*
+ * librdkafka 2.0.2 stops fetching a partition while the consumer's prefetch
+ * queue is over queued.max.messages.kbytes, and looks again only when its
+ * broker thread next wakes: after up to a second (fetch.queue.backoff.ms,
+ * which later versions added, does not exist yet).  A small prefetch then
+ * caps the rate at about one queue per second.  Any request to the broker
+ * wakes that thread, which then finds the queue drained and fetches at once;
+ * so when a poll comes back empty, a watermark query per partition (one
+ * ListOffsets round trip) both wakes it and tells whether records are still
+ * waiting (lagging: poll briefly and nudge again soon) or the partitions are
+ * caught up (nudge rarely; new records arrive through the fetch the broker
+ * holds open).
+ */
+#define NUDGE_LAGGING_MS 5
+#define NUDGE_IDLE_MS 250
+
+static void nudge_fetcher(dp_runtime *rt)
+{
+    int64_t t = mono_ms();
+    if (t - rt->last_nudge_ms < (rt->lagging ? NUDGE_LAGGING_MS : NUDGE_IDLE_MS))
+        return;
+    rt->last_nudge_ms = t;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(rt->nparts);
+    for (int p = 0; p < rt->nparts; p++)
+        if (rt->parts[p].assigned && !rt->parts[p].paused_until_ms)
+            rd_kafka_topic_partition_list_add(l, rt->stage->input_topic, p)->offset =
+                RD_KAFKA_OFFSET_END; /* "latest": the high watermark */
+    int lagging = 0;
+    /* One ListOffsets per leader, sent in parallel. */
+    if (l->cnt && rd_kafka_offsets_for_times(rt->consumer, l, 1000) ==
+                      RD_KAFKA_RESP_ERR_NO_ERROR) {
+        for (int i = 0; i < l->cnt; i++) {
+            dp_part *pt = part_get(rt, l->elems[i].partition);
+            int64_t next = pt->next_poll >= 0 ? pt->next_poll : pt->committed;
+            if (!l->elems[i].err && next >= 0 && l->elems[i].offset > next)
+                lagging = 1;
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+    rt->lagging = lagging;
+}
+
 dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
                       size_t errlen)
 {
@@ -1395,6 +1443,8 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
             int64_t left = rt->batch_deadline_ms - mono_ms();
             timeout = left < 0 ? 0 : (int)left;
         }
+        if (rt->lagging && timeout > NUDGE_LAGGING_MS)
+            timeout = NUDGE_LAGGING_MS;
         /* Wait for one record, then take whatever else is already queued
          * in one call (one lock instead of one per record). */
         rd_kafka_message_t *ms[256];
@@ -1412,6 +1462,8 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
                     nm += (size_t)got;
             }
         }
+        if (nm == 0)
+            nudge_fetcher(rt);
         for (size_t k = 0; k < nm; k++) {
             m = ms[k];
             if (m->err) {
@@ -1424,6 +1476,7 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
             dp_part *pt = part_get(rt, m->partition);
             if (pt->first_seen < 0)
                 pt->first_seen = m->offset;
+            pt->next_poll = m->offset + 1;
             if (!pt->assigned || pt->paused_until_ms) {
                 rd_kafka_message_destroy(m); /* rewound: refetched later */
                 continue;
