@@ -16,6 +16,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -307,6 +308,12 @@ static int cmd_demo_produce(const dp_config *cfg, int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    /* glibc gives each thread that allocates its own heap arena; a stage
+     * has a handful of librdkafka threads whose arenas each keep freed
+     * memory resident.  Two arenas are plenty for its light contention
+     * (MALLOC_ARENA_MAX, if set, wins). */
+    if (!getenv("MALLOC_ARENA_MAX"))
+        mallopt(M_ARENA_MAX, 2);
     if (argc < 2 || strcmp(argv[1], "help") == 0 ||
         strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         usage(argc < 2 ? stderr : stdout);
