@@ -262,7 +262,7 @@ int main(int argc, char **argv)
     }
     printf("docpipe runtime benchmark: pass-through stage, one row%s per record,"
            " consumer prefetch %s KB\n", strcmp(publish, "0") ? " + one output" : " (sink)",
-           prefetch_kb ? prefetch_kb : "2048 (default)");
+           prefetch_kb ? prefetch_kb : "256 (default)");
     printf("%-6s %10s %12s %12s %7s %14s %9s\n", "batch", "records", "stage rec/s",
            "pg rec/s", "ratio", "kafka rec/s", "RSS MB");
     static const int batches[] = {1, 100, 1000};
