@@ -30,6 +30,9 @@
 #include "offsets.h"
 #include "pg.h"
 
+#define NUDGE_LAGGING_MS 5   /* see nudge_fetcher() */
+#define NUDGE_IDLE_MS 250
+
 #define HDR_STREAM "docpipe-stream"
 #define HDR_SEQ "docpipe-seq"
 #define HDR_EVENT "docpipe-event-id"
@@ -190,7 +193,9 @@ struct dp_runtime {
     int64_t retry_hint_ms;       /* from dp_batch_retry_after */
     int64_t t_handler, t_flush, t_commit, t_settle; /* ms spent, for debug */
     int64_t last_nudge_ms;       /* see nudge_fetcher() */
-    int lagging;                 /* the last nudge saw records not yet fetched */
+    int64_t nudge_every_ms;      /* NUDGE_LAGGING_MS up to NUDGE_IDLE_MS */
+    uint64_t polled;             /* records polled, ever */
+    uint64_t polled_at_nudge;    /* ... at the last nudge */
     dp_runtime_stats stats;
     unsigned int rand_state;
 };
@@ -586,6 +591,7 @@ dp_err dp_runtime_new(const dp_config *cfg, const dp_stage *stage,
     rt->cfg = cfg;
     rt->stage = stage;
     rt->rand_state = (unsigned int)(getpid() ^ now_ms());
+    rt->nudge_every_ms = NUDGE_LAGGING_MS;
     snprintf(rt->group, sizeof(rt->group), "%s%s", cfg->topic_prefix,
              stage->name);
     rt->batch_max = cfg->batch_max > 0 ? cfg->batch_max
@@ -1373,17 +1379,18 @@ static void rejoin_group(dp_runtime *rt)
  * ListOffsets round trip) both wakes it and tells whether records are still
  * waiting (lagging: poll briefly and nudge again soon) or the partitions are
  * caught up (nudge rarely; new records arrive through the fetch the broker
- * holds open).
+ * holds open).  A lag that brings no records (a transactional producer's
+ * last marker is never delivered) doubles the interval up to the idle one.
  */
-#define NUDGE_LAGGING_MS 5
-#define NUDGE_IDLE_MS 250
 
 static void nudge_fetcher(dp_runtime *rt)
 {
     int64_t t = mono_ms();
-    if (t - rt->last_nudge_ms < (rt->lagging ? NUDGE_LAGGING_MS : NUDGE_IDLE_MS))
+    if (t - rt->last_nudge_ms < rt->nudge_every_ms)
         return;
     rt->last_nudge_ms = t;
+    int fruitless = rt->polled == rt->polled_at_nudge;
+    rt->polled_at_nudge = rt->polled;
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(rt->nparts);
     for (int p = 0; p < rt->nparts; p++)
         if (rt->parts[p].assigned && !rt->parts[p].paused_until_ms)
@@ -1401,7 +1408,12 @@ static void nudge_fetcher(dp_runtime *rt)
         }
     }
     rd_kafka_topic_partition_list_destroy(l);
-    rt->lagging = lagging;
+    if (!lagging)
+        rt->nudge_every_ms = NUDGE_IDLE_MS;
+    else if (!fruitless)
+        rt->nudge_every_ms = NUDGE_LAGGING_MS;
+    else if ((rt->nudge_every_ms *= 2) > NUDGE_IDLE_MS)
+        rt->nudge_every_ms = NUDGE_IDLE_MS;
 }
 
 dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
@@ -1443,8 +1455,8 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
             int64_t left = rt->batch_deadline_ms - mono_ms();
             timeout = left < 0 ? 0 : (int)left;
         }
-        if (rt->lagging && timeout > NUDGE_LAGGING_MS)
-            timeout = NUDGE_LAGGING_MS;
+        if (timeout > rt->nudge_every_ms)
+            timeout = (int)rt->nudge_every_ms;
         /* Wait for one record, then take whatever else is already queued
          * in one call (one lock instead of one per record). */
         rd_kafka_message_t *ms[256];
@@ -1462,6 +1474,7 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
                     nm += (size_t)got;
             }
         }
+        rt->polled += nm;
         if (nm == 0)
             nudge_fetcher(rt);
         for (size_t k = 0; k < nm; k++) {
