@@ -68,20 +68,16 @@ static dp_err store_vectors(PGconn *db, embed_state *st, const char *doc,
     dp_buf_append(&st->ids, "{", 1);
     dp_buf_append(&st->shas, "{", 1);
     for (size_t k = 0; k < n; k++) {
-        const double *v = job->vectors + k * dim;
+        const float *v = job->vectors + k * dim;
         for (size_t d = 0; d < dim; d++) {
-            float f = (float)v[d];
             uint32_t bits;
-            memcpy(&bits, &f, 4);
+            memcpy(&bits, &v[d], 4);
             put_be32(&st->vec, 4);
             put_be32(&st->vec, bits);
         }
-        char sha[DP_SHA256_HEX_SIZE];
-        dp_err e = dp_vector_sha256(v, dim, sha);
-        if (e)
-            return dp_errf(e, err, errlen, "vector sha failed");
         dp_buf_appendf(&st->ids, "%s%s", k ? "," : "", PQgetvalue(it->chunks, (int)k, 0));
-        dp_buf_appendf(&st->shas, "%s%s", k ? "," : "", sha);
+        dp_buf_appendf(&st->shas, "%s%s", k ? "," : "",
+                       job->shas + k * DP_SHA256_HEX_SIZE);
     }
     dp_buf_append(&st->ids, "}", 1);
     dp_buf_append(&st->shas, "}", 1);
@@ -116,6 +112,7 @@ static void free_items(embed_item *items, dp_embed_job *jobs, size_t n)
         PQclear(items[k].chunks);
         free(items[k].texts);
         free(jobs[k].vectors);
+        free(jobs[k].shas);
     }
     free(items);
     free(jobs);

@@ -26,6 +26,7 @@
 
 #include "chunker.h"
 #include "http_alive.h"
+#include "ids.h"
 #include "log.h"
 
 struct buf {
@@ -326,6 +327,10 @@ static void slot_release(struct slot *s)
     s->is_probe = 0;
     free(s->req);
     s->req = NULL;
+    /* A reply can be megabytes: keep no slot's capacity between runs. */
+    free(s->resp.p);
+    s->resp.p = NULL;
+    s->resp.len = s->resp.cap = 0;
 }
 
 /* ------------------------------------------------------------------------
@@ -420,7 +425,9 @@ static dp_err parse_reply(dp_embed_client *c, dp_embed_job *job, const struct bu
                        "embeddings: HTTP %d reply is not JSON (%s at byte %d)",
                        job->http_status, je.text, je.position);
     dp_err rc = DP_OK;
-    double *vec = NULL;
+    float *vec = NULL;
+    char *shas = NULL;
+    double *row = NULL;      /* one vector as the service sent it */
     unsigned char *seen = NULL;
     json_t *data = json_object_get(root, "data");
     if (!json_is_array(data)) {
@@ -434,9 +441,11 @@ static dp_err parse_reply(dp_embed_client *c, dp_embed_job *job, const struct bu
         goto out;
     }
     size_t dim = (size_t)c->dim;
-    vec = malloc(job->n * dim * sizeof(double));
+    vec = malloc(job->n * dim * sizeof(float));
+    shas = malloc(job->n * DP_SHA256_HEX_SIZE);
+    row = malloc(dim * sizeof(double));
     seen = calloc(job->n, 1);
-    if (!vec || !seen) {
+    if (!vec || !shas || !row || !seen) {
         rc = dp_errf(DP_ERR_RETRYABLE, err, errlen, "embeddings: out of memory");
         goto out;
     }
@@ -453,7 +462,7 @@ static dp_err parse_reply(dp_embed_client *c, dp_embed_job *job, const struct bu
             goto out;
         }
         seen[idx] = 1;
-        double *dst = vec + (size_t)idx * dim;
+        double *dst = row;
         json_t *emb = json_object_get(item, "embedding");
         if (json_is_array(emb)) {
             if (json_array_size(emb) != dim) {
@@ -496,13 +505,25 @@ static dp_err parse_reply(dp_embed_client *c, dp_embed_job *job, const struct bu
                          (long long)idx);
             goto out;
         }
+        /* The sha of the exact values; float32 is what real[] keeps. */
+        if (dp_vector_sha256(row, dim, shas + (size_t)idx * DP_SHA256_HEX_SIZE)) {
+            rc = dp_errf(DP_ERR_RETRYABLE, err, errlen, "embeddings: vector sha failed");
+            goto out;
+        }
+        float *out = vec + (size_t)idx * dim;
+        for (size_t k = 0; k < dim; k++)
+            out[k] = (float)row[k];
     }
     job->vectors = vec;
+    job->shas = shas;
     job->dim = c->dim;
     vec = NULL;
+    shas = NULL;
     job->error[0] = '\0';
 out:
     free(vec);
+    free(shas);
+    free(row);
     free(seen);
     json_decref(root);
     return rc;
@@ -575,6 +596,7 @@ dp_err dp_embed_run(dp_embed_client *c, dp_embed_job *jobs, size_t njobs)
     pthread_mutex_lock(&c->run_mu);
     for (size_t i = 0; i < njobs; i++) {
         jobs[i].vectors = NULL;
+        jobs[i].shas = NULL;
         jobs[i].dim = 0;
         jobs[i].result = DP_OK;
         jobs[i].http_status = 0;

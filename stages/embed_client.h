@@ -56,7 +56,11 @@ typedef struct dp_embed_client dp_embed_client;
 typedef struct dp_embed_job {
     const char *const *texts;   /* in: UTF-8, non-empty */
     size_t n;                   /* in */
-    double *vectors;            /* out: n * dim doubles, malloc'd by the client, caller frees */
+    float *vectors;             /* out: n * dim float32s (what real[] stores), malloc'd by
+                                   the client, caller frees */
+    char *shas;                 /* out: n vector_sha hex strings, DP_SHA256_HEX_SIZE bytes
+                                   apart, of the values exactly as the service sent them
+                                   (dp_vector_sha256); malloc'd by the client, caller frees */
     int dim;                    /* out */
     dp_err result;              /* out: DP_OK, DP_ERR_RETRYABLE, DP_ERR_PERMANENT */
     int http_status;            /* out: 0 if no response */
@@ -82,8 +86,8 @@ int dp_embed_client_alive(dp_embed_client *c);
 
 /* Runs every job, up to embed_inflight requests at once, honouring the rate
  * limiter and the breaker.  The out fields of every job are overwritten
- * (vectors is set to NULL unless the job succeeds).  A job with n == 0
- * succeeds without a request (vectors NULL).
+ * (vectors and shas are NULL unless the job succeeds).  A job with n == 0
+ * succeeds without a request (vectors and shas NULL).
  * Returns DP_OK when every job has its own result; returns DP_ERR_RETRYABLE
  * as soon as the breaker is open, without finishing the remaining jobs:
  * those not yet sent and those still in flight (abandoned) get result

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "embed_client.h"
+#include "ids.h"
 #include "unit/support_embedserver.h"
 
 /* ------------------------------------------------------------------------
@@ -215,7 +216,9 @@ static void jobs_free(dp_embed_job *jobs, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         free(jobs[i].vectors);
+        free(jobs[i].shas);
         jobs[i].vectors = NULL;
+        jobs[i].shas = NULL;
     }
 }
 
@@ -226,7 +229,9 @@ static dp_embed_job run_one(dp_embed_client *c, const char *text, dp_err want_ru
     dp_embed_job j = job_of(texts, 1);
     cr_assert_eq(dp_embed_run(c, &j, 1), want_run);
     free(j.vectors);
+    free(j.shas);
     j.vectors = NULL;
+    j.shas = NULL;
     j.texts = NULL;
     return j;
 }
@@ -268,7 +273,7 @@ Test(embed_client, sixty_four_jobs_at_500ms_latency_run_32_at_a_time_in_two_wave
         cr_assert_eq(jobs[j].retry_after_ms, -1);
         cr_assert(jobs[j].vectors);
         for (int k = 0; k < PER_JOB; k++) {
-            const double *v = jobs[j].vectors + (size_t)k * 1536;
+            const float *v = jobs[j].vectors + (size_t)k * 1536;
             double s = 0;
             for (int i = 0; i < 1536; i++)
                 s += v[i] * v[i];
@@ -277,8 +282,8 @@ Test(embed_client, sixty_four_jobs_at_500ms_latency_run_32_at_a_time_in_two_wave
     }
     /* Same text, same vector (job 0 and job 8 hold the same texts); and the
      * texts of one job each got their own vector, in order. */
-    cr_assert(memcmp(jobs[0].vectors, jobs[8].vectors, PER_JOB * 1536 * sizeof(double)) == 0);
-    cr_assert(memcmp(jobs[0].vectors, jobs[0].vectors + 1536, 1536 * sizeof(double)) != 0);
+    cr_assert(memcmp(jobs[0].vectors, jobs[8].vectors, PER_JOB * 1536 * sizeof(float)) == 0);
+    cr_assert(memcmp(jobs[0].vectors, jobs[0].vectors + 1536, 1536 * sizeof(float)) != 0);
 
     cr_assert_eq(server_requests(), NJOBS);
     long peak = server_stat("in_flight_max");
@@ -673,8 +678,22 @@ Test(embed_client, numbers_are_taken_exactly_as_the_json_gives_them_by_index)
     cr_assert_eq(j.dim, 3);
     const double want[] = {0.1, -0.30000000000000004, 1e-7, 0, 1, -1};
     for (int i = 0; i < 6; i++)
-        cr_assert(j.vectors[i] == want[i], "value %d: %.17g", i, j.vectors[i]);
+        cr_assert(j.vectors[i] == (float)want[i], "value %d: %.9g", i, j.vectors[i]);
+    /* The sha is of the numbers exactly as the JSON gives them (doubles),
+     * not of their float32 rounding. */
+    for (int k = 0; k < 2; k++) {
+        char exact[DP_SHA256_HEX_SIZE], rounded[DP_SHA256_HEX_SIZE];
+        double r[3];
+        for (int i = 0; i < 3; i++)
+            r[i] = (double)(float)want[k * 3 + i];
+        dp_vector_sha256(want + k * 3, 3, exact);
+        dp_vector_sha256(r, 3, rounded);
+        cr_assert_str_eq(j.shas + k * DP_SHA256_HEX_SIZE, exact, "vector %d", k);
+        if (k == 0)
+            cr_assert_str_neq(exact, rounded, "0.1 is not a float32");
+    }
     free(j.vectors);
+    free(j.shas);
     MHD_stop_daemon(d);
 }
 
@@ -691,7 +710,11 @@ Test(embed_client, base64_vectors_are_little_endian_float32)
     const double want[] = {1.0, 0.5, -2.0, 0.25, 0.0, 3.0};
     for (int i = 0; i < 6; i++)
         cr_assert(j.vectors[i] == want[i], "value %d: %g", i, j.vectors[i]);
+    char sha[DP_SHA256_HEX_SIZE];
+    dp_vector_sha256(want + 3, 3, sha);
+    cr_assert_str_eq(j.shas + DP_SHA256_HEX_SIZE, sha);
     free(j.vectors);
+    free(j.shas);
 
     /* A padded one: two floats are 8 bytes, "AACAPwAAAD8=" is not; 5 floats
      * are 20 bytes, encoded with one '='. */
@@ -701,6 +724,7 @@ Test(embed_client, base64_vectors_are_little_endian_float32)
     cr_assert_eq(j.result, DP_OK, "%s", j.error);
     cr_assert(j.vectors[4] == 3.0);
     free(j.vectors);
+    free(j.shas);
 
     j = canned_run(url, 4, 1, 200, "{\"data\":[{\"index\":0,\"embedding\":\"AACAPwAAAD8AAADA\"}]}",
                    NULL);
@@ -738,6 +762,7 @@ Test(embed_client, json_of_the_wrong_shape_is_permanent)
         dp_embed_job j = canned_run(url, 3, 2, 200, bad[i], NULL);
         cr_assert_eq(j.result, DP_ERR_PERMANENT, "%s -> %s", bad[i], dp_err2str(j.result));
         cr_assert_null(j.vectors);
+        cr_assert_null(j.shas);
     }
     MHD_stop_daemon(d);
 }
@@ -770,7 +795,7 @@ Test(embed_client, base64_and_float_encodings_give_the_same_vectors)
 {
     server_start(NULL);
     const char *texts[] = {"first text", "second text", "third"};
-    double *got[2];
+    float *got[2];
     const char *enc[2] = {"float", "base64"};
     for (int k = 0; k < 2; k++) {
         dp_config cfg = cfg_for(base_url, 1536, 2);
@@ -780,6 +805,7 @@ Test(embed_client, base64_and_float_encodings_give_the_same_vectors)
         run_all_ok(c, &j, 1);
         cr_assert_eq(j.dim, 1536);
         got[k] = j.vectors;
+        free(j.shas);
         dp_embed_client_free(c);
     }
     for (size_t i = 0; i < 3 * 1536; i++)
