@@ -402,4 +402,12 @@ void dp_config_print_markdown(FILE *out)
                  "every Kafka client, `DOCPIPE_CONSUMER_…` and `DOCPIPE_PRODUCER_…` "
                  "for one kind; in the file `kafka.<property>`, "
                  "`consumer.<property>`, `producer.<property>`.\n");
+    fprintf(out, "\nThey override what a stage sets by default. Consumer: "
+                 "`partition.assignment.strategy=range`, "
+                 "`isolation.level=read_committed`, `enable.auto.commit=false`, and a "
+                 "small prefetch (`queued.max.messages.kbytes=256`, "
+                 "`fetch.max.bytes=1048576`, `max.partition.fetch.bytes=262144`) that "
+                 "the runtime keeps refilled (see docs/benchmarks.md). Producer: "
+                 "`enable.idempotence=true`, `acks=all`, `linger.ms=5`. "
+                 "`MALLOC_ARENA_MAX` (default 2 in `docpipe`) bounds glibc's heaps.\n");
 }
