@@ -30,7 +30,7 @@
 #include "offsets.h"
 #include "pg.h"
 
-#define NUDGE_LAGGING_MS 5   /* see nudge_fetcher() */
+#define NUDGE_LAGGING_MS 1   /* see nudge_fetcher() */
 #define NUDGE_IDLE_MS 250
 
 #define HDR_STREAM "docpipe-stream"
