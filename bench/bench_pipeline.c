@@ -56,6 +56,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "ids.h"
 #include "pg.h"
 #include "topics.h"
@@ -115,27 +116,6 @@ static double now_real(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static double now_mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static long vm_hwm_kb(pid_t pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    long kb = -1;
-    while (f && fgets(line, sizeof(line), f))
-        if (sscanf(line, "VmHWM: %ld kB", &kb) == 1)
-            break;
-    if (f)
-        fclose(f);
-    return kb;
 }
 
 /* User + system CPU seconds of a running process, -1 if unknown. */
@@ -298,7 +278,7 @@ static void sample(child *c)
 {
     if (c->pid <= 0)
         return;
-    long kb = vm_hwm_kb(c->pid);
+    long kb = bench_vm_hwm_kb(c->pid);
     if (kb > c->hwm_kb)
         c->hwm_kb = kb;
     double cpu = cpu_seconds(c->pid);
@@ -432,7 +412,7 @@ static void stop_range(int from, int to)
         if (kids[i].pid > 0)
             kill(kids[i].pid, SIGTERM);
     }
-    double until = now_mono() + STOP_GRACE_S;
+    double until = bench_now() + STOP_GRACE_S;
     for (;;) {
         int left = 0;
         for (int i = from; i < to; i++) {
@@ -443,7 +423,7 @@ static void stop_range(int from, int to)
         }
         if (!left)
             return;
-        if (now_mono() >= until)
+        if (bench_now() >= until)
             break;
         usleep(50 * 1000);
     }
@@ -474,10 +454,10 @@ static int run_cmd(const scenario *sc, const char *name, char *const argv[],
     child *c = spawn(sc, name, argv, out);
     if (!c)
         return -1;
-    double until = now_mono() + timeout_s;
+    double until = bench_now() + timeout_s;
     int st = 0;
     while (waitpid(c->pid, &st, WNOHANG) == 0) {
-        if (interrupted || now_mono() >= until) {
+        if (interrupted || bench_now() >= until) {
             fprintf(stderr, "bench: %s %s, stopping it\n", name,
                     interrupted ? "interrupted" : "timed out");
             stop_range((int)(c - kids), (int)(c - kids) + 1);
@@ -574,7 +554,7 @@ static int wait_jobs(PGconn *db, const scenario *sc, const char *user, long n,
 {
     long counts[N_STATES], last[N_STATES] = {0};
     int ti = state_index(target);
-    double start = now_mono(), moved = start, shown = 0;
+    double start = bench_now(), moved = start, shown = 0;
     for (;;) {
         if (interrupted)
             return -1;
@@ -596,16 +576,16 @@ static int wait_jobs(PGconn *db, const scenario *sc, const char *user, long n,
                 return 0;
             if (memcmp(counts, last, sizeof(counts))) {
                 memcpy(last, counts, sizeof(counts));
-                moved = now_mono();
+                moved = bench_now();
             }
-            if (show_progress && now_mono() - shown >= 1.0) {
+            if (show_progress && bench_now() - shown >= 1.0) {
                 print_progress(sc, t0, counts);
-                shown = now_mono();
+                shown = bench_now();
             }
         }
-        if (now_mono() - moved > STALL_S || now_mono() - start > cap_s) {
+        if (bench_now() - moved > STALL_S || bench_now() - start > cap_s) {
             fprintf(stderr, "bench: %s: %s waiting for %ld jobs to be %s; states now:",
-                    sc->name, now_mono() - moved > STALL_S ? "stalled" : "timed out",
+                    sc->name, bench_now() - moved > STALL_S ? "stalled" : "timed out",
                     n, target);
             for (int k = 0; k < N_STATES; k++)
                 if (last[k])
@@ -623,8 +603,8 @@ static int wait_joined(PGconn *db, const scenario *sc, const char *const *stages
                        int n, int embeds)
 {
     const char *p[1] = {sc->prefix};
-    double until = now_mono() + JOIN_TIMEOUT_S;
-    while (now_mono() < until && !interrupted) {
+    double until = bench_now() + JOIN_TIMEOUT_S;
+    while (bench_now() < until && !interrupted) {
         child *dead = find_dead();
         if (dead) {
             fprintf(stderr, "bench: %s: %s stopped on its own, see %s\n", sc->name,
@@ -653,12 +633,6 @@ static int wait_joined(PGconn *db, const scenario *sc, const char *const *stages
     fprintf(stderr, "bench: %s: the stages did not all claim their partitions"
                     " within %.0f s\n", sc->name, JOIN_TIMEOUT_S);
     return -1;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
 }
 
 /* Nearest-rank percentile of sorted v. */
@@ -701,8 +675,8 @@ static void report_figures(PGconn *db, const scenario *sc, double t0, result *re
             last = done;
     }
     PQclear(r);
-    qsort(sub, (size_t)n, sizeof(double), cmp_d);
-    qsort(in, (size_t)n, sizeof(double), cmp_d);
+    qsort(sub, (size_t)n, sizeof(double), bench_cmp_double);
+    qsort(in, (size_t)n, sizeof(double), bench_cmp_double);
     res->complete = n;
     res->span_s = last - t0;
     r = query(db, "SELECT count(*) FILTER (WHERE status LIKE 'failed%'),"
@@ -883,8 +857,8 @@ static int start_embedserver(scenario *sc)
                     lat, NULL};
     if (!spawn(sc, "embedserver", argv, out))
         return -1;
-    double until = now_mono() + 15;
-    while (now_mono() < until && !interrupted) {
+    double until = bench_now() + 15;
+    while (bench_now() < until && !interrupted) {
         FILE *f = fopen(out, "r");
         char line[256];
         unsigned port = 0;

@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "config.h"
 #include "migrate.h"
 #include "pg.h"
@@ -38,25 +39,6 @@ static const char *publish = "1";    /* demo_publish of the stage */
 static const char *prefetch_kb;      /* queued.max.messages.kbytes, NULL: default */
 static const char *brokers = "127.0.0.1:39092";
 static const char *dburl = "postgresql://postgres@127.0.0.1:55432/docpipe";
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int cmp_d(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof(double), cmp_d);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 static int run(const char *const *argv, const char *prefix, const char *batch)
 {
@@ -82,20 +64,6 @@ static long long scalar(PGconn *db, const char *sql)
                       ? strtoll(PQgetvalue(r, 0, 0), NULL, 10) : -1;
     PQclear(r);
     return v;
-}
-
-static long vm_hwm_kb(pid_t pid)
-{
-    char path[64], line[256];
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    FILE *f = fopen(path, "r");
-    long kb = -1;
-    while (f && fgets(line, sizeof(line), f))
-        if (sscanf(line, "VmHWM: %ld kB", &kb) == 1)
-            break;
-    if (f)
-        fclose(f);
-    return kb;
 }
 
 /* Produces n demo records under prefix, then times `docpipe run demo`
@@ -133,20 +101,20 @@ static double bench_stage(PGconn *db, const char *prefix, long n, int batch,
     }
     double first = 0, last = 0;
     long long c = 0;
-    double deadline = now_s() + 600;
-    while (now_s() < deadline) {
+    double deadline = bench_now() + 600;
+    while (bench_now() < deadline) {
         c = scalar(db, sql);
-        double t = now_s();
+        double t = bench_now();
         if (c > 0 && first == 0)
             first = t;
         if (c >= n) {
             last = t;
             break;
         }
-        *rss_kb = vm_hwm_kb(pid);
+        *rss_kb = bench_vm_hwm_kb(pid);
         usleep(batch == 1 ? 50000 : 20000);
     }
-    long hwm = vm_hwm_kb(pid);
+    long hwm = bench_vm_hwm_kb(pid);
     if (hwm > *rss_kb)
         *rss_kb = hwm;
     kill(pid, SIGTERM);
@@ -168,7 +136,7 @@ static double bench_pg(PGconn *db, long n, int batch)
                        " (LIKE docpipe.demo_results INCLUDING DEFAULTS)"));
     PQclear(PQexec(db, "TRUNCATE docpipe.bench_ceiling"));
     dp_buf b = {0};
-    double t0 = now_s();
+    double t0 = bench_now();
     for (long i = 0; i < n; i += batch) {
         dp_buf_reset(&b);
         for (long k = i; k < i + batch && k < n; k++)
@@ -185,7 +153,7 @@ static double bench_pg(PGconn *db, long n, int batch)
             PQclear(r);
         PQclear(PQexec(db, "COMMIT"));
     }
-    double secs = now_s() - t0;
+    double secs = bench_now() - t0;
     dp_buf_free(&b);
     return (double)n / secs;
 }
@@ -205,18 +173,18 @@ static double bench_kafka(const char *topic, long n)
     rd_kafka_assign(rk, l);
     rd_kafka_topic_partition_list_destroy(l);
     long got = 0;
-    double t0 = 0, deadline = now_s() + 120;
-    while (got < n && now_s() < deadline) {
+    double t0 = 0, deadline = bench_now() + 120;
+    while (got < n && bench_now() < deadline) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
         if (!m)
             continue;
         if (!m->err) {
             if (got++ == 0)
-                t0 = now_s();
+                t0 = bench_now();
         }
         rd_kafka_message_destroy(m);
     }
-    double secs = now_s() - t0;
+    double secs = bench_now() - t0;
     rd_kafka_consumer_close(rk);
     rd_kafka_destroy(rk);
     return got > 1 ? (double)(got - 1) / secs : 0;
@@ -301,7 +269,8 @@ int main(int argc, char **argv)
                 rss_max = rss;
         }
         printf("%-6d %10ld %12.0f %12.0f %6.0f%% %14.0f %9.1f\n", batch, count,
-               median(st, r), median(pg, r), 100 * median(ratio, r), median(kf, r),
+               bench_median(st, r), bench_median(pg, r), 100 * bench_median(ratio, r),
+               bench_median(kf, r),
                (double)rss_max / 1024.0);
         fflush(stdout);
     }
