@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "log.h"
 
 struct dp_breaker {
@@ -22,14 +23,6 @@ struct dp_breaker {
     void *clock_arg;
 };
 
-static int64_t monotonic_ms(void *arg)
-{
-    (void)arg;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 dp_breaker *dp_breaker_new(const char *service, int threshold, int64_t reset_ms)
 {
     dp_breaker *b = calloc(1, sizeof(*b));
@@ -44,7 +37,7 @@ dp_breaker *dp_breaker_new(const char *service, int threshold, int64_t reset_ms)
     b->threshold = threshold > 0 ? threshold : DP_BREAKER_DEFAULT_THRESHOLD;
     b->reset_ms = reset_ms > 0 ? reset_ms : DP_BREAKER_DEFAULT_RESET_MS;
     b->state = DP_BREAKER_CLOSED;
-    b->now_ms = monotonic_ms;
+    b->now_ms = dp_clock_mono_ms;
     return b;
 }
 
@@ -60,7 +53,7 @@ void dp_breaker_free(dp_breaker *b)
 void dp_breaker_set_clock(dp_breaker *b, int64_t (*now_ms)(void *arg), void *arg)
 {
     pthread_mutex_lock(&b->mu);
-    b->now_ms = now_ms ? now_ms : monotonic_ms;
+    b->now_ms = now_ms ? now_ms : dp_clock_mono_ms;
     b->clock_arg = now_ms ? arg : NULL;
     pthread_mutex_unlock(&b->mu);
 }

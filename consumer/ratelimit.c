@@ -6,6 +6,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
+
 struct entry {
     int64_t at;     /* admission time, ms */
     int64_t tokens;
@@ -21,14 +23,6 @@ struct dp_ratelimit {
     void *clock_arg;
 };
 
-static int64_t monotonic_ms(void *arg)
-{
-    (void)arg;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 dp_ratelimit *dp_ratelimit_new(int requests_per_min, int tokens_per_min)
 {
     dp_ratelimit *rl = calloc(1, sizeof(*rl));
@@ -37,7 +31,7 @@ dp_ratelimit *dp_ratelimit_new(int requests_per_min, int tokens_per_min)
     pthread_mutex_init(&rl->mu, NULL);
     rl->rpm = requests_per_min;
     rl->tpm = tokens_per_min;
-    rl->now_ms = monotonic_ms;
+    rl->now_ms = dp_clock_mono_ms;
     return rl;
 }
 
@@ -53,7 +47,7 @@ void dp_ratelimit_free(dp_ratelimit *rl)
 void dp_ratelimit_set_clock(dp_ratelimit *rl, int64_t (*now_ms)(void *arg), void *arg)
 {
     pthread_mutex_lock(&rl->mu);
-    rl->now_ms = now_ms ? now_ms : monotonic_ms;
+    rl->now_ms = now_ms ? now_ms : dp_clock_mono_ms;
     rl->clock_arg = now_ms ? arg : NULL;
     pthread_mutex_unlock(&rl->mu);
 }

@@ -26,6 +26,7 @@
 
 
 #include "backoff.h"
+#include "clock.h"
 #include "log.h"
 #include "offsets.h"
 #include "pg.h"
@@ -207,12 +208,7 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+static int64_t mono_ms(void) { return dp_clock_mono_ms(NULL); }
 
 /* Decimal digits of v at p; returns the end (no NUL).  The hot path formats
  * a few numbers per record, where snprintf showed in profiles. */
