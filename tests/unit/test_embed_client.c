@@ -15,13 +15,11 @@
 #include <jansson.h>
 #include <math.h>
 #include <microhttpd.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -40,46 +38,7 @@ static char base_url[64];
 /* args: NULL-terminated extra flags. */
 static void server_start(const char *const *args)
 {
-    char path[4096];
-    embedserver_path(path, sizeof(path));
-    cr_assert(access(path, X_OK) == 0,
-              "no executable at %s (build the docpipe-embedserver target)", path);
-    const char *argv[32] = {path, "--port", "0", "--quiet"};
-    int argc = 4;
-    for (; args && *args; args++)
-        argv[argc++] = *args;
-    argv[argc] = NULL;
-
-    int out[2];
-    cr_assert(pipe(out) == 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    cr_assert(pid >= 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        dup2(out[1], STDOUT_FILENO);
-        close(out[0]);
-        close(out[1]);
-        execv(path, (char *const *)argv);
-        _exit(127);
-    }
-    close(out[1]);
-    server_pid = pid;
-
-    char line[128];
-    size_t len = 0;
-    struct pollfd pfd = {.fd = out[0], .events = POLLIN};
-    while (len < sizeof(line) - 1 && !memchr(line, '\n', len)) {
-        cr_assert(poll(&pfd, 1, 10000) == 1, "server printed nothing in 10 s");
-        ssize_t n = read(out[0], line + len, sizeof(line) - 1 - len);
-        cr_assert(n > 0, "server exited before listening");
-        len += (size_t)n;
-    }
-    line[len] = '\0';
-    close(out[0]);
-    unsigned port = 0;
-    cr_assert(sscanf(line, "listening on 127.0.0.1:%u", &port) == 1, "got '%s'", line);
-    snprintf(base_url, sizeof(base_url), "http://127.0.0.1:%u", port);
+    server_pid = embedserver_spawn(args, NULL, base_url, sizeof(base_url));
 }
 
 static void server_stop(void)
