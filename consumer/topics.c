@@ -5,26 +5,41 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A client for admin requests to brokers, with cfg's Kafka settings if cfg
+ * is given. */
+static dp_err admin_client(const char *brokers, const dp_config *cfg, rd_kafka_t **out,
+                           char *err, size_t errlen)
+{
+    char kerr[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", brokers, kerr,
+                          sizeof(kerr)) != RD_KAFKA_CONF_OK) {
+        rd_kafka_conf_destroy(conf);
+        return dp_errf(DP_ERR_PERMANENT, err, errlen, "%s", kerr);
+    }
+    if (cfg) {
+        dp_err e = dp_config_apply_kafka(cfg, conf, 1, err, errlen);
+        if (e) {
+            rd_kafka_conf_destroy(conf);
+            return e;
+        }
+    }
+    *out = rd_kafka_new(RD_KAFKA_PRODUCER, conf, kerr, sizeof(kerr));
+    if (!*out)
+        return dp_errf(DP_ERR_PERMANENT, err, errlen, "admin client: %s", kerr);
+    return DP_OK;
+}
+
 dp_err dp_topics_ensure(const dp_config *cfg, const char *const *names, int n,
                         int partitions, int *created, char *err, size_t errlen)
 {
     char kerr[512];
     if (created)
         *created = 0;
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", cfg->brokers, kerr,
-                          sizeof(kerr)) != RD_KAFKA_CONF_OK) {
-        rd_kafka_conf_destroy(conf);
-        return dp_errf(DP_ERR_PERMANENT, err, errlen, "%s", kerr);
-    }
-    dp_err e = dp_config_apply_kafka(cfg, conf, 1, err, errlen);
-    if (e) {
-        rd_kafka_conf_destroy(conf);
+    rd_kafka_t *rk;
+    dp_err e = admin_client(cfg->brokers, cfg, &rk, err, errlen);
+    if (e)
         return e;
-    }
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, kerr, sizeof(kerr));
-    if (!rk)
-        return dp_errf(DP_ERR_PERMANENT, err, errlen, "admin client: %s", kerr);
     rd_kafka_NewTopic_t **nt = calloc((size_t)n, sizeof(*nt));
     for (int i = 0; i < n; i++)
         nt[i] = rd_kafka_NewTopic_new(names[i], partitions, 1, kerr,
@@ -78,15 +93,10 @@ dp_err dp_topics_delete_prefix(const char *brokers, const char *prefix,
         *deleted = 0;
     if (!prefix || !*prefix)
         return dp_errf(DP_ERR_PERMANENT, err, errlen, "refusing an empty prefix");
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", brokers, kerr,
-                          sizeof(kerr)) != RD_KAFKA_CONF_OK) {
-        rd_kafka_conf_destroy(conf);
-        return dp_errf(DP_ERR_PERMANENT, err, errlen, "%s", kerr);
-    }
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, kerr, sizeof(kerr));
-    if (!rk)
-        return dp_errf(DP_ERR_PERMANENT, err, errlen, "admin client: %s", kerr);
+    rd_kafka_t *rk;
+    dp_err ce = admin_client(brokers, NULL, &rk, err, errlen);
+    if (ce)
+        return ce;
     const rd_kafka_metadata_t *md = NULL;
     rd_kafka_resp_err_t me = rd_kafka_metadata(rk, 1, NULL, &md, 10000);
     if (me) {
