@@ -265,6 +265,8 @@ int main(int argc, char **argv)
             PQclear(PQexec(db, sql));
             PQclear(PQexec(db, "VACUUM docpipe.demo_results"));
             ratio[r] = pg[r] > 0 ? st[r] / pg[r] : 0;
+            fprintf(stderr, "  batch %d run %d: stage %.0f, pg %.0f, kafka %.0f rec/s\n",
+                    batch, r + 1, st[r], pg[r], kf[r]);
             if (rss > rss_max)
                 rss_max = rss;
         }

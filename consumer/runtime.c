@@ -2,7 +2,8 @@
  * runtime: the stage loop (see runtime.h and docs/design.md).
  *
  * One thread drives one consumer, one producer and one PostgreSQL
- * connection.  Records are polled into a batch until it holds batch_max
+ * connection (a helper thread only sends the early fetch nudge, see
+ * nudge_early()).  Records are polled into a batch until it holds batch_max
  * records or batch_wait_ms passed since its first record; then run_batch()
  * settles it.  Rebalance callbacks run inside poll, never during a batch:
  * an assignment claims the partitions in PostgreSQL (bumping their epoch) and
@@ -17,6 +18,7 @@
 #include "runtime.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -197,6 +199,15 @@ struct dp_runtime {
     int64_t nudge_every_ms;      /* NUDGE_LAGGING_MS up to NUDGE_IDLE_MS */
     uint64_t polled;             /* records polled, ever */
     uint64_t polled_at_nudge;    /* ... at the last nudge */
+    /* The early nudge (see nudge_early()): a helper thread that sends the
+     * watermark query while this one settles a batch. */
+    pthread_t nudger;
+    int nudger_running;
+    pthread_mutex_t nudge_mu;
+    pthread_cond_t nudge_cv;
+    rd_kafka_topic_partition_list_t *nudge_req; /* to send; NULL: none */
+    int nudge_busy;              /* a query is being sent */
+    int nudger_stop;
     dp_runtime_stats stats;
     unsigned int rand_state;
 };
@@ -1412,6 +1423,79 @@ static void nudge_fetcher(dp_runtime *rt)
         rt->nudge_every_ms = NUDGE_IDLE_MS;
 }
 
+/* The fetch woken after an empty poll arrives one round trip later, while
+ * PostgreSQL waits for the next batch.  So when a batch is about to be
+ * settled and the prefetch queue no longer holds the next one, a helper
+ * thread sends the same query now: the broker thread fetches while this
+ * thread settles, and the next poll finds records waiting. */
+static void *nudger_main(void *arg)
+{
+    dp_runtime *rt = arg;
+    pthread_mutex_lock(&rt->nudge_mu);
+    for (;;) {
+        while (!rt->nudger_stop && !rt->nudge_req)
+            pthread_cond_wait(&rt->nudge_cv, &rt->nudge_mu);
+        if (rt->nudger_stop)
+            break;
+        rd_kafka_topic_partition_list_t *l = rt->nudge_req;
+        rt->nudge_req = NULL;
+        rt->nudge_busy = 1;
+        pthread_mutex_unlock(&rt->nudge_mu);
+        rd_kafka_offsets_for_times(rt->consumer, l, 1000);
+        rd_kafka_topic_partition_list_destroy(l);
+        pthread_mutex_lock(&rt->nudge_mu);
+        rt->nudge_busy = 0;
+    }
+    pthread_mutex_unlock(&rt->nudge_mu);
+    return NULL;
+}
+
+static void nudge_early(dp_runtime *rt)
+{
+    if (!rt->nudger_running ||
+        rd_kafka_queue_length(rt->cq) >= (size_t)rt->batch_max)
+        return;
+    pthread_mutex_lock(&rt->nudge_mu);
+    if (!rt->nudge_req && !rt->nudge_busy) {
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(rt->nparts);
+        for (int p = 0; p < rt->nparts; p++)
+            if (rt->parts[p].assigned && !rt->parts[p].paused_until_ms)
+                rd_kafka_topic_partition_list_add(l, rt->stage->input_topic, p)->offset =
+                    RD_KAFKA_OFFSET_END;
+        if (l->cnt) {
+            rt->nudge_req = l;
+            pthread_cond_signal(&rt->nudge_cv);
+        } else {
+            rd_kafka_topic_partition_list_destroy(l);
+        }
+    }
+    pthread_mutex_unlock(&rt->nudge_mu);
+}
+
+static void nudger_start(dp_runtime *rt)
+{
+    pthread_mutex_init(&rt->nudge_mu, NULL);
+    pthread_cond_init(&rt->nudge_cv, NULL);
+    rt->nudger_running = pthread_create(&rt->nudger, NULL, nudger_main, rt) == 0;
+}
+
+static void nudger_join(dp_runtime *rt)
+{
+    if (!rt->nudger_running)
+        return;
+    pthread_mutex_lock(&rt->nudge_mu);
+    rt->nudger_stop = 1;
+    pthread_cond_signal(&rt->nudge_cv);
+    pthread_mutex_unlock(&rt->nudge_mu);
+    pthread_join(rt->nudger, NULL);
+    if (rt->nudge_req)
+        rd_kafka_topic_partition_list_destroy(rt->nudge_req);
+    rt->nudge_req = NULL;
+    rt->nudger_running = 0;
+    pthread_mutex_destroy(&rt->nudge_mu);
+    pthread_cond_destroy(&rt->nudge_cv);
+}
+
 dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
                       size_t errlen)
 {
@@ -1441,6 +1525,7 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
     dp_logj(DP_LOG_INFO, &ctx, json_pack("{s:s,s:i,s:i}", "group", rt->group,
             "batch_max", rt->batch_max, "batch_wait_ms", rt->cfg->batch_wait_ms),
             "stage started");
+    nudger_start(rt);
 
     while (!*stop) {
         if (rt->rejoin)
@@ -1503,13 +1588,16 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
             s->msg = NULL;
         }
         if (rt->nslots && ((int)rt->nslots >= rt->batch_max ||
-                           mono_ms() >= rt->batch_deadline_ms))
+                           mono_ms() >= rt->batch_deadline_ms)) {
+            nudge_early(rt);
             process_batch(rt, stop);
+        }
     }
     /* Stopping: settle what we hold, then leave the group cleanly. */
     if (rt->nslots && !rt->rejoin)
         process_batch(rt, stop);
     batch_clear(rt);
+    nudger_join(rt);
     dp_log(DP_LOG_INFO, &ctx, "stopping: leaving the group");
     rd_kafka_consumer_close(rt->consumer);
     rd_kafka_flush(rt->producer, rt->cfg->produce_timeout_ms);
@@ -1535,6 +1623,7 @@ void dp_runtime_free(dp_runtime *rt)
 {
     if (!rt)
         return;
+    nudger_join(rt);
     batch_clear(rt);
     arena_free(&rt->recs);
     arena_free(&rt->outs);
