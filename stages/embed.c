@@ -3,10 +3,11 @@
  * the vectors.
  *
  * In: <prefix>embed-batches (EmbedBatch).  All batches of one Kafka batch
- * are sent at once (libcurl multi, embed_inflight requests in flight), then
- * each batch's vectors go to document_vector_buffer (with vector_sha: sha256
- * of the Python float.hex() strings, as the original) and a BatchEmbedded
- * goes to <prefix>embedded.  The job moves to embedding_in_progress.
+ * are sent at once (libcurl multi, embed_inflight requests in flight); each
+ * batch's vectors go to document_vector_buffer as soon as its answer arrives
+ * (with vector_sha: sha256 of the Python float.hex() strings, as the
+ * original), and once all are answered a BatchEmbedded per batch goes to
+ * <prefix>embedded.  The job moves to embedding_in_progress.
  * 408/429/5xx/timeouts are retryable and other 4xx or a wrong dimension
  * permanent (failed_embedding).  While the embedding service's circuit
  * breaker is open, or when every request of a run failed retryably and the
@@ -118,6 +119,38 @@ static void free_items(embed_item *items, dp_embed_job *jobs, size_t n)
     free(jobs);
 }
 
+/* Stores each job's vectors as its answer arrives (dp_embed_run_each), so
+ * the stage holds one job's vectors at a time, not the whole batch's, and
+ * PostgreSQL works while the other requests are still out. */
+typedef struct store_ctx {
+    PGconn *db;
+    dp_docstage *ds;
+    dp_batch *b;
+    embed_item *items;
+    dp_embed_job *jobs;
+    dp_err e;           /* the first storing error: the pass fails with it */
+    char *err;
+    size_t errlen;
+} store_ctx;
+
+static void store_done(dp_embed_job *job, void *arg)
+{
+    store_ctx *x = arg;
+    size_t k = (size_t)(job - x->jobs);
+    embed_state *st = x->ds->impl;
+    if (x->e == DP_OK) {
+        avro_value_t *m = dp_docstage_msg(x->b, x->items[k].rec);
+        x->e = store_vectors(x->db, st, dp_msg_str(m, "document_id"),
+                             x->ds->cfg->embed_model,
+                             (int)dp_msg_long(m, "batch_index"), &x->items[k], job,
+                             x->err, x->errlen);
+    }
+    free(job->vectors);
+    free(job->shas);
+    job->vectors = NULL;
+    job->shas = NULL;
+}
+
 static dp_err embed_handle(void *state, dp_batch *b, char *err, size_t errlen)
 {
     dp_docstage *ds = state;
@@ -169,7 +202,10 @@ static dp_err embed_handle(void *state, dp_batch *b, char *err, size_t errlen)
         goto out;
 
     dp_breaker *br = dp_embed_client_breaker(st->client);
-    dp_err run = dp_embed_run(st->client, jobs, n);
+    store_ctx x = {db, ds, b, items, jobs, DP_OK, err, errlen};
+    dp_err run = dp_embed_run_each(st->client, jobs, n, store_done, &x);
+    if ((e = x.e))
+        goto out;
     int open_now = dp_breaker_state_now(br) == DP_BREAKER_OPEN;
     /* Whether the service answered anything but a retryable failure in this
      * run: only then is a retryable failure the record's own. */
@@ -209,9 +245,6 @@ static dp_err embed_handle(void *state, dp_batch *b, char *err, size_t errlen)
             continue;
         }
         int batch_index = (int)dp_msg_long(m, "batch_index");
-        if ((e = store_vectors(db, st, doc, ds->cfg->embed_model, batch_index,
-                               &items[k], &jobs[k], err, errlen)))
-            goto out;
         int moved;
         if ((e = dp_doc_transition(db, doc, embed_from, "embedding_in_progress",
                                    "embed", "EMBED_BATCH_STORED", corr, NULL,

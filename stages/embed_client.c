@@ -30,6 +30,7 @@
 #include "log.h"
 
 struct buf {
+    CURL *easy;  /* whose reply this is: its Content-Length sizes p */
     char *p;
     size_t len, cap, max;
     int over;   /* the reply outgrew max: the transfer was stopped */
@@ -208,7 +209,15 @@ static size_t collect(char *data, size_t size, size_t n, void *arg)
         return 0; /* CURLE_WRITE_ERROR */
     }
     if (b->len + add + 1 > b->cap) {
+        /* The first piece: room for the announced length at once, so a
+         * reply of hundreds of kilobytes is neither copied while it grows
+         * nor held in a buffer up to twice its size. */
+        curl_off_t announced = -1;
+        if (!b->cap && b->easy)
+            curl_easy_getinfo(b->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &announced);
         size_t cap = b->cap ? b->cap : 16384;
+        if (announced > 0 && (size_t)announced < b->max && (size_t)announced + 1 > cap)
+            cap = (size_t)announced + 1;
         while (cap < b->len + add + 1)
             cap *= 2;
         char *p = realloc(b->p, cap);
@@ -264,6 +273,7 @@ static CURL *slot_easy(dp_embed_client *c, struct slot *s)
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, c->headers);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, collect);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, &s->resp);
+    s->resp.easy = e;
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, s->curl_err);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, c->timeout_ms);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, c->timeout_ms < 10000 ? c->timeout_ms : 10000L);
@@ -593,6 +603,12 @@ static void refuse(dp_embed_client *c, dp_embed_job *job, const char *how)
 
 dp_err dp_embed_run(dp_embed_client *c, dp_embed_job *jobs, size_t njobs)
 {
+    return dp_embed_run_each(c, jobs, njobs, NULL, NULL);
+}
+
+dp_err dp_embed_run_each(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
+                         dp_embed_done_fn done, void *arg)
+{
     pthread_mutex_lock(&c->run_mu);
     for (size_t i = 0; i < njobs; i++) {
         jobs[i].vectors = NULL;
@@ -668,8 +684,11 @@ dp_err dp_embed_run(dp_embed_client *c, dp_embed_job *jobs, size_t njobs)
             curl_multi_remove_handle(c->multi, msg->easy_handle);
             if (s->is_probe)
                 probe_out = 0;
+            dp_embed_job *job = s->job;
             slot_finish(c, s, cc);
             running--;
+            if (done && job->result == DP_OK)
+                done(job, arg);
         }
         if ((running > 0 || next < njobs) &&
             dp_breaker_state_now(c->breaker) == DP_BREAKER_OPEN)

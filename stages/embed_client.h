@@ -95,6 +95,14 @@ int dp_embed_client_alive(dp_embed_client *c);
  * keep their own results. */
 dp_err dp_embed_run(dp_embed_client *c, dp_embed_job *jobs, size_t njobs);
 
+/* dp_embed_run, calling done(job, arg) as soon as each job succeeds, while
+ * the others are still in flight: the caller can store the vectors and free
+ * them (setting job->vectors and job->shas to NULL) instead of holding every
+ * job's vectors until the last answer. */
+typedef void (*dp_embed_done_fn)(dp_embed_job *job, void *arg);
+dp_err dp_embed_run_each(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
+                         dp_embed_done_fn done, void *arg);
+
 /* Counters since the client was made (for health output and tests). */
 typedef struct dp_embed_stats {
     int64_t requests;     /* HTTP requests sent */

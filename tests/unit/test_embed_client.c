@@ -274,6 +274,49 @@ Test(embed_client, sixty_four_jobs_at_500ms_latency_run_32_at_a_time_in_two_wave
     server_stop();
 }
 
+/* dp_embed_run_each: done() sees each successful job once, with its vectors,
+ * before the run returns; what it takes (and NULLs) stays taken. */
+typedef struct seen_jobs {
+    int calls;
+    int with_vectors;
+    size_t vectors;
+    dp_embed_job *last;
+} seen_jobs;
+
+static void take_vectors(dp_embed_job *job, void *arg)
+{
+    seen_jobs *s = arg;
+    s->calls++;
+    s->with_vectors += job->vectors && job->shas && job->result == DP_OK;
+    s->vectors += job->n;
+    s->last = job;
+    free(job->vectors);
+    free(job->shas);
+    job->vectors = NULL;
+    job->shas = NULL;
+}
+
+Test(embed_client, run_each_hands_over_each_successful_job_as_it_is_answered)
+{
+    server_start(NULL);
+    dp_config cfg = cfg_for(base_url, 1536, 4);
+    dp_embed_client *c = client_for(&cfg);
+    const char *two[] = {"alpha", "beta"}, *bad[] = {""}, *three[] = {"x", "y", "z"};
+    dp_embed_job jobs[3] = {job_of(two, 2), job_of(bad, 1), job_of(three, 3)};
+    seen_jobs seen = {0};
+    cr_assert_eq(dp_embed_run_each(c, jobs, 3, take_vectors, &seen), DP_OK);
+    cr_assert_eq(seen.calls, 2, "the 400 is not handed over");
+    cr_assert_eq(seen.with_vectors, 2);
+    cr_assert_eq(seen.vectors, 5);
+    cr_assert_eq(jobs[0].result, DP_OK);
+    cr_assert_eq(jobs[1].result, DP_ERR_PERMANENT);
+    cr_assert_eq(jobs[2].result, DP_OK);
+    for (int i = 0; i < 3; i++)
+        cr_assert_null(jobs[i].vectors);
+    dp_embed_client_free(c);
+    server_stop();
+}
+
 Test(embed_client, an_empty_job_succeeds_without_a_request)
 {
     server_start(NULL);
