@@ -172,6 +172,13 @@ Test(pipeline, test_200_mixed_documents_complete_with_expected_chunks_and_vector
     snprintf(sql, sizeof(sql), "SELECT count(*) FROM docpipe.dp_dead_letters"
              " WHERE group_id LIKE '%s%%'", T.prefix);
     cr_assert_eq(tenv_scalar(&T, sql), 0, "nothing dead-lettered");
+    /* Vectors are stored out of line without a compression attempt (model
+     * output does not compress; trying costs CPU), in both tables. */
+    cr_assert_eq(tenv_scalar(&T, "SELECT count(*) FROM pg_attribute WHERE attstorage = 'e'"
+                                 " AND ((attrelid = 'upload_pipeline.document_chunks'::regclass"
+                                 " AND attname = 'embedding') OR (attrelid ="
+                                 " 'upload_pipeline.document_vector_buffer'::regclass"
+                                 " AND attname = 'vector'))"), 2);
     for (int i = 0; i < n; i++)
         tdoc_free(&docs[i]);
 }
