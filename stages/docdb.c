@@ -143,12 +143,16 @@ dp_err dp_storage_put(const char *dir, const char *kind, const void *data,
     struct stat st;
     if (stat(file, &st) == 0 && (size_t)st.st_size == len)
         return DP_OK; /* content-addressed: already there */
-    if (mkdirs(folder) != 0)
-        return dp_errf(DP_ERR_RETRYABLE, err, errlen, "create %s: %s", folder,
-                       strerror(errno));
     snprintf(tmp, sizeof(tmp), "%s.tmp.%d.%ld", file, (int)getpid(),
              (long)clock());
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0 && errno == ENOENT) {
+        /* The folder's first file: make the folder (once, not per file). */
+        if (mkdirs(folder) != 0)
+            return dp_errf(DP_ERR_RETRYABLE, err, errlen, "create %s: %s", folder,
+                           strerror(errno));
+        fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    }
     if (fd < 0)
         return dp_errf(DP_ERR_RETRYABLE, err, errlen, "write %s: %s", tmp,
                        strerror(errno));
