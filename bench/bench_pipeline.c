@@ -355,7 +355,9 @@ static child *spawn(const scenario *sc, const char *name, char *const argv[],
             setenv("DOCPIPE_STORAGE_DIR", sc->storage, 1);
             setenv("DOCPIPE_INSTANCE_ID", instance, 1);
         }
-        setenv("DOCPIPE_LOG_LEVEL", "warn", 1);
+        /* Quiet stages unless BENCH_LOG_LEVEL asks (debug: their timers). */
+        setenv("DOCPIPE_LOG_LEVEL", getenv("BENCH_LOG_LEVEL") ? getenv("BENCH_LOG_LEVEL")
+                                                               : "warn", 1);
         setenv("DOCPIPE_EMBED_TPM", "1000000000", 1);
         setenv("DOCPIPE_EMBED_RPM", "100000000", 1);
         if (*sc->embed_url)
