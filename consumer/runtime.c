@@ -136,7 +136,8 @@ typedef struct dp_slot {
     dp_err dlq_category;
     int64_t first_failure_ms, last_failure_ms;
     char corr[40];
-    char stream[256];            /* empty: no upstream identity */
+    const char *stream;          /* NULL: no upstream identity; else the
+                                    partition's mark's copy of the name */
     int64_t src_offset;
     int32_t src_index;
     dp_output *outs;             /* in rt->outs, valid for one pass */
@@ -727,12 +728,15 @@ static void slot_prepare(dp_runtime *rt, dp_slot *s, rd_kafka_message_t *m)
     dp_part *pt = part_get(rt, m->partition);
     s->rec.attempts = pt->retry_offset == m->offset ? pt->retry_attempts + 1 : 1;
 
-    if (header_str(h, HDR_STREAM, s->stream, sizeof(s->stream)) &&
+    char stream[256];
+    s->stream = NULL;
+    if (header_str(h, HDR_STREAM, stream, sizeof(stream)) &&
         header_str(h, HDR_SEQ, buf, sizeof(buf)) &&
         sscanf(buf, "%" SCNd64 ":%" SCNd32, &s->src_offset, &s->src_index) == 2) {
         /* Seen if at or below the committed mark, or below what this very
          * batch already holds from the stream (a copy earlier in it). */
-        dp_mark *mk = mark_find(pt, s->stream, 1);
+        dp_mark *mk = mark_find(pt, stream, 1);
+        s->stream = mk->stream;
         if (seq_le(s->src_offset, s->src_index, mk->offset, mk->index) ||
             seq_le(s->src_offset, s->src_index, mk->b_offset, mk->b_index)) {
             s->state = RS_DUP;
@@ -740,8 +744,6 @@ static void slot_prepare(dp_runtime *rt, dp_slot *s, rd_kafka_message_t *m)
         }
         mk->b_offset = s->src_offset;
         mk->b_index = s->src_index;
-    } else {
-        s->stream[0] = '\0';
     }
 
     if (rt->stage->decode) {
@@ -1130,7 +1132,7 @@ static batch_result settle(dp_runtime *rt, size_t from, size_t to)
                 goto rollback;
         }
         dp_part *pt = part_get(rt, s->rec.partition);
-        if (s->stream[0] && s->state != RS_DUP) {
+        if (s->stream && s->state != RS_DUP) {
             dp_mark *m = mark_find(pt, s->stream, 1);
             if (!seq_le(s->src_offset, s->src_index, m->offset, m->index)) {
                 m->offset = s->src_offset;
@@ -1576,7 +1578,9 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
                 continue;
             }
             if (rt->nslots == rt->capslots) {
-                rt->capslots = rt->capslots ? rt->capslots * 2 : 64;
+                /* One batch's worth at once: no copies while it fills. */
+                rt->capslots = rt->capslots ? rt->capslots * 2
+                               : rt->batch_max < 4096 ? (size_t)rt->batch_max : 4096;
                 rt->slots = realloc(rt->slots, rt->capslots * sizeof(dp_slot));
             }
             if (rt->nslots == 0)
