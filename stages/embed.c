@@ -22,10 +22,12 @@
 #include <string.h>
 
 #include "breaker.h"
+#include "clock.h"
 #include "docdb.h"
 #include "docstage.h"
 #include "embed_client.h"
 #include "ids.h"
+#include "log.h"
 #include "pg.h"
 #include "stages.h"
 
@@ -37,6 +39,8 @@ static const char *const embed_from[] = {"embedding_queued",
 typedef struct embed_state {
     dp_embed_client *client;
     dp_buf vec;      /* binary real[] parameter */
+    uint32_t *elems; /* one vector's elements in that format */
+    size_t elems_cap;
     dp_buf ids, shas;
 } embed_state;
 
@@ -69,13 +73,22 @@ static dp_err store_vectors(PGconn *db, embed_state *st, const char *doc,
     dp_buf_append(&st->ids, "{", 1);
     dp_buf_append(&st->shas, "{", 1);
     for (size_t k = 0; k < n; k++) {
+        /* Each element: its length (4) and its bits, big-endian; one
+         * append per vector. */
         const float *v = job->vectors + k * dim;
+        if (st->elems_cap < dim * 8) {
+            free(st->elems);
+            st->elems = malloc(dim * 8);
+            st->elems_cap = dim * 8;
+        }
+        uint32_t *w = st->elems;
         for (size_t d = 0; d < dim; d++) {
             uint32_t bits;
             memcpy(&bits, &v[d], 4);
-            put_be32(&st->vec, 4);
-            put_be32(&st->vec, bits);
+            w[2 * d] = htonl(4);
+            w[2 * d + 1] = htonl(bits);
         }
+        dp_buf_append(&st->vec, st->elems, dim * 8);
         dp_buf_appendf(&st->ids, "%s%s", k ? "," : "", PQgetvalue(it->chunks, (int)k, 0));
         dp_buf_appendf(&st->shas, "%s%s", k ? "," : "",
                        job->shas + k * DP_SHA256_HEX_SIZE);
@@ -129,6 +142,7 @@ typedef struct store_ctx {
     embed_item *items;
     dp_embed_job *jobs;
     dp_err e;           /* the first storing error: the pass fails with it */
+    int64_t store_ms;   /* spent storing, for the debug timings */
     char *err;
     size_t errlen;
 } store_ctx;
@@ -139,11 +153,13 @@ static void store_done(dp_embed_job *job, void *arg)
     size_t k = (size_t)(job - x->jobs);
     embed_state *st = x->ds->impl;
     if (x->e == DP_OK) {
+        int64_t t0 = dp_clock_mono_ms(NULL);
         avro_value_t *m = dp_docstage_msg(x->b, x->items[k].rec);
         x->e = store_vectors(x->db, st, dp_msg_str(m, "document_id"),
                              x->ds->cfg->embed_model,
                              (int)dp_msg_long(m, "batch_index"), &x->items[k], job,
                              x->err, x->errlen);
+        x->store_ms += dp_clock_mono_ms(NULL) - t0;
     }
     free(job->vectors);
     free(job->shas);
@@ -160,6 +176,8 @@ static dp_err embed_handle(void *state, dp_batch *b, char *err, size_t errlen)
     embed_item *items = calloc(count + 1, sizeof(*items));
     dp_embed_job *jobs = calloc(count + 1, sizeof(*jobs));
     dp_err e = DP_OK;
+    int64_t t_start = dp_clock_mono_ms(NULL), t_sent = 0, t_answered = 0;
+    store_ctx x = {0};
 
     for (size_t i = 0; i < count; i++) {
         avro_value_t *m = dp_docstage_msg(b, i);
@@ -202,8 +220,10 @@ static dp_err embed_handle(void *state, dp_batch *b, char *err, size_t errlen)
         goto out;
 
     dp_breaker *br = dp_embed_client_breaker(st->client);
-    store_ctx x = {db, ds, b, items, jobs, DP_OK, err, errlen};
+    x = (store_ctx){db, ds, b, items, jobs, DP_OK, 0, err, errlen};
+    t_sent = dp_clock_mono_ms(NULL);
     dp_err run = dp_embed_run_each(st->client, jobs, n, store_done, &x);
+    t_answered = dp_clock_mono_ms(NULL);
     if ((e = x.e))
         goto out;
     int open_now = dp_breaker_state_now(br) == DP_BREAKER_OPEN;
@@ -258,6 +278,14 @@ static dp_err embed_handle(void *state, dp_batch *b, char *err, size_t errlen)
         dp_docstage_emit(ds, b, i, ds->out_topic, "BatchEmbedded", doc, f, 6);
     }
 out:
+    if (t_answered && dp_log_enabled(DP_LOG_DEBUG)) {
+        int64_t t_end = dp_clock_mono_ms(NULL);
+        dp_logj(DP_LOG_DEBUG, NULL, json_pack("{s:s,s:I,s:I,s:I,s:I,s:I}", "stage",
+                "embed", "batches", (json_int_t)n, "prepare_ms",
+                (json_int_t)(t_sent - t_start), "run_ms", (json_int_t)(t_answered - t_sent),
+                "store_ms", (json_int_t)x.store_ms, "finish_ms",
+                (json_int_t)(t_end - t_answered)), "embedded a Kafka batch");
+    }
     free_items(items, jobs, n);
     return e;
 }
@@ -288,6 +316,7 @@ void dp_embed_close(dp_stage *stage)
         return;
     dp_embed_client_free(st->client);
     dp_buf_free(&st->vec);
+    free(st->elems);
     dp_buf_free(&st->ids);
     dp_buf_free(&st->shas);
     free(st);
