@@ -373,6 +373,11 @@ static size_t collect(char *p, size_t sz, size_t n, void *arg)
 
 void tenv_http_post(const char *url, const char *json)
 {
+    free(tenv_http_post_reply(url, json));
+}
+
+char *tenv_http_post_reply(const char *url, const char *json)
+{
     CURL *c = curl_easy_init();
     dp_buf b = {0};
     struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
@@ -388,7 +393,7 @@ void tenv_http_post(const char *url, const char *json)
     curl_easy_cleanup(c);
     cr_assert(rc == CURLE_OK && status == 200, "POST %s: %s (%ld) %s", url,
               curl_easy_strerror(rc), status, b.data ? b.data : "");
-    dp_buf_free(&b);
+    return b.data ? b.data : strdup("");
 }
 
 char *tenv_http_get(const char *url)

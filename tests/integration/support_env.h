@@ -88,5 +88,7 @@ pid_t tenv_start_embedserver(tenv *t, const char *const *flags, char *url,
 
 /* POSTs a JSON body to url (for the embedding server's /admin/faults). */
 void tenv_http_post(const char *url, const char *json);
+/* The same, returning the reply's body (malloc'd). */
+char *tenv_http_post_reply(const char *url, const char *json);
 /* GETs url into a malloc'd string. */
 char *tenv_http_get(const char *url);

@@ -11,6 +11,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
+#include "ids.h"
 #include "support_docs.h"
 #include "support_env.h"
 
@@ -106,6 +109,49 @@ static void wait_all(int timeout_s)
     tenv_wait_scalar(&T, uq, 1, timeout_s * 1000);
 }
 
+/* The vector stored for one chunk is the one the embedding service gives
+ * for its text, element for element (as float32, what real[] keeps), and
+ * its vector_sha is that of those values (dp_vector_sha256). */
+static void assert_vector_is_the_services(const char *doc)
+{
+    const char *p[1] = {doc};
+    PGresult *r = PQexecParams(T.db, "SELECT text, embedding::text, vector_sha FROM"
+                               " upload_pipeline.document_chunks WHERE document_id ="
+                               " $1::uuid AND chunk_ord = 0", 1, NULL, p, NULL, NULL, 0);
+    cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQerrorMessage(T.db));
+    cr_assert_eq(PQntuples(r), 1, "chunk 0 of %s", doc);
+    json_t *req = json_pack("{s:s,s:[s],s:s}", "model", "text-embedding-3-small", "input",
+                            PQgetvalue(r, 0, 0), "encoding_format", "float");
+    char *body = json_dumps(req, 0), url[400];
+    json_decref(req);
+    snprintf(url, sizeof(url), "%s/v1/embeddings", embed_url);
+    char *reply = tenv_http_post_reply(url, body);
+    free(body);
+    json_t *root = json_loads(reply, 0, NULL);
+    free(reply);
+    json_t *emb = json_object_get(json_array_get(json_object_get(root, "data"), 0),
+                                  "embedding");
+    cr_assert_eq(json_array_size(emb), 1536);
+    double want[1536];
+    const char *stored = PQgetvalue(r, 0, 1);   /* {v1,v2,...} */
+    cr_assert_eq(*stored, '{');
+    const char *at = stored + 1;
+    for (size_t k = 0; k < 1536; k++) {
+        char *end;
+        float got = strtof(at, &end);
+        cr_assert(end != at, "element %zu of the stored vector is unreadable", k);
+        want[k] = (double)(float)json_number_value(json_array_get(emb, k));
+        cr_assert_eq(got, (float)want[k], "element %zu: stored %.9g, service %.9g", k,
+                     (double)got, want[k]);
+        at = end + 1;
+    }
+    char sha[DP_SHA256_HEX_SIZE];
+    cr_assert_eq(dp_vector_sha256(want, 1536, sha), DP_OK);
+    cr_assert_str_eq(PQgetvalue(r, 0, 2), sha, "vector_sha is of the stored values");
+    json_decref(root);
+    PQclear(r);
+}
+
 Test(pipeline, test_200_mixed_documents_complete_with_expected_chunks_and_vectors)
 {
     start("mixed", NULL, NULL);
@@ -172,6 +218,8 @@ Test(pipeline, test_200_mixed_documents_complete_with_expected_chunks_and_vector
     snprintf(sql, sizeof(sql), "SELECT count(*) FROM docpipe.dp_dead_letters"
              " WHERE group_id LIKE '%s%%'", T.prefix);
     cr_assert_eq(tenv_scalar(&T, sql), 0, "nothing dead-lettered");
+    assert_vector_is_the_services(ids[0]);
+    assert_vector_is_the_services(ids[n - 1]);
     /* Vectors are stored out of line without a compression attempt (model
      * output does not compress; trying costs CPU), and ANALYZE skips them
      * (element statistics of 1536 floats a row), in both tables. */
