@@ -423,17 +423,120 @@ static long decode_base64_floats(const char *text, size_t len, double *out, int 
     return count;
 }
 
+/*
+ * Base64 embeddings without jansson reading them.  A reply carries one
+ * base64 string of ~8 KB per input; jansson lexes, checks and copies each one
+ * byte by byte, which was half of the embed stage's CPU.  So before parsing,
+ * the reply is copied with every string value of an "embedding" key replaced
+ * by "#<k>" and its text remembered as slice k (a pointer into the reply):
+ * jansson then parses the small rest, and the vectors are decoded straight
+ * from the reply.  String boundaries are found honouring escapes, so a key
+ * spelled inside another string is not mistaken for one; a value with an
+ * escape in it is left to jansson ("\/" is legal JSON for "/").
+ */
+struct slices {
+    char *skeleton;          /* the reply, embedding strings cut out */
+    size_t len;
+    const char **at;         /* slice k: text and length in the reply */
+    size_t *n;
+    size_t count, cap;
+};
+
+static const char *string_end(const char *p, const char *end, int *escaped)
+{
+    /* p is just past an opening quote; returns the closing quote or NULL. */
+    *escaped = 0;
+    for (; p < end; p++) {
+        if (*p == '\\') {
+            *escaped = 1;
+            p++;
+        } else if (*p == '"') {
+            return p;
+        }
+    }
+    return NULL;
+}
+
+static int cut_embeddings(const char *reply, size_t len, struct slices *sl)
+{
+    memset(sl, 0, sizeof(*sl));
+    if (!(sl->skeleton = malloc(len + 1)))
+        return -1;
+    const char *p = reply, *end = reply + len;
+    char *o = sl->skeleton;
+    int after_key = 0;       /* the last string was the key "embedding" */
+    while (p < end) {
+        char ch = *p;
+        if (ch != '"') {
+            if (after_key && ch != ':' && ch != ' ' && ch != '\t' && ch != '\n' &&
+                ch != '\r')
+                after_key = 0;
+            *o++ = *p++;
+            continue;
+        }
+        int escaped;
+        const char *close = string_end(p + 1, end, &escaped);
+        if (!close)
+            break;            /* unterminated: let jansson report it */
+        size_t n = (size_t)(close - p - 1);
+        if (after_key && !escaped && n >= 24) { /* "#k" never outgrows it */
+            if (sl->count == sl->cap) {
+                size_t cap = sl->cap ? sl->cap * 2 : 64;
+                const char **at = realloc(sl->at, cap * sizeof(*at));
+                if (at)
+                    sl->at = at;
+                size_t *ns = at ? realloc(sl->n, cap * sizeof(*ns)) : NULL;
+                if (!at || !ns)
+                    return -1;
+                sl->n = ns;
+                sl->cap = cap;
+            }
+            sl->at[sl->count] = p + 1;
+            sl->n[sl->count] = n;
+            o += sprintf(o, "\"#%zu\"", sl->count++);
+            after_key = 0;
+        } else {
+            after_key = !escaped && n == 9 && memcmp(p + 1, "embedding", 9) == 0;
+            memcpy(o, p, n + 2);
+            o += n + 2;
+        }
+        p = close + 1;
+    }
+    while (p < end)
+        *o++ = *p++;
+    *o = '\0';
+    sl->len = (size_t)(o - sl->skeleton);
+    return 0;
+}
+
+static void slices_free(struct slices *sl)
+{
+    free(sl->skeleton);
+    free(sl->at);
+    free(sl->n);
+}
+
 /* A 2xx body into job->vectors; the job's result. */
 static dp_err parse_reply(dp_embed_client *c, dp_embed_job *job, const struct buf *b)
 {
     char *err = job->error;
     size_t errlen = sizeof(job->error);
     json_error_t je;
-    json_t *root = json_loadb(b->p ? b->p : "", b->len, 0, &je);
-    if (!root)
+    struct slices sl;
+    if (cut_embeddings(b->p ? b->p : "", b->len, &sl) != 0) {
+        slices_free(&sl);
+        return dp_errf(DP_ERR_RETRYABLE, err, errlen, "embeddings: out of memory");
+    }
+    json_t *root = json_loadb(sl.skeleton, sl.len, 0, &je);
+    if (!root) {
+        /* Report where the reply itself breaks, not where its copy does. */
+        json_t *again = json_loadb(b->p ? b->p : "", b->len, 0, &je);
+        json_decref(again);
+        slices_free(&sl);
         return dp_errf(DP_ERR_RETRYABLE, err, errlen,
                        "embeddings: HTTP %d reply is not JSON (%s at byte %d)",
                        job->http_status, je.text, je.position);
+    }
     dp_err rc = DP_OK;
     float *vec = NULL;
     char *shas = NULL;
@@ -493,8 +596,16 @@ static dp_err parse_reply(dp_embed_client *c, dp_embed_job *job, const struct bu
                 dst[k] = json_number_value(x);
             }
         } else if (json_is_string(emb)) {
-            long got = decode_base64_floats(json_string_value(emb), json_string_length(emb),
-                                            dst, c->dim);
+            const char *text = json_string_value(emb);
+            size_t tlen = json_string_length(emb);
+            size_t k;
+            char tail;
+            if (tlen > 1 && text[0] == '#' && sscanf(text + 1, "%zu%c", &k, &tail) == 1 &&
+                k < sl.count) {
+                text = sl.at[k];   /* cut out by cut_embeddings */
+                tlen = sl.n[k];
+            }
+            long got = decode_base64_floats(text, tlen, dst, c->dim);
             if (got < 0) {
                 rc = dp_errf(DP_ERR_PERMANENT, err, errlen,
                              "embeddings: input %lld embedding is a string but not base64 "
@@ -536,7 +647,20 @@ out:
     free(row);
     free(seen);
     json_decref(root);
+    slices_free(&sl);
     return rc;
+}
+
+dp_err dp_embed_client_parse(dp_embed_client *c, dp_embed_job *job, const char *body,
+                             size_t len)
+{
+    struct buf b = {0};
+    b.p = (char *)body;
+    b.len = len;
+    job->vectors = NULL;
+    job->shas = NULL;
+    job->result = parse_reply(c, job, &b);
+    return job->result;
 }
 
 /* Classifies a finished transfer into its job and tells the breaker. */

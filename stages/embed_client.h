@@ -103,6 +103,12 @@ typedef void (*dp_embed_done_fn)(dp_embed_job *job, void *arg);
 dp_err dp_embed_run_each(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
                          dp_embed_done_fn done, void *arg);
 
+/* What the client makes of a 2xx reply body for job (its vectors, shas and
+ * result, as after a request).  Used for every reply; callable on its own
+ * for replies kept elsewhere, and by the tests. */
+dp_err dp_embed_client_parse(dp_embed_client *c, dp_embed_job *job, const char *body,
+                             size_t len);
+
 /* Counters since the client was made (for health output and tests). */
 typedef struct dp_embed_stats {
     int64_t requests;     /* HTTP requests sent */

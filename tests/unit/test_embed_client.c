@@ -817,3 +817,117 @@ Test(embed_client, base64_and_float_encodings_give_the_same_vectors)
     free(got[1]);
     server_stop();
 }
+
+/* ------------------------------------------------------------------------
+ * Reading replies: base64 embeddings are decoded straight from the reply
+ * (cut out before jansson parses the rest); escaped ones go through
+ * jansson.  Either way the same vectors and shas come out.
+ * ---------------------------------------------------------------------- */
+
+/* base64 of dim little-endian float32s i * 0.37 - 11 (varied bytes, so
+ * '/' and '+' occur), into out. */
+static void b64_vector(int dim, float base, char *out)
+{
+    static const char tbl[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    unsigned char bytes[4 * 64];
+    for (int i = 0; i < dim; i++) {
+        float f = base + (float)i * 0.37f - 11.0f;
+        memcpy(bytes + 4 * i, &f, 4);
+    }
+    size_t n = (size_t)dim * 4, o = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        unsigned v = (unsigned)bytes[i] << 16 |
+                     (i + 1 < n ? (unsigned)bytes[i + 1] << 8 : 0) |
+                     (i + 2 < n ? bytes[i + 2] : 0);
+        out[o++] = tbl[v >> 18 & 63];
+        out[o++] = tbl[v >> 12 & 63];
+        out[o++] = i + 1 < n ? tbl[v >> 6 & 63] : '=';
+        out[o++] = i + 2 < n ? tbl[v & 63] : '=';
+    }
+    out[o] = '\0';
+}
+
+/* JSON-escapes every '/' as "\/" and '+' as "\u002B" (both legal). */
+static void escape_b64(const char *in, char *out)
+{
+    for (; *in; in++) {
+        if (*in == '/')
+            out += sprintf(out, "\\/");
+        else if (*in == '+')
+            out += sprintf(out, "\\u002B");
+        else
+            *out++ = *in;
+    }
+    *out = '\0';
+}
+
+static void parse_into(dp_embed_client *c, const char *body, size_t n, float *vec,
+                       char *shas)
+{
+    const char *texts[2] = {"a", "b"};
+    dp_embed_job j = job_of(texts, n);
+    cr_assert_eq(dp_embed_client_parse(c, &j, body, strlen(body)), DP_OK, "%s", j.error);
+    memcpy(vec, j.vectors, n * 64 * sizeof(float));
+    memcpy(shas, j.shas, n * DP_SHA256_HEX_SIZE);
+    free(j.vectors);
+    free(j.shas);
+}
+
+Test(embed_client, base64_replies_read_alike_cut_out_escaped_or_beside_a_decoy)
+{
+    dp_config cfg = cfg_for("http://127.0.0.1:1", 64, 2);
+    dp_embed_client *c = client_for(&cfg);
+    char v0[400], v1[400], e0[1200], e1[1200];
+    b64_vector(64, 0.0f, v0);
+    b64_vector(64, 5.5f, v1);
+    escape_b64(v0, e0);
+    escape_b64(v1, e1);
+    cr_assert(strchr(v0, '/') || strchr(v0, '+'), "the vector exercises escapes: %s", v0);
+    static char plain[4096], escaped[4096], decoy[4096];
+    /* Index order reversed on purpose: index, not position, decides. */
+    snprintf(plain, sizeof(plain),
+             "{\"object\":\"list\",\"data\":[{\"object\":\"embedding\",\"index\":1,"
+             "\"embedding\":\"%s\"},{\"object\":\"embedding\",\"index\":0,"
+             "\"embedding\": \"%s\"}],\"model\":\"m\"}", v1, v0);
+    snprintf(escaped, sizeof(escaped),
+             "{\"data\":[{\"index\":1,\"embedding\":\"%s\"},{\"index\":0,"
+             "\"embedding\":\"%s\"}],\"model\":\"m\"}", e1, e0);
+    /* A string that spells an embedding key and value inside itself. */
+    snprintf(decoy, sizeof(decoy),
+             "{\"model\":\"x\\\",\\\"embedding\\\":\\\"%s\\\\\",\"data\":[{\"index\":1,"
+             "\"embedding\":\"%s\"},{\"index\":0,\"embedding\":\"%s\"}]}", v0, v1, v0);
+    float a[128], b[128], d[128];
+    char sa[2 * DP_SHA256_HEX_SIZE], sb[2 * DP_SHA256_HEX_SIZE], sd[2 * DP_SHA256_HEX_SIZE];
+    parse_into(c, plain, 2, a, sa);
+    parse_into(c, escaped, 2, b, sb);
+    parse_into(c, decoy, 2, d, sd);
+    for (int i = 0; i < 64; i++) {
+        cr_assert_eq(a[i], 0.0f + (float)i * 0.37f - 11.0f, "element %d of input 0", i);
+        cr_assert_eq(a[64 + i], 5.5f + (float)i * 0.37f - 11.0f, "element %d of input 1", i);
+    }
+    cr_assert_eq(memcmp(a, b, sizeof(a)), 0, "escaped base64 reads the same");
+    cr_assert_eq(memcmp(a, d, sizeof(a)), 0, "the decoy string is not an embedding");
+    cr_assert_eq(memcmp(sa, sb, sizeof(sa)), 0);
+    cr_assert_eq(memcmp(sa, sd, sizeof(sa)), 0);
+
+    /* A short vector (not cut out) and a broken reply keep their meaning. */
+    cfg.embed_dim = 2;
+    dp_embed_client *c2 = client_for(&cfg);
+    char v2[32];
+    b64_vector(2, 0.0f, v2);
+    char small[256];
+    snprintf(small, sizeof(small), "{\"data\":[{\"index\":0,\"embedding\":\"%s\"}]}", v2);
+    const char *one[1] = {"a"};
+    dp_embed_job j = job_of(one, 1);
+    cr_assert_eq(dp_embed_client_parse(c2, &j, small, strlen(small)), DP_OK, "%s", j.error);
+    cr_assert_eq(j.vectors[1], 0.37f - 11.0f);
+    free(j.vectors);
+    free(j.shas);
+    const char *broken = "{\"data\":[{\"index\":0,\"embedding\":\"AAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    j = job_of(one, 1);
+    cr_assert_eq(dp_embed_client_parse(c2, &j, broken, strlen(broken)), DP_ERR_RETRYABLE);
+    cr_assert(strstr(j.error, "not JSON"), "%s", j.error);
+    dp_embed_client_free(c2);
+    dp_embed_client_free(c);
+}
