@@ -327,20 +327,31 @@ size_t dp_py_float_hex(double x, char out[DP_PY_FLOAT_HEX_SIZE])
     }
     *o++ = exp_field ? '1' : '0';           /* subnormals: 0x0.<m>p-1022 */
     *o++ = '.';
-    for (int shift = 48; shift >= 0; shift -= 4)
-        *o++ = HEX[(mantissa >> shift) & 0xf];
+    /* 13 hex digits: the top nibble, then six bytes two digits at a time
+     * (vector_sha formats 1536 of these per vector). */
+    static const char pairs[] =
+        "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+        "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"
+        "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f"
+        "606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f"
+        "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f"
+        "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
+        "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
+        "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
+    *o++ = HEX[(mantissa >> 48) & 0xf];
+    for (int shift = 40; shift >= 0; shift -= 8, o += 2)
+        memcpy(o, pairs + 2 * ((mantissa >> shift) & 0xff), 2);
     int e = exp_field ? (int)exp_field - 1023 : -1022;
     *o++ = 'p';
     *o++ = e < 0 ? '-' : '+';
     unsigned mag = (unsigned)(e < 0 ? -e : e);
-    char digits[8];
-    int nd = 0;
-    do {
-        digits[nd++] = (char)('0' + mag % 10);
-        mag /= 10;
-    } while (mag);
-    while (nd)
-        *o++ = digits[--nd];
+    if (mag >= 1000)
+        *o++ = (char)('0' + mag / 1000);
+    if (mag >= 100)
+        *o++ = (char)('0' + mag / 100 % 10);
+    if (mag >= 10)
+        *o++ = (char)('0' + mag / 10 % 10);
+    *o++ = (char)('0' + mag % 10);
     *o = '\0';
     return (size_t)(o - out);
 }
