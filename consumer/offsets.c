@@ -21,7 +21,7 @@ dp_err dp_offsets_claim(PGconn *conn, const char *group, const char *topic,
     dp_buf_append(&parts, "}", 1);
     const char *params[4] = {group, topic, owner, parts.data};
     /* Sorted so two claimants lock rows in the same order. */
-    PGresult *res = PQexecParams(conn,
+    PGresult *res = dp_pg_execp(conn,
         "INSERT INTO docpipe.dp_offsets AS o"
         " (group_id, topic, partition, next_offset, epoch, owner)"
         " SELECT $1, $2, p, NULL, 1, $3"
@@ -75,7 +75,7 @@ dp_err dp_offsets_advance(PGconn *conn, const char *group, const char *topic,
     dp_buf_append(&ex, "}", 1);
     dp_buf_append(&nx, "}", 1);
     const char *params[6] = {group, topic, p.data, ep.data, ex.data, nx.data};
-    PGresult *res = PQexecParams(conn,
+    PGresult *res = dp_pg_execp(conn,
         "UPDATE docpipe.dp_offsets o"
         "   SET next_offset = u.next, updated_at = now()"
         "  FROM unnest($3::int[], $4::bigint[], $5::bigint[], $6::bigint[])"
@@ -110,7 +110,7 @@ dp_err dp_offsets_reset(PGconn *conn, const char *group, const char *topic,
     snprintf(ps, sizeof(ps), "%d", partition);
     snprintf(os, sizeof(os), "%" PRId64, next_offset);
     const char *params[4] = {group, topic, ps, next_offset < 0 ? NULL : os};
-    PGresult *res = PQexecParams(conn,
+    PGresult *res = dp_pg_execp(conn,
         "INSERT INTO docpipe.dp_offsets AS o"
         " (group_id, topic, partition, next_offset, epoch, owner)"
         " VALUES ($1, $2, $3::int, $4::bigint, 1, 'reset')"

@@ -130,3 +130,59 @@ void dp_buf_free(dp_buf *b)
     b->data = NULL;
     b->len = b->cap = 0;
 }
+
+/*
+ * Prepared once per connection.  Each thread keeps the statements it has
+ * prepared on up to DP_PG_CONNS connections, keyed by the connection and its
+ * server process (a reset connection has a new one and starts afresh); a
+ * statement is known by its SQL text's address, so only string literals may
+ * be passed.  Names are unique per thread, never reused, so a forgotten
+ * entry cannot collide with what a server still holds.
+ */
+#define DP_PG_CONNS 4
+#define DP_PG_STMTS 64
+
+typedef struct pg_prepared {
+    PGconn *conn;
+    int pid;
+    const char *sql[DP_PG_STMTS];
+    char name[DP_PG_STMTS][24];
+    int n;
+} pg_prepared;
+
+static _Thread_local pg_prepared pg_cache[DP_PG_CONNS];
+static _Thread_local unsigned pg_next_name, pg_next_victim;
+
+PGresult *dp_pg_execp(PGconn *conn, const char *sql, int nparams, const Oid *types,
+                      const char *const *values, const int *lengths, const int *formats,
+                      int result_format)
+{
+    int pid = PQbackendPID(conn);
+    pg_prepared *c = NULL;
+    for (int i = 0; i < DP_PG_CONNS && !c; i++)
+        if (pg_cache[i].conn == conn && pg_cache[i].pid == pid)
+            c = &pg_cache[i];
+    if (!c) {
+        c = &pg_cache[pg_next_victim++ % DP_PG_CONNS];
+        c->conn = conn;
+        c->pid = pid;
+        c->n = 0;
+    }
+    int k;
+    for (k = 0; k < c->n && c->sql[k] != sql; k++)
+        ;
+    if (k == c->n) {
+        if (c->n == DP_PG_STMTS)
+            return PQexecParams(conn, sql, nparams, types, values, lengths, formats,
+                                result_format);
+        snprintf(c->name[k], sizeof(c->name[k]), "dp_%u", pg_next_name++);
+        PGresult *r = PQprepare(conn, c->name[k], sql, nparams, types);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK)
+            return r; /* the caller's check reports it */
+        PQclear(r);
+        c->sql[k] = sql;
+        c->n++;
+    }
+    return PQexecPrepared(conn, c->name[k], nparams, values, lengths, formats,
+                          result_format);
+}

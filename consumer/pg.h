@@ -24,6 +24,14 @@ dp_err dp_pg_connect(const dp_config *cfg, const char *app, PGconn **out,
 dp_err dp_pg_check(PGconn *conn, PGresult *res, ExecStatusType want,
                    const char *what, char *err, size_t errlen);
 
+/* PQexecParams, with the statement prepared on the connection the first
+ * time and executed as prepared afterwards (no parsing and planning per
+ * call).  sql must be a string literal: statements are told apart by its
+ * address. */
+PGresult *dp_pg_execp(PGconn *conn, const char *sql, int nparams, const Oid *types,
+                      const char *const *values, const int *lengths, const int *formats,
+                      int result_format);
+
 /* Runs a statement with no result rows (BEGIN, COMMIT, SET ...). */
 dp_err dp_pg_exec(PGconn *conn, const char *sql, char *err, size_t errlen);
 

@@ -412,7 +412,7 @@ static dp_err load_marks(dp_runtime *rt, int32_t p, char *err, size_t errlen)
     char ps[16];
     snprintf(ps, sizeof(ps), "%d", p);
     const char *params[3] = {rt->group, rt->stage->input_topic, ps};
-    PGresult *res = PQexecParams(rt->db,
+    PGresult *res = dp_pg_execp(rt->db,
         "SELECT stream, src_offset, src_index FROM docpipe.dp_dedup"
         " WHERE group_id = $1 AND topic = $2 AND partition = $3::int",
         3, NULL, params, NULL, NULL, 0);
@@ -863,7 +863,7 @@ static dp_err insert_dead_letter(dp_runtime *rt, dp_slot *s, char *err,
         params[6] = NULL;
     if (!s->rec.value)
         params[7] = NULL;
-    PGresult *res = PQexecParams(rt->db,
+    PGresult *res = dp_pg_execp(rt->db,
         "INSERT INTO docpipe.dp_dead_letters (group_id, topic, partition,"
         " \"offset\", stage, dlq_topic, record_key, record_value, record_ts,"
         " attempts, category, error, first_failure, last_failure,"
@@ -914,7 +914,7 @@ static dp_err store_marks(dp_runtime *rt, char *err, size_t errlen)
             snprintf(is, sizeof(is), "%d", m->index);
             const char *params[6] = {rt->group, rt->stage->input_topic, ps,
                                      m->stream, os, is};
-            PGresult *res = PQexecParams(rt->db,
+            PGresult *res = dp_pg_execp(rt->db,
                 "INSERT INTO docpipe.dp_dedup AS d (group_id, topic, partition,"
                 " stream, src_offset, src_index) VALUES ($1, $2, $3::int, $4,"
                 " $5::bigint, $6::int) ON CONFLICT (group_id, topic, partition,"

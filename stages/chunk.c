@@ -63,7 +63,7 @@ static dp_err store_chunks(PGconn *db, chunk_bufs *cb, const char *doc,
     const char *params[8] = {doc, DP_CHUNKER_NAME, version, cb->ids.data,
                              cb->ords.data, cb->shas.data, cb->texts.data,
                              cb->metas.data};
-    PGresult *res = PQexecParams(db,
+    PGresult *res = dp_pg_execp(db,
         "INSERT INTO upload_pipeline.document_chunk_buffer (chunk_id,"
         " document_id, chunk_ord, chunker_name, chunker_version, chunk_sha,"
         " text, meta)"
@@ -112,7 +112,7 @@ static dp_err chunk_handle(void *state, dp_batch *b, char *err, size_t errlen)
         }
         /* The job's chunks_version names the chunker version. */
         const char *params[1] = {doc};
-        PGresult *res = PQexecParams(db,
+        PGresult *res = dp_pg_execp(db,
             "SELECT chunks_version FROM upload_pipeline.upload_jobs"
             " WHERE document_id = $1::uuid", 1, NULL, params, NULL, NULL, 0);
         if ((e = dp_pg_check(db, res, PGRES_TUPLES_OK, "read chunks_version",

@@ -26,7 +26,7 @@ dp_err dp_doc_transition(PGconn *db, const char *document_id,
     dp_buf_append(&states, "}", 1);
     const char *params[7] = {document_id, states.data, to, stage, code,
                              correlation_id, progress_json};
-    PGresult *res = PQexecParams(db,
+    PGresult *res = dp_pg_execp(db,
         "WITH old AS (SELECT job_id, status FROM upload_pipeline.upload_jobs"
         "              WHERE document_id = $1::uuid FOR UPDATE),"
         " moved AS (UPDATE upload_pipeline.upload_jobs j"
@@ -60,7 +60,7 @@ dp_err dp_doc_fail(PGconn *db, const char *document_id, const char *failed_state
 {
     const char *params[6] = {document_id, failed_state, stage,
                              dp_err2str(category), error, correlation_id};
-    PGresult *res = PQexecParams(db,
+    PGresult *res = dp_pg_execp(db,
         "WITH old AS (SELECT job_id, status FROM upload_pipeline.upload_jobs"
         "              WHERE document_id = $1::uuid FOR UPDATE),"
         " moved AS (UPDATE upload_pipeline.upload_jobs j"
@@ -217,7 +217,7 @@ dp_err dp_doc_status(PGconn *db, const char *document_id, char status[32],
                      char *err, size_t errlen)
 {
     const char *params[1] = {document_id};
-    PGresult *res = PQexecParams(db,
+    PGresult *res = dp_pg_execp(db,
         "SELECT status FROM upload_pipeline.upload_jobs"
         " WHERE document_id = $1::uuid FOR UPDATE", 1, NULL, params, NULL, NULL, 0);
     dp_err e = dp_pg_check(db, res, PGRES_TUPLES_OK, "read job status", err,

@@ -103,7 +103,7 @@ static dp_err store_vectors(PGconn *db, embed_state *st, const char *doc,
     Oid types[7] = {0, 0, 0, FLOAT4ARRAYOID, 0, 0, 0};
     int lens[7] = {0, 0, 0, (int)st->vec.len, 0, 0, 0};
     int fmts[7] = {0, 0, 0, 1, 0, 0, 0};
-    PGresult *res = PQexecParams(db,
+    PGresult *res = dp_pg_execp(db,
         "INSERT INTO upload_pipeline.document_vector_buffer AS v (document_id,"
         " chunk_id, embed_model, embed_version, batch_index, vector, vector_sha)"
         " SELECT $1::uuid, c.id, $2, '1', $3::int,"
@@ -191,7 +191,7 @@ static dp_err embed_handle(void *state, dp_batch *b, char *err, size_t errlen)
         snprintf(first, sizeof(first), "%lld", (long long)dp_msg_long(m, "first_ord"));
         snprintf(cnt, sizeof(cnt), "%lld", (long long)dp_msg_long(m, "count"));
         const char *params[3] = {doc, first, cnt};
-        PGresult *res = PQexecParams(db,
+        PGresult *res = dp_pg_execp(db,
             "SELECT chunk_id, text FROM upload_pipeline.document_chunk_buffer"
             " WHERE document_id = $1::uuid AND chunk_ord >= $2::int"
             "   AND chunk_ord < $2::int + $3::int ORDER BY chunk_ord",

@@ -36,7 +36,7 @@ static dp_err plan_handle(void *state, dp_batch *b, char *err, size_t errlen)
         if (!go)
             continue;
         const char *params[3] = {doc, DP_CHUNKER_NAME, version};
-        PGresult *res = PQexecParams(db,
+        PGresult *res = dp_pg_execp(db,
             "SELECT chunk_ord, length(text) / 4 FROM"
             " upload_pipeline.document_chunk_buffer WHERE document_id = $1::uuid"
             " AND chunker_name = $2 AND chunker_version = $3 ORDER BY chunk_ord",
@@ -65,7 +65,7 @@ static dp_err plan_handle(void *state, dp_batch *b, char *err, size_t errlen)
                  n, nb);
         snprintf(total, sizeof(total), "%zu", nb);
         const char *p2[2] = {doc, total};
-        res = PQexecParams(db, "UPDATE upload_pipeline.upload_jobs SET"
+        res = dp_pg_execp(db, "UPDATE upload_pipeline.upload_jobs SET"
                                " embed_batches_total = $2::int WHERE document_id = $1::uuid",
                            2, NULL, p2, NULL, NULL, 0);
         if ((e = dp_pg_check(db, res, PGRES_COMMAND_OK, "store batch count",

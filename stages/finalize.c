@@ -34,7 +34,7 @@ static dp_err finalize_handle(void *state, dp_batch *b, char *err, size_t errlen
         if (!go)
             continue;
         const char *params[2] = {doc, ds->cfg->embed_model};
-        PGresult *res = PQexecParams(db,
+        PGresult *res = dp_pg_execp(db,
             "WITH p AS (INSERT INTO upload_pipeline.document_chunks (chunk_id,"
             "   document_id, chunker_name, chunker_version, chunk_ord, text,"
             "   chunk_sha, meta, embed_model, embed_version, embedding,"
@@ -67,7 +67,7 @@ static dp_err finalize_handle(void *state, dp_batch *b, char *err, size_t errlen
         struct timeval tv;
         gettimeofday(&tv, NULL);
         const char *p1[1] = {doc};
-        res = PQexecParams(db, "SELECT user_id::text FROM upload_pipeline.documents"
+        res = dp_pg_execp(db, "SELECT user_id::text FROM upload_pipeline.documents"
                                " WHERE document_id = $1::uuid", 1, NULL, p1, NULL,
                            NULL, 0);
         if ((e = dp_pg_check(db, res, PGRES_TUPLES_OK, "read user", err, errlen)))

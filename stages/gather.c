@@ -39,7 +39,7 @@ static dp_err gather_handle(void *state, dp_batch *b, char *err, size_t errlen)
         snprintf(bi, sizeof(bi), "%lld", (long long)dp_msg_long(m, "batch_index"));
         snprintf(nv, sizeof(nv), "%lld", (long long)dp_msg_long(m, "vectors"));
         const char *params[3] = {doc, bi, nv};
-        PGresult *res = PQexecParams(db,
+        PGresult *res = dp_pg_execp(db,
             "WITH ins AS (INSERT INTO upload_pipeline.embedding_batches"
             "   (document_id, batch_index, vectors) VALUES ($1::uuid, $2::int, $3::int)"
             "   ON CONFLICT DO NOTHING RETURNING vectors),"
@@ -62,7 +62,7 @@ static dp_err gather_handle(void *state, dp_batch *b, char *err, size_t errlen)
                  vectors, vectors, done);
         if (done < total) {
             const char *p2[2] = {doc, progress};
-            res = PQexecParams(db, "UPDATE upload_pipeline.upload_jobs SET"
+            res = dp_pg_execp(db, "UPDATE upload_pipeline.upload_jobs SET"
                 " progress = progress || $2::jsonb, updated_at = now()"
                 " WHERE document_id = $1::uuid", 2, NULL, p2, NULL, NULL, 0);
             if ((e = dp_pg_check(db, res, PGRES_COMMAND_OK, "record progress",

@@ -51,7 +51,7 @@ static dp_err record_upload(PGconn *db, avro_value_t *m, const char *status,
         dp_msg_str(m, "filename"), dp_msg_str(m, "mime"), bytes,
         dp_msg_str(m, "file_sha256"), dp_msg_str(m, "raw_path"), job, status,
         dp_msg_str(m, "correlation_id")};
-    PGresult *res = PQexecParams(db,
+    PGresult *res = dp_pg_execp(db,
         "WITH d AS (INSERT INTO upload_pipeline.documents (document_id, user_id,"
         "   filename, mime, bytes_len, file_sha256, raw_path, processing_status)"
         "   VALUES ($1::uuid, $2::uuid, $3, $4, $5::bigint, $6, $7, $9)"

@@ -92,7 +92,7 @@ static dp_err parse_handle(void *state, dp_batch *b, char *err, size_t errlen)
         if (e)
             return e;
         const char *params[2] = {doc, path};
-        PGresult *res = PQexecParams(db,
+        PGresult *res = dp_pg_execp(db,
             "WITH j AS (UPDATE upload_pipeline.upload_jobs SET parsed_path = $2"
             "  WHERE document_id = $1::uuid)"
             " UPDATE upload_pipeline.documents SET parsed_path = $2"

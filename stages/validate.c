@@ -59,7 +59,7 @@ static dp_err validate_handle(void *state, dp_batch *b, char *err, size_t errlen
             continue;
         }
         const char *params[3] = {doc, path, sha};
-        PGresult *res = PQexecParams(db,
+        PGresult *res = dp_pg_execp(db,
             "WITH dup AS (SELECT document_id FROM upload_pipeline.upload_jobs"
             "   WHERE parsed_sha256 = $3 AND document_id <> $1::uuid LIMIT 1),"
             " j AS (UPDATE upload_pipeline.upload_jobs SET parsed_path = $2,"
