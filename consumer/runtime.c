@@ -35,6 +35,7 @@
 
 #define NUDGE_LAGGING_MS 1   /* see nudge_fetcher() */
 #define NUDGE_IDLE_MS 250
+#define NUDGE_WAIT_MS 50     /* longest wait for the watermarks: the wake-up is the point */
 
 #define HDR_STREAM "docpipe-stream"
 #define HDR_SEQ "docpipe-seq"
@@ -563,6 +564,10 @@ static dp_err kafka_conf(dp_runtime *rt, int producer, rd_kafka_conf_t **out,
         {"queued.max.messages.kbytes", "256"},
         {"fetch.max.bytes", "1048576"},
         {"max.partition.fetch.bytes", "262144"},
+        /* A fetch holding only caught-up partitions waits this long at the
+         * broker, and everything else on the connection (the nudge, the
+         * lagging partitions' next fetch) waits behind it. */
+        {"fetch.wait.max.ms", "100"},
         {"client.id", rt->cfg->instance_id},
         {NULL, NULL}}, base_producer[] = {
         {"bootstrap.servers", rt->cfg->brokers},
@@ -1407,7 +1412,7 @@ static void nudge_fetcher(dp_runtime *rt)
                 RD_KAFKA_OFFSET_END; /* "latest": the high watermark */
     int lagging = 0;
     /* One ListOffsets per leader, sent in parallel. */
-    if (l->cnt && rd_kafka_offsets_for_times(rt->consumer, l, 1000) ==
+    if (l->cnt && rd_kafka_offsets_for_times(rt->consumer, l, NUDGE_WAIT_MS) ==
                       RD_KAFKA_RESP_ERR_NO_ERROR) {
         for (int i = 0; i < l->cnt; i++) {
             dp_part *pt = part_get(rt, l->elems[i].partition);
