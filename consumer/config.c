@@ -407,7 +407,8 @@ void dp_config_print_markdown(FILE *out)
                  "`isolation.level=read_committed`, `enable.auto.commit=false`, and a "
                  "small prefetch (`queued.max.messages.kbytes=256`, "
                  "`fetch.max.bytes=1048576`, `max.partition.fetch.bytes=262144`) that "
-                 "the runtime keeps refilled (see docs/benchmarks.md). Producer: "
+                 "the runtime keeps refilled, and `fetch.wait.max.ms=100` (see "
+                 "docs/benchmarks.md). Producer: "
                  "`enable.idempotence=true`, `acks=all`, `linger.ms=5`. "
                  "`MALLOC_ARENA_MAX` (default 2 in `docpipe`) bounds glibc's heaps.\n");
 }
