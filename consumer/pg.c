@@ -153,6 +153,14 @@ typedef struct pg_prepared {
 static _Thread_local pg_prepared pg_cache[DP_PG_CONNS];
 static _Thread_local unsigned pg_next_name, pg_next_victim;
 
+void dp_pg_finish(PGconn *conn)
+{
+    for (int i = 0; i < DP_PG_CONNS; i++)
+        if (pg_cache[i].conn == conn)
+            pg_cache[i].conn = NULL;
+    PQfinish(conn);
+}
+
 PGresult *dp_pg_execp(PGconn *conn, const char *sql, int nparams, const Oid *types,
                       const char *const *values, const int *lengths, const int *formats,
                       int result_format)

@@ -32,6 +32,10 @@ PGresult *dp_pg_execp(PGconn *conn, const char *sql, int nparams, const Oid *typ
                       const char *const *values, const int *lengths, const int *formats,
                       int result_format);
 
+/* PQfinish, forgetting what this thread prepared on conn (a later
+ * connection at the same address must not inherit it). */
+void dp_pg_finish(PGconn *conn);
+
 /* Runs a statement with no result rows (BEGIN, COMMIT, SET ...). */
 dp_err dp_pg_exec(PGconn *conn, const char *sql, char *err, size_t errlen);
 

@@ -439,7 +439,7 @@ static dp_err db_ensure(dp_runtime *rt, char *err, size_t errlen)
         PQreset(rt->db);
         if (PQstatus(rt->db) == CONNECTION_OK)
             return DP_OK;
-        PQfinish(rt->db);
+        dp_pg_finish(rt->db);
         rt->db = NULL;
     }
     return dp_pg_connect(rt->cfg, rt->cfg->instance_id, &rt->db, err, errlen);
@@ -1647,6 +1647,6 @@ void dp_runtime_free(dp_runtime *rt)
     if (rt->producer)
         rd_kafka_destroy(rt->producer);
     if (rt->db)
-        PQfinish(rt->db);
+        dp_pg_finish(rt->db);
     free(rt);
 }

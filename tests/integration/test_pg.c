@@ -89,3 +89,16 @@ Test(pg, a_failing_statement_reports_its_error)
     cr_assert_eq(plus_one(db, 1), 2, "the connection goes on");
     PQfinish(db);
 }
+
+Test(pg, a_finished_connection_leaves_nothing_to_its_successor)
+{
+    PGconn *a = connect_db();
+    cr_assert_eq(plus_one(a, 1), 2);
+    dp_pg_finish(a);
+    /* A new connection (perhaps at the same address) prepares afresh. */
+    PGconn *b = connect_db();
+    cr_assert_eq(prepared_here(b), 0);
+    cr_assert_eq(plus_one(b, 2), 3);
+    cr_assert_eq(prepared_here(b), 1);
+    dp_pg_finish(b);
+}
