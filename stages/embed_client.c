@@ -437,8 +437,10 @@ static long decode_base64_floats(const char *text, size_t len, double *out, int 
 struct slices {
     char *skeleton;          /* the reply, embedding strings cut out */
     size_t len;
-    const char **at;         /* slice k: text and length in the reply */
-    size_t *n;
+    struct slice {
+        const char *at;      /* slice k: its text in the reply */
+        size_t n;
+    } *cut;
     size_t count, cap;
 };
 
@@ -482,17 +484,13 @@ static int cut_embeddings(const char *reply, size_t len, struct slices *sl)
         if (after_key && !escaped && n >= 24) { /* "#k" never outgrows it */
             if (sl->count == sl->cap) {
                 size_t cap = sl->cap ? sl->cap * 2 : 64;
-                const char **at = realloc(sl->at, cap * sizeof(*at));
-                if (at)
-                    sl->at = at;
-                size_t *ns = at ? realloc(sl->n, cap * sizeof(*ns)) : NULL;
-                if (!at || !ns)
+                struct slice *cut = realloc(sl->cut, cap * sizeof(*cut));
+                if (!cut)
                     return -1;
-                sl->n = ns;
+                sl->cut = cut;
                 sl->cap = cap;
             }
-            sl->at[sl->count] = p + 1;
-            sl->n[sl->count] = n;
+            sl->cut[sl->count] = (struct slice){p + 1, n};
             o += sprintf(o, "\"#%zu\"", sl->count++);
             after_key = 0;
         } else {
@@ -512,8 +510,7 @@ static int cut_embeddings(const char *reply, size_t len, struct slices *sl)
 static void slices_free(struct slices *sl)
 {
     free(sl->skeleton);
-    free(sl->at);
-    free(sl->n);
+    free(sl->cut);
 }
 
 /* A 2xx body into job->vectors; the job's result. */
@@ -602,8 +599,8 @@ static dp_err parse_reply(dp_embed_client *c, dp_embed_job *job, const struct bu
             char tail;
             if (tlen > 1 && text[0] == '#' && sscanf(text + 1, "%zu%c", &k, &tail) == 1 &&
                 k < sl.count) {
-                text = sl.at[k];   /* cut out by cut_embeddings */
-                tlen = sl.n[k];
+                text = sl.cut[k].at;   /* cut out by cut_embeddings */
+                tlen = sl.cut[k].n;
             }
             long got = decode_base64_floats(text, tlen, dst, c->dim);
             if (got < 0) {
