@@ -1397,6 +1397,18 @@ static void rejoin_group(dp_runtime *rt)
  * last marker is never delivered) doubles the interval up to the idle one.
  */
 
+/* The partitions a nudge asks about: those assigned and running, each at
+ * "latest" (the high watermark). */
+static rd_kafka_topic_partition_list_t *watermark_query(dp_runtime *rt)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(rt->nparts);
+    for (int p = 0; p < rt->nparts; p++)
+        if (rt->parts[p].assigned && !rt->parts[p].paused_until_ms)
+            rd_kafka_topic_partition_list_add(l, rt->stage->input_topic, p)->offset =
+                RD_KAFKA_OFFSET_END;
+    return l;
+}
+
 static void nudge_fetcher(dp_runtime *rt)
 {
     int64_t t = mono_ms();
@@ -1405,11 +1417,7 @@ static void nudge_fetcher(dp_runtime *rt)
     rt->last_nudge_ms = t;
     int fruitless = rt->polled == rt->polled_at_nudge;
     rt->polled_at_nudge = rt->polled;
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(rt->nparts);
-    for (int p = 0; p < rt->nparts; p++)
-        if (rt->parts[p].assigned && !rt->parts[p].paused_until_ms)
-            rd_kafka_topic_partition_list_add(l, rt->stage->input_topic, p)->offset =
-                RD_KAFKA_OFFSET_END; /* "latest": the high watermark */
+    rd_kafka_topic_partition_list_t *l = watermark_query(rt);
     int lagging = 0;
     /* One ListOffsets per leader, sent in parallel. */
     if (l->cnt && rd_kafka_offsets_for_times(rt->consumer, l, NUDGE_WAIT_MS) ==
@@ -1464,11 +1472,7 @@ static void nudge_early(dp_runtime *rt)
         return;
     pthread_mutex_lock(&rt->nudge_mu);
     if (!rt->nudge_req && !rt->nudge_busy) {
-        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(rt->nparts);
-        for (int p = 0; p < rt->nparts; p++)
-            if (rt->parts[p].assigned && !rt->parts[p].paused_until_ms)
-                rd_kafka_topic_partition_list_add(l, rt->stage->input_topic, p)->offset =
-                    RD_KAFKA_OFFSET_END;
+        rd_kafka_topic_partition_list_t *l = watermark_query(rt);
         if (l->cnt) {
             rt->nudge_req = l;
             pthread_cond_signal(&rt->nudge_cv);
