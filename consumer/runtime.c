@@ -1549,8 +1549,11 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
         }
         if (timeout > rt->nudge_every_ms)
             timeout = (int)rt->nudge_every_ms;
-        /* Wait for one record, then take whatever else is already queued
-         * in one call (one lock instead of one per record). */
+        /* Wait for one record, then take whatever else is already queued.
+         * Not with rd_kafka_consume_batch_queue(): in librdkafka 2.0.2 it
+         * can drop records next to an assignment, pause, resume or seek
+         * (fixed in 2.1.0), and a dropped record is a lost one, since the
+         * offsets committed after it pass it by. */
         rd_kafka_message_t *ms[256];
         size_t nm = 0;
         rd_kafka_message_t *m = rd_kafka_consumer_poll(rt->consumer, timeout);
@@ -1560,10 +1563,10 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
                               ? (size_t)rt->batch_max - rt->nslots - 1 : 0;
             if (want > sizeof(ms) / sizeof(ms[0]) - 1)
                 want = sizeof(ms) / sizeof(ms[0]) - 1;
-            if (want) {
-                ssize_t got = rd_kafka_consume_batch_queue(rt->cq, 0, ms + 1, want);
-                if (got > 0)
-                    nm += (size_t)got;
+            for (size_t k = 0; k < want; k++) {
+                if (!(m = rd_kafka_consumer_poll(rt->consumer, 0)))
+                    break;
+                ms[nm++] = m;
             }
         }
         rt->polled += nm;
@@ -1581,6 +1584,16 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
             dp_part *pt = part_get(rt, m->partition);
             if (pt->first_seen < 0)
                 pt->first_seen = m->offset;
+            /* Offsets are dense in topics written without transactions (and
+             * not compacted): a jump means a record was never polled. */
+            int64_t want = pt->next_poll >= 0 ? pt->next_poll : pt->committed;
+            if (want >= 0 && m->offset > want) {
+                rt->stats.gaps++;
+                dp_log_ctx gc = {rt->stage->name, NULL, rt->stage->input_topic,
+                                 m->partition, m->offset};
+                dp_log(DP_LOG_DEBUG, &gc, "offsets %" PRId64 "..%" PRId64
+                       " were never polled", want, m->offset - 1);
+            }
             pt->next_poll = m->offset + 1;
             if (!pt->assigned || pt->paused_until_ms) {
                 rd_kafka_message_destroy(m); /* rewound: refetched later */
@@ -1619,11 +1632,12 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
             (json_int_t)rt->t_settle, "handler_ms", (json_int_t)rt->t_handler,
             "flush_ms", (json_int_t)rt->t_flush, "commit_ms",
             (json_int_t)rt->t_commit), "time spent settling batches");
-    dp_logj(DP_LOG_INFO, &ctx, json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}",
+    dp_logj(DP_LOG_INFO, &ctx, json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I}",
             "batches", (json_int_t)s.batches, "records", (json_int_t)s.records,
             "duplicates", (json_int_t)s.duplicates, "dead_letters",
             (json_int_t)s.dead_letters, "retries", (json_int_t)s.retries,
-            "fenced", (json_int_t)s.fenced), "stage stopped");
+            "fenced", (json_int_t)s.fenced, "offset_gaps", (json_int_t)s.gaps),
+            "stage stopped");
     return DP_OK;
 }
 

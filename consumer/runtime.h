@@ -30,6 +30,7 @@ typedef struct dp_runtime_stats {
     uint64_t retries;        /* record attempts that failed retryably */
     uint64_t fenced;         /* commits refused because of fencing */
     uint64_t rollbacks;
+    uint64_t gaps;           /* records that followed an offset never polled */
 } dp_runtime_stats;
 
 dp_err dp_runtime_new(const dp_config *cfg, const dp_stage *stage,

@@ -109,6 +109,33 @@ static void wait_all(int timeout_s)
     tenv_wait_scalar(&T, uq, 1, timeout_s * 1000);
 }
 
+/* Names every document of this test's user that is not complete, with its
+ * state and last error, so a failure says which one and why. */
+static void report_unfinished(void)
+{
+    char sql[700];
+    snprintf(sql, sizeof(sql), "SELECT d.filename, j.status, coalesce(j.last_error::text, '')"
+             " FROM upload_pipeline.upload_jobs j JOIN upload_pipeline.documents d"
+             " USING (document_id) WHERE j.user_id = '%s' AND j.status <> 'complete'", user);
+    PGresult *r = PQexec(T.db, sql);
+    for (int i = 0; PQresultStatus(r) == PGRES_TUPLES_OK && i < PQntuples(r); i++)
+        fprintf(stderr, "unfinished: %s %s %s\n", PQgetvalue(r, i, 0), PQgetvalue(r, i, 1),
+                PQgetvalue(r, i, 2));
+    if (PQresultStatus(r) != PGRES_TUPLES_OK)
+        fprintf(stderr, "unfinished: %s", PQerrorMessage(T.db));
+    PQclear(r);
+    /* Lost before intake, skipped by it, or still waiting in the topic? */
+    char topic[300];
+    snprintf(topic, sizeof(topic), "%suploaded", T.prefix);
+    tmsg *msgs;
+    int n = tenv_consume_all(&T, topic, &msgs, 20000);
+    tenv_free_msgs(msgs, n);
+    snprintf(sql, sizeof(sql), "SELECT coalesce(sum(next_offset), -1) FROM docpipe.dp_offsets"
+             " WHERE group_id = '%sintake' AND topic = '%s'", T.prefix, topic);
+    fprintf(stderr, "unfinished: %s holds %d uploads; intake committed up to %lld of them\n",
+            topic, n, tenv_scalar(&T, sql));
+}
+
 /* The vector stored for one chunk is the one the embedding service gives
  * for its text, element for element (as float32, what real[] keeps), and
  * its vector_sha is that of those values (dp_vector_sha256). */
@@ -187,6 +214,8 @@ Test(pipeline, test_200_mixed_documents_complete_with_expected_chunks_and_vector
     snprintf(sql, sizeof(sql), "SELECT count(*) FROM upload_pipeline.upload_jobs"
              " WHERE user_id = '%s' AND status = 'complete'", user);
     long long complete = tenv_scalar(&T, sql);
+    if (complete != 200)
+        report_unfinished();
     cr_assert_eq(complete, 200, "complete: %lld of 200", complete);
 
     /* submit prints in directory order, the same order as docs[]. */
