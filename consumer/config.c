@@ -62,6 +62,15 @@ static const dp_config_entry dp_config_table[] = {
      "How long claiming a partition waits for a previous owner's commit."},
     {"idle_txn_timeout_ms", CT_INT, F(idle_txn_timeout_ms), "300000", 1000, 86400000,
      "PostgreSQL ends a transaction left idle this long (a stalled zombie)."},
+    {"pg_plan_cache_mode", CT_STR, F(pg_plan_cache_mode), "auto", 0, 0,
+     "PostgreSQL plan_cache_mode of docpipe's sessions: auto, force_custom_plan"
+     " (every statement planned at each run: no stale plan, more CPU) or"
+     " force_generic_plan."},
+    {"pg_replan_ms", CT_INT, F(pg_replan_ms), "1000", 0, 3600000,
+     "A stage drops its session's cached plans (DISCARD PLANS) at most this"
+     " often, between batches; 0: never. A plan made while a table was nearly"
+     " empty scans the whole table per lookup (foreign-key checks included)"
+     " until the table is next analyzed; this bounds how long it is kept."},
     {"topic_partitions", CT_INT, F(topic_partitions), "4", 1, 1024,
      "Partitions of each topic created by `docpipe topics`."},
     {"demo_publish", CT_INT, F(demo_publish), "1", 0, 1,
@@ -314,6 +323,12 @@ dp_err dp_config_load(dp_config *cfg, char *err, size_t errlen)
         return dp_errf(DP_ERR_PERMANENT, err, errlen,
                        "setting offset_reset: '%s' is neither earliest nor "
                        "latest", cfg->offset_reset);
+    if (strcmp(cfg->pg_plan_cache_mode, "force_custom_plan") &&
+        strcmp(cfg->pg_plan_cache_mode, "auto") &&
+        strcmp(cfg->pg_plan_cache_mode, "force_generic_plan"))
+        return dp_errf(DP_ERR_PERMANENT, err, errlen,
+                       "setting pg_plan_cache_mode: '%s' is not force_custom_plan, auto"
+                       " or force_generic_plan", cfg->pg_plan_cache_mode);
     if (strcmp(cfg->embed_encoding, "float") && strcmp(cfg->embed_encoding, "base64"))
         return dp_errf(DP_ERR_PERMANENT, err, errlen,
                        "setting embed_encoding: '%s' is neither float nor base64",

@@ -38,6 +38,8 @@ typedef struct dp_config {
     int produce_timeout_ms;
     int lock_timeout_ms;
     int idle_txn_timeout_ms;
+    char *pg_plan_cache_mode;
+    int pg_replan_ms;
     int topic_partitions;
     int demo_publish;           /* demo stage: publish each record onward */
     char *embed_url;

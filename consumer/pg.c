@@ -9,10 +9,11 @@
 dp_err dp_pg_connect(const dp_config *cfg, const char *app, PGconn **out,
                      char *err, size_t errlen)
 {
-    char opts[256];
+    char opts[320];
     snprintf(opts, sizeof(opts),
-             "-c idle_in_transaction_session_timeout=%d -c lock_timeout=%d",
-             cfg->idle_txn_timeout_ms, cfg->lock_timeout_ms);
+             "-c idle_in_transaction_session_timeout=%d -c lock_timeout=%d"
+             " -c plan_cache_mode=%s",
+             cfg->idle_txn_timeout_ms, cfg->lock_timeout_ms, cfg->pg_plan_cache_mode);
     const char *keys[] = {"dbname", "application_name", "options", NULL};
     const char *vals[] = {cfg->database_url, app, opts, NULL};
     PGconn *conn = PQconnectdbParams(keys, vals, 1);
@@ -70,6 +71,11 @@ dp_err dp_pg_exec(PGconn *conn, const char *sql, char *err, size_t errlen)
     if (e == DP_OK)
         PQclear(res);
     return e;
+}
+
+dp_err dp_pg_replan(PGconn *conn, char *err, size_t errlen)
+{
+    return dp_pg_exec(conn, "DISCARD PLANS", err, errlen);
 }
 
 void dp_buf_append(dp_buf *b, const void *data, size_t len)

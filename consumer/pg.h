@@ -36,6 +36,11 @@ PGresult *dp_pg_execp(PGconn *conn, const char *sql, int nparams, const Oid *typ
  * connection at the same address must not inherit it). */
 void dp_pg_finish(PGconn *conn);
 
+/* Drops the session's cached plans (DISCARD PLANS): prepared statements
+ * stay, and each is planned again at its next run, for its tables' size at
+ * that moment.  Foreign-key checks' plans are dropped too. */
+dp_err dp_pg_replan(PGconn *conn, char *err, size_t errlen);
+
 /* Runs a statement with no result rows (BEGIN, COMMIT, SET ...). */
 dp_err dp_pg_exec(PGconn *conn, const char *sql, char *err, size_t errlen);
 

@@ -198,6 +198,7 @@ struct dp_runtime {
     int64_t retry_hint_ms;       /* from dp_batch_retry_after */
     int64_t t_handler, t_flush, t_commit, t_settle; /* ms spent, for debug */
     int64_t last_nudge_ms;       /* see nudge_fetcher() */
+    int64_t last_replan_ms;      /* last DISCARD PLANS (pg_replan_ms) */
     int64_t nudge_every_ms;      /* NUDGE_LAGGING_MS up to NUDGE_IDLE_MS */
     uint64_t polled;             /* records polled, ever */
     uint64_t polled_at_nudge;    /* ... at the last nudge */
@@ -1060,6 +1061,13 @@ static batch_result settle(dp_runtime *rt, size_t from, size_t to)
         rt->slots[i].rec.correlation_id = rt->slots[i].corr;
     if ((e = db_ensure(rt, err, sizeof(err))))
         goto retry;
+    /* Plans cached while the tables were small are made again now and
+     * then, for their present size (pg_replan_ms). */
+    if (rt->cfg->pg_replan_ms > 0 && mono_ms() - rt->last_replan_ms >= rt->cfg->pg_replan_ms) {
+        if ((e = dp_pg_replan(rt->db, err, sizeof(err))))
+            goto retry;
+        rt->last_replan_ms = mono_ms();
+    }
     for (;;) {
         /* A pass starts afresh: outputs of an earlier pass (rolled back)
          * and of slots already settled (acknowledged) are not needed. */

@@ -34,6 +34,7 @@ static dp_err finalize_handle(void *state, dp_batch *b, char *err, size_t errlen
         if (!go)
             continue;
         const char *params[2] = {doc, ds->cfg->embed_model};
+        /* Both buffers are reached through their document_id index. */
         PGresult *res = dp_pg_execp(db,
             "WITH p AS (INSERT INTO upload_pipeline.document_chunks (chunk_id,"
             "   document_id, chunker_name, chunker_version, chunk_ord, text,"
@@ -44,7 +45,8 @@ static dp_err finalize_handle(void *state, dp_batch *b, char *err, size_t errlen
             "   v.embed_version, v.vector, cardinality(v.vector), v.vector_sha"
             " FROM upload_pipeline.document_chunk_buffer c"
             " JOIN upload_pipeline.document_vector_buffer v USING (chunk_id)"
-            " WHERE c.document_id = $1::uuid AND v.embed_model = $2"
+            " WHERE c.document_id = $1::uuid AND v.document_id = $1::uuid"
+            "   AND v.embed_model = $2"
             " ON CONFLICT (chunk_id) DO UPDATE SET embedding = EXCLUDED.embedding,"
             "   vector_sha = EXCLUDED.vector_sha, embed_model = EXCLUDED.embed_model"
             " RETURNING 1),"

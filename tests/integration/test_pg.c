@@ -2,13 +2,15 @@
  * test_pg: dp_pg_execp prepares a statement once per connection and runs it
  * as prepared afterwards, also across a reset connection (a new server
  * process, which knows no prepared statements) and on two connections used
- * in turn by one thread.
+ * in turn by one thread; and docpipe's sessions plan each statement for its
+ * tables' current size.
  */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "config.h"
 #include "pg.h"
 
 static const char *dburl(void)
@@ -101,4 +103,78 @@ Test(pg, a_finished_connection_leaves_nothing_to_its_successor)
     cr_assert_eq(plus_one(b, 2), 3);
     cr_assert_eq(prepared_here(b), 1);
     dp_pg_finish(b);
+}
+
+static long xact_scans(PGconn *db)
+{
+    PGresult *r = PQexec(db, "SELECT pg_stat_get_xact_numscans('grow'::regclass)");
+    cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQerrorMessage(db));
+    long n = strtol(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return n;
+}
+
+/* Sequential scans of a lookup by primary key, prepared (and run 10 times)
+ * while its table held 20 rows, in its 100 runs once the table holds 50,000
+ * more; all in one transaction (no ANALYZE can intervene), on a connection
+ * made by dp_pg_connect with the given plan_cache_mode, with or without
+ * dp_pg_replan() once the table has grown. */
+static long scans_after_growth(const char *mode, int replan)
+{
+    setenv("DOCPIPE_PG_PLAN_CACHE_MODE", mode, 1);
+    dp_config cfg;
+    char err[512];
+    cr_assert_eq(dp_config_load(&cfg, err, sizeof(err)), DP_OK, "%s", err);
+    unsetenv("DOCPIPE_PG_PLAN_CACHE_MODE");
+    PGconn *db;
+    cr_assert_eq(dp_pg_connect(&cfg, "test_pg", &db, err, sizeof(err)), DP_OK, "%s", err);
+    dp_config_free(&cfg);
+    cr_assert_eq(dp_pg_exec(db, "BEGIN", err, sizeof(err)), DP_OK, "%s", err);
+    /* Analyzed while tiny: what autovacuum records of a new (or emptied)
+     * table early on. */
+    cr_assert_eq(dp_pg_exec(db, "CREATE TEMP TABLE grow (id int PRIMARY KEY, pad text);"
+                                " INSERT INTO grow SELECT -g, 'x' FROM generate_series(1, 20) g;"
+                                " ANALYZE grow", err, sizeof(err)), DP_OK, "%s", err);
+    long before = 0;
+    for (int i = 0; i < 110; i++) {
+        if (i == 10) {
+            cr_assert_eq(dp_pg_exec(db, "INSERT INTO grow SELECT g, repeat('x', 100)"
+                                        " FROM generate_series(1, 50000) g",
+                                    err, sizeof(err)), DP_OK, "%s", err);
+            if (replan)
+                cr_assert_eq(dp_pg_replan(db, err, sizeof(err)), DP_OK, "%s", err);
+            before = xact_scans(db);
+        }
+        char id[16];
+        snprintf(id, sizeof(id), "%d", i * 37 + 1);
+        const char *p[1] = {id};
+        PGresult *r = dp_pg_execp(db, "SELECT pad FROM grow WHERE id = $1::int", 1, NULL, p,
+                                  NULL, NULL, 0);
+        cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQerrorMessage(db));
+        cr_assert_eq(PQntuples(r), i < 10 ? 0 : 1);
+        PQclear(r);
+    }
+    long scans = xact_scans(db) - before;
+    cr_assert_eq(dp_pg_exec(db, "ROLLBACK", err, sizeof(err)), DP_OK, "%s", err);
+    dp_pg_finish(db);
+    return scans;
+}
+
+Test(pg, under_the_default_plan_cache_mode_the_tiny_table_plan_stays)
+{
+    long scans = scans_after_growth("auto", 0);
+    cr_assert_eq(scans, 100, "%ld sequential scans of the grown table", scans);
+}
+
+/* What a stage does between batches (pg_replan_ms). */
+Test(pg, a_replan_makes_a_tiny_table_plan_again_for_the_grown_table)
+{
+    long scans = scans_after_growth("auto", 1);
+    cr_assert_eq(scans, 0, "%ld sequential scans of the grown table", scans);
+}
+
+Test(pg, force_custom_plan_plans_for_the_grown_table_without_a_replan)
+{
+    long scans = scans_after_growth("force_custom_plan", 0);
+    cr_assert_eq(scans, 0, "%ld sequential scans of the grown table", scans);
 }

@@ -205,6 +205,10 @@ Test(pipeline, test_200_mixed_documents_complete_with_expected_chunks_and_vector
     }
     cr_assert(small >= 150 && medium >= 20 && big == 5, "sizes %d/%d/%d", small, medium, big);
 
+    static const char *seq_read = "SELECT sum(seq_tup_read) FROM pg_stat_user_tables"
+                                  " WHERE relid IN ('upload_pipeline.document_vector_buffer'::regclass,"
+                                  " 'upload_pipeline.document_chunk_buffer'::regclass)";
+    long long seq_before = tenv_scalar(&T, seq_read);
     static char ids[200][40];
     int got = submit(dir, ids, 200);
     cr_assert_eq(got, 200, "submitted %d", got);
@@ -249,8 +253,22 @@ Test(pipeline, test_200_mixed_documents_complete_with_expected_chunks_and_vector
     cr_assert_eq(tenv_scalar(&T, sql), 0, "nothing dead-lettered");
     assert_vector_is_the_services(ids[0]);
     assert_vector_is_the_services(ids[n - 1]);
-    /* Vectors are stored out of line without a compression attempt (model
-     * output does not compress; trying costs CPU), and ANALYZE skips them
+    /* The stages reach buffered chunks and vectors through indexes, their
+     * foreign-key checks included: no whole-buffer read per document or
+     * per vector (a plan cached while a buffer was nearly empty did that;
+     * see pg_plan_cache_mode).  The pipeline's backends report their
+     * counts when they exit. */
+    cr_assert_eq(tenv_stop(pipe_pid, SIGTERM, 60000), 0, "pipeline did not exit 0");
+    pipe_pid = 0;
+    usleep(1000 * 1000);
+    long long seq = tenv_scalar(&T, seq_read) - seq_before;
+    long long vectors_all = q("SELECT count(*) FROM upload_pipeline.document_vector_buffer v"
+                              " JOIN upload_pipeline.upload_jobs j USING (document_id)"
+                              " WHERE j.user_id = '%s'", user);
+    cr_assert(seq < 2 * vectors_all, "rows of the chunk and vector buffers read by"
+              " sequential scans: %lld, for %lld vectors", seq, vectors_all);
+    /* Vectors are never compressed (model output does not compress;
+     * trying costs CPU), and ANALYZE skips them
      * (element statistics of 1536 floats a row), in both tables. */
     cr_assert_eq(tenv_scalar(&T, "SELECT count(*) FROM pg_attribute WHERE attstorage = 'e'"
                                  " AND attstattarget = 0"
@@ -258,6 +276,11 @@ Test(pipeline, test_200_mixed_documents_complete_with_expected_chunks_and_vector
                                  " AND attname = 'embedding') OR (attrelid ="
                                  " 'upload_pipeline.document_vector_buffer'::regclass"
                                  " AND attname = 'vector'))"), 2);
+    /* ... and stay in the row itself when it fits in a page (0006). */
+    cr_assert_eq(tenv_scalar(&T, "SELECT count(*) FROM pg_class WHERE oid IN"
+                                 " ('upload_pipeline.document_chunks'::regclass,"
+                                 " 'upload_pipeline.document_vector_buffer'::regclass)"
+                                 " AND 'toast_tuple_target=8160' = ANY (reloptions)"), 2);
     for (int i = 0; i < n; i++)
         tdoc_free(&docs[i]);
 }
