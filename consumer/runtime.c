@@ -1298,6 +1298,51 @@ static void apply_deferrals(dp_runtime *rt)
     rd_kafka_topic_partition_list_destroy(paused);
 }
 
+/*
+ * Resumes the partitions in l, each at the offset given in l, or at the
+ * one after the last record polled from it when that is negative.
+ *
+ * librdkafka resumes a partition at the offset after the last record the
+ * application polled before the pause took effect.  Records polled (and
+ * dropped, the partition being paused on our side) between the pause call
+ * and that moment move this position past them: resumed plainly, the
+ * partition would skip them, and a later commit would pass them by.  So
+ * every resume is followed by a seek to the offset we expect next.
+ */
+static void resume_at(dp_runtime *rt, rd_kafka_topic_partition_list_t *l)
+{
+    rd_kafka_resume_partitions(rt->consumer, l);
+    rd_kafka_topic_partition_list_t *seek = rd_kafka_topic_partition_list_new(l->cnt);
+    for (int i = 0; i < l->cnt; i++) {
+        dp_part *pt = part_get(rt, l->elems[i].partition);
+        int64_t at = l->elems[i].offset >= 0 ? l->elems[i].offset
+                     : pt->next_poll >= 0   ? pt->next_poll
+                                            : pt->committed;
+        if (at >= 0) {
+            rd_kafka_topic_partition_list_add(seek, rt->stage->input_topic,
+                                              l->elems[i].partition)->offset = at;
+            pt->next_poll = at;
+        }
+    }
+    if (seek->cnt) {
+        rd_kafka_error_t *e = rd_kafka_seek_partitions(rt->consumer, seek, 5000);
+        for (int i = 0; !e && i < seek->cnt; i++)
+            if (seek->elems[i].err) {
+                dp_log(DP_LOG_WARN, NULL, "resuming partition %d at offset %" PRId64
+                       ": %s; rejoining the group", (int)seek->elems[i].partition,
+                       seek->elems[i].offset, rd_kafka_err2str(seek->elems[i].err));
+                rt->rejoin = 1;
+            }
+        if (e) {
+            dp_log(DP_LOG_WARN, NULL, "resuming partitions: %s; rejoining the group",
+                   rd_kafka_error_string(e));
+            rd_kafka_error_destroy(e);
+            rt->rejoin = 1;
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(seek);
+}
+
 static void resume_due(dp_runtime *rt)
 {
     int64_t t = mono_ms();
@@ -1306,10 +1351,11 @@ static void resume_due(dp_runtime *rt)
         if (pt->paused_until_ms < 0 && -pt->paused_until_ms <= t) {
             rd_kafka_topic_partition_list_t *l =
                 rd_kafka_topic_partition_list_new(1);
-            rd_kafka_topic_partition_list_add(l, rt->stage->input_topic, p);
-            rd_kafka_resume_partitions(rt->consumer, l);
-            rd_kafka_topic_partition_list_destroy(l);
+            rd_kafka_topic_partition_list_add(l, rt->stage->input_topic, p)->offset =
+                pt->retry_offset >= 0 ? pt->retry_offset : -1;
             pt->paused_until_ms = 0;
+            resume_at(rt, l);
+            rd_kafka_topic_partition_list_destroy(l);
         }
     }
 }
@@ -1360,7 +1406,16 @@ static void process_batch(dp_runtime *rt, volatile sig_atomic_t *stop)
                 rd_kafka_message_destroy(m); /* paused: stale prefetch */
         }
         if (l) {
-            rd_kafka_resume_partitions(rt->consumer, l);
+            /* Each after its last record polled; those waiting for a
+             * record's retry stay paused (resume_due resumes them). */
+            rd_kafka_topic_partition_list_t *r = rd_kafka_topic_partition_list_new(l->cnt);
+            for (int i = 0; i < l->cnt; i++)
+                if (!part_get(rt, l->elems[i].partition)->paused_until_ms)
+                    rd_kafka_topic_partition_list_add(r, rt->stage->input_topic,
+                                                      l->elems[i].partition)->offset = -1;
+            if (r->cnt)
+                resume_at(rt, r);
+            rd_kafka_topic_partition_list_destroy(r);
             rd_kafka_topic_partition_list_destroy(l);
         }
         if (rt->nslots != before)
