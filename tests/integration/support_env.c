@@ -53,8 +53,21 @@ void tenv_setup(tenv *t, const char *name)
                  "docpipe topics failed (is Kafka up at %s?)", t->brokers);
 }
 
+/* Long-running children (stages, pipelines) still running when a test
+ * ends, by a failed assertion for instance, are killed by tenv_teardown:
+ * a later test never shares the machine with them. */
+static pid_t running[64];
+static int nrunning;
+
 void tenv_teardown(tenv *t)
 {
+    while (nrunning > 0) {
+        pid_t pid = running[--nrunning];
+        if (waitpid(pid, NULL, WNOHANG) == 0) { /* ours and still running */
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+        }
+    }
     /* A test's topics go with it, so repeated runs do not pile up
      * partitions in the broker. */
     if (t->prefix[0]) {
@@ -125,11 +138,25 @@ int tenv_docpipe(tenv *t, const char *const *args, const char *const *env)
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
+static pid_t keep_running(pid_t pid)
+{
+    if (pid > 0 && nrunning < (int)(sizeof(running) / sizeof(running[0])))
+        running[nrunning++] = pid;
+    return pid;
+}
+
+static void forget_running(pid_t pid)
+{
+    for (int i = 0; i < nrunning; i++)
+        if (running[i] == pid)
+            running[i--] = running[--nrunning];
+}
+
 pid_t tenv_spawn_stage(tenv *t, const char *stage, const char *logfile,
                        const char *const *env)
 {
     const char *args[] = {"run", stage, NULL};
-    return spawn(t, args, env, logfile, NULL);
+    return keep_running(spawn(t, args, env, logfile, NULL));
 }
 
 int tenv_docpipe_out(tenv *t, const char *const *args, const char *const *env,
@@ -144,11 +171,12 @@ int tenv_docpipe_out(tenv *t, const char *const *args, const char *const *env,
 pid_t tenv_spawn(tenv *t, const char *const *args, const char *logfile,
                  const char *const *env)
 {
-    return spawn(t, args, env, logfile, NULL);
+    return keep_running(spawn(t, args, env, logfile, NULL));
 }
 
 int tenv_stop(pid_t pid, int sig, int timeout_ms)
 {
+    forget_running(pid);
     kill(pid, sig);
     long long until = mono_ms() + timeout_ms;
     int st;
