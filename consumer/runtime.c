@@ -1063,10 +1063,11 @@ static batch_result settle(dp_runtime *rt, size_t from, size_t to)
         goto retry;
     /* Plans cached while the tables were small are made again now and
      * then, for their present size (pg_replan_ms). */
-    if (rt->cfg->pg_replan_ms > 0 && mono_ms() - rt->last_replan_ms >= rt->cfg->pg_replan_ms) {
+    int64_t now = mono_ms();
+    if (rt->cfg->pg_replan_ms > 0 && now - rt->last_replan_ms >= rt->cfg->pg_replan_ms) {
         if ((e = dp_pg_replan(rt->db, err, sizeof(err))))
             goto retry;
-        rt->last_replan_ms = mono_ms();
+        rt->last_replan_ms = now;
     }
     for (;;) {
         /* A pass starts afresh: outputs of an earlier pass (rolled back)
@@ -1298,6 +1299,17 @@ static void apply_deferrals(dp_runtime *rt)
     rd_kafka_topic_partition_list_destroy(paused);
 }
 
+/* The partitions assigned and running (not waiting for a record's retry),
+ * each with the given offset. */
+static rd_kafka_topic_partition_list_t *running_partitions(dp_runtime *rt, int64_t offset)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(rt->nparts);
+    for (int p = 0; p < rt->nparts; p++)
+        if (rt->parts[p].assigned && !rt->parts[p].paused_until_ms)
+            rd_kafka_topic_partition_list_add(l, rt->stage->input_topic, p)->offset = offset;
+    return l;
+}
+
 /*
  * Resumes the partitions in l, each at the offset given in l, or at the
  * one after the last record polled from it when that is negative.
@@ -1318,7 +1330,7 @@ static void resume_at(dp_runtime *rt, rd_kafka_topic_partition_list_t *l)
         int64_t at = l->elems[i].offset >= 0 ? l->elems[i].offset
                      : pt->next_poll >= 0   ? pt->next_poll
                                             : pt->committed;
-        if (at >= 0) {
+        if (pt->assigned && at >= 0) {
             rd_kafka_topic_partition_list_add(seek, rt->stage->input_topic,
                                               l->elems[i].partition)->offset = at;
             pt->next_poll = at;
@@ -1394,10 +1406,10 @@ static void process_batch(dp_runtime *rt, volatile sig_atomic_t *stop)
         if (rt->retry_hint_ms > delay)
             delay = rt->retry_hint_ms;
         rt->retry_hint_ms = 0;
-        rd_kafka_topic_partition_list_t *l = NULL;
-        rd_kafka_assignment(rt->consumer, &l);
-        if (l)
-            rd_kafka_pause_partitions(rt->consumer, l);
+        /* Those waiting for a record's retry stay as they are (resume_due
+         * resumes them); the others resume after their last record polled. */
+        rd_kafka_topic_partition_list_t *l = running_partitions(rt, -1);
+        rd_kafka_pause_partitions(rt->consumer, l);
         int64_t until = mono_ms() + delay;
         size_t before = rt->nslots;
         while (mono_ms() < until && !*stop && rt->nslots == before) {
@@ -1405,21 +1417,12 @@ static void process_batch(dp_runtime *rt, volatile sig_atomic_t *stop)
             if (m)
                 rd_kafka_message_destroy(m); /* paused: stale prefetch */
         }
-        if (l) {
-            /* Each after its last record polled; those waiting for a
-             * record's retry stay paused (resume_due resumes them). */
-            rd_kafka_topic_partition_list_t *r = rd_kafka_topic_partition_list_new(l->cnt);
-            for (int i = 0; i < l->cnt; i++)
-                if (!part_get(rt, l->elems[i].partition)->paused_until_ms)
-                    rd_kafka_topic_partition_list_add(r, rt->stage->input_topic,
-                                                      l->elems[i].partition)->offset = -1;
-            if (r->cnt)
-                resume_at(rt, r);
-            rd_kafka_topic_partition_list_destroy(r);
+        if (rt->nslots != before) {
             rd_kafka_topic_partition_list_destroy(l);
+            return; /* a revocation dropped the batch (and the partitions) */
         }
-        if (rt->nslots != before)
-            return; /* a revocation dropped the batch */
+        resume_at(rt, l);
+        rd_kafka_topic_partition_list_destroy(l);
     }
     apply_deferrals(rt);
     batch_clear(rt);
@@ -1460,18 +1463,6 @@ static void rejoin_group(dp_runtime *rt)
  * last marker is never delivered) doubles the interval up to the idle one.
  */
 
-/* The partitions a nudge asks about: those assigned and running, each at
- * "latest" (the high watermark). */
-static rd_kafka_topic_partition_list_t *watermark_query(dp_runtime *rt)
-{
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(rt->nparts);
-    for (int p = 0; p < rt->nparts; p++)
-        if (rt->parts[p].assigned && !rt->parts[p].paused_until_ms)
-            rd_kafka_topic_partition_list_add(l, rt->stage->input_topic, p)->offset =
-                RD_KAFKA_OFFSET_END;
-    return l;
-}
-
 static void nudge_fetcher(dp_runtime *rt)
 {
     int64_t t = mono_ms();
@@ -1480,7 +1471,7 @@ static void nudge_fetcher(dp_runtime *rt)
     rt->last_nudge_ms = t;
     int fruitless = rt->polled == rt->polled_at_nudge;
     rt->polled_at_nudge = rt->polled;
-    rd_kafka_topic_partition_list_t *l = watermark_query(rt);
+    rd_kafka_topic_partition_list_t *l = running_partitions(rt, RD_KAFKA_OFFSET_END);
     int lagging = 0;
     /* One ListOffsets per leader, sent in parallel. */
     if (l->cnt && rd_kafka_offsets_for_times(rt->consumer, l, NUDGE_WAIT_MS) ==
@@ -1535,7 +1526,7 @@ static void nudge_early(dp_runtime *rt)
         return;
     pthread_mutex_lock(&rt->nudge_mu);
     if (!rt->nudge_req && !rt->nudge_busy) {
-        rd_kafka_topic_partition_list_t *l = watermark_query(rt);
+        rd_kafka_topic_partition_list_t *l = running_partitions(rt, RD_KAFKA_OFFSET_END);
         if (l->cnt) {
             rt->nudge_req = l;
             pthread_cond_signal(&rt->nudge_cv);
@@ -1649,13 +1640,13 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
                 pt->first_seen = m->offset;
             /* Offsets are dense in topics written without transactions (and
              * not compacted): a jump means a record was never polled. */
-            int64_t want = pt->next_poll >= 0 ? pt->next_poll : pt->committed;
-            if (want >= 0 && m->offset > want) {
+            int64_t expect = pt->next_poll >= 0 ? pt->next_poll : pt->committed;
+            if (expect >= 0 && m->offset > expect) {
                 rt->stats.gaps++;
                 dp_log_ctx gc = {rt->stage->name, NULL, rt->stage->input_topic,
                                  m->partition, m->offset};
                 dp_log(DP_LOG_DEBUG, &gc, "offsets %" PRId64 "..%" PRId64
-                       " were never polled", want, m->offset - 1);
+                       " were never polled", expect, m->offset - 1);
             }
             pt->next_poll = m->offset + 1;
             if (!pt->assigned || pt->paused_until_ms) {
