@@ -25,6 +25,7 @@
 #include "log.h"
 #include "migrate.h"
 #include "pg.h"
+#include "publish.h"
 #include "runtime.h"
 #include "stages.h"
 #include "topics.h"
@@ -261,8 +262,8 @@ static int cmd_demo_produce(const dp_config *cfg, int argc, char **argv)
         rd_kafka_conf_destroy(conf);
         return 1;
     }
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, kerr, sizeof(kerr));
-    if (!rk) {
+    dp_publisher *pub = dp_publisher_new(conf, kerr, sizeof(kerr));
+    if (!pub) {
         fprintf(stderr, "docpipe demo-produce: %s\n", kerr);
         return 1;
     }
@@ -281,25 +282,21 @@ static int cmd_demo_produce(const dp_config *cfg, int argc, char **argv)
             rc = 1;
             break;
         }
-        rd_kafka_resp_err_t ke;
-        while ((ke = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic),
-                    RD_KAFKA_V_KEY(key ? key : id, strlen(key ? key : id)),
-                    RD_KAFKA_V_VALUE(buf, len),
-                    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
-                    RD_KAFKA_V_END)) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
-            rd_kafka_poll(rk, 10);
-        if (ke) {
-            free(buf);
-            fprintf(stderr, "docpipe demo-produce: %s\n", rd_kafka_err2str(ke));
+        const char *k = key ? key : id;
+        if (dp_publisher_send(pub, topic, k, strlen(k), buf, len, NULL, NULL, err,
+                              sizeof(err))) {
+            fprintf(stderr, "docpipe demo-produce: %s\n", err);
             rc = 1;
             break;
         }
     }
-    if (rd_kafka_flush(rk, 60000) != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        fprintf(stderr, "docpipe demo-produce: not every record was acknowledged\n");
+    uint64_t lost = dp_publisher_finish(pub, 60000, 5, err, sizeof(err));
+    if (lost) {
+        fprintf(stderr, "docpipe demo-produce: %" PRIu64 " record(s) not delivered: %s\n",
+                lost, err);
         rc = 1;
     }
-    rd_kafka_destroy(rk);
+    dp_publisher_free(pub);
     if (rc == 0)
         printf("%ld record(s) published to %s\n", n, topic);
     free(topic);
