@@ -2,8 +2,12 @@
  * embed (stage 6): calls the embedding service for each batch and stores
  * the vectors.
  *
- * In: <prefix>embed-batches (EmbedBatch).  All batches of one Kafka batch
- * are sent at once (libcurl multi, embed_inflight requests in flight); each
+ * In: <prefix>embed-batches (EmbedBatch).  A Kafka batch holds up to 256
+ * of them, four times the requests in flight (embed_inflight, libcurl
+ * multi): a request leaves as soon as a slot frees, so the service's latency
+ * overlaps the storing of earlier answers, and a batch's chunk texts are
+ * read only when its request is about to leave (prepare_job), so only the
+ * batches in flight hold theirs.  Each
  * batch's vectors go to document_vector_buffer as soon as its answer arrives
  * (with vector_sha: sha256 of the Python float.hex() strings, as the
  * original), and once all are answered a BatchEmbedded per batch goes to
@@ -147,6 +151,50 @@ typedef struct store_ctx {
     size_t errlen;
 } store_ctx;
 
+/* Reads one job's chunk texts just before its request goes out. */
+static int prepare_job(dp_embed_job *job, void *arg)
+{
+    store_ctx *x = arg;
+    size_t k = (size_t)(job - x->jobs);
+    embed_item *it = &x->items[k];
+    avro_value_t *m = dp_docstage_msg(x->b, it->rec);
+    const char *doc = dp_msg_str(m, "document_id");
+    char first[16], cnt[16];
+    snprintf(first, sizeof(first), "%lld", (long long)dp_msg_long(m, "first_ord"));
+    snprintf(cnt, sizeof(cnt), "%zu", job->n);
+    if (x->e != DP_OK) {
+        /* The pass already failed (the database): send nothing more. */
+        job->result = DP_ERR_RETRYABLE;
+        snprintf(job->error, sizeof(job->error), "%s", x->err);
+        return -1;
+    }
+    const char *params[3] = {doc, first, cnt};
+    PGresult *res = dp_pg_execp(x->db,
+        "SELECT chunk_id, text FROM upload_pipeline.document_chunk_buffer"
+        " WHERE document_id = $1::uuid AND chunk_ord >= $2::int"
+        "   AND chunk_ord < $2::int + $3::int ORDER BY chunk_ord",
+        3, NULL, params, NULL, NULL, 0);
+    if ((x->e = dp_pg_check(x->db, res, PGRES_TUPLES_OK, "read chunk texts", x->err,
+                            x->errlen))) {
+        job->result = DP_ERR_RETRYABLE;
+        snprintf(job->error, sizeof(job->error), "%s", x->err);
+        return -1;
+    }
+    if (PQntuples(res) != (int)job->n) {
+        job->result = DP_ERR_PERMANENT;
+        snprintf(job->error, sizeof(job->error), "batch names %s chunks from %s, %d found",
+                 cnt, first, PQntuples(res));
+        PQclear(res);
+        return -1;
+    }
+    it->chunks = res;
+    it->texts = malloc(job->n * sizeof(char *));
+    for (int r = 0; r < PQntuples(res); r++)
+        it->texts[r] = PQgetvalue(res, r, 1);
+    job->texts = it->texts;
+    return 0;
+}
+
 static void store_done(dp_embed_job *job, void *arg)
 {
     store_ctx *x = arg;
@@ -165,6 +213,10 @@ static void store_done(dp_embed_job *job, void *arg)
     free(job->shas);
     job->vectors = NULL;
     job->shas = NULL;
+    /* Its texts were sent and its chunk ids stored: a batch larger than the
+     * requests in flight holds the texts only of those still to answer. */
+    PQclear(x->items[k].chunks);
+    x->items[k].chunks = NULL;
 }
 
 static dp_err embed_handle(void *state, dp_batch *b, char *err, size_t errlen)
@@ -182,38 +234,20 @@ static dp_err embed_handle(void *state, dp_batch *b, char *err, size_t errlen)
     for (size_t i = 0; i < count; i++) {
         avro_value_t *m = dp_docstage_msg(b, i);
         const char *doc = dp_msg_str(m, "document_id");
-        char first[16], cnt[16];
         int go;
         if ((e = dp_doc_ready(b, i, doc, embed_from, &go, err, errlen)))
             goto out;
         if (!go)
             continue;
-        snprintf(first, sizeof(first), "%lld", (long long)dp_msg_long(m, "first_ord"));
-        snprintf(cnt, sizeof(cnt), "%lld", (long long)dp_msg_long(m, "count"));
-        const char *params[3] = {doc, first, cnt};
-        PGresult *res = dp_pg_execp(db,
-            "SELECT chunk_id, text FROM upload_pipeline.document_chunk_buffer"
-            " WHERE document_id = $1::uuid AND chunk_ord >= $2::int"
-            "   AND chunk_ord < $2::int + $3::int ORDER BY chunk_ord",
-            3, NULL, params, NULL, NULL, 0);
-        if ((e = dp_pg_check(db, res, PGRES_TUPLES_OK, "read chunk texts", err,
-                             errlen)))
-            goto out;
-        if (PQntuples(res) != (int)dp_msg_long(m, "count") || PQntuples(res) == 0) {
-            dp_batch_fail(b, i, DP_ERR_PERMANENT,
-                          "embed %s: batch names %s chunks from %s, %d found",
-                          doc, cnt, first, PQntuples(res));
-            PQclear(res);
+        long long count_in = dp_msg_long(m, "count");
+        if (count_in <= 0) {
+            dp_batch_fail(b, i, DP_ERR_PERMANENT, "embed %s: batch names %lld chunks",
+                          doc, count_in);
             continue;
         }
-        embed_item *it = &items[n];
-        it->rec = i;
-        it->chunks = res;
-        it->texts = malloc((size_t)PQntuples(res) * sizeof(char *));
-        for (int r = 0; r < PQntuples(res); r++)
-            it->texts[r] = PQgetvalue(res, r, 1);
-        jobs[n].texts = it->texts;
-        jobs[n].n = (size_t)PQntuples(res);
+        /* The texts are read by prepare_job, when the request is sent. */
+        items[n].rec = i;
+        jobs[n].n = (size_t)count_in;
         n++;
     }
     if (n == 0)
@@ -222,7 +256,7 @@ static dp_err embed_handle(void *state, dp_batch *b, char *err, size_t errlen)
     dp_breaker *br = dp_embed_client_breaker(st->client);
     x = (store_ctx){db, ds, b, items, jobs, DP_OK, 0, err, errlen};
     t_sent = dp_clock_mono_ms(NULL);
-    dp_err run = dp_embed_run_each(st->client, jobs, n, store_done, &x);
+    dp_err run = dp_embed_run_hooks(st->client, jobs, n, prepare_job, store_done, &x);
     t_answered = dp_clock_mono_ms(NULL);
     if ((e = x.e))
         goto out;
@@ -231,6 +265,8 @@ static dp_err embed_handle(void *state, dp_batch *b, char *err, size_t errlen)
      * run: only then is a retryable failure the record's own. */
     int answered = 0, failed = 0;
     for (size_t k = 0; k < n; k++) {
+        if (!items[k].texts && jobs[k].result == DP_ERR_PERMANENT)
+            continue; /* its chunks were missing: nothing was asked */
         failed |= jobs[k].result == DP_ERR_RETRYABLE;
         answered |= jobs[k].result != DP_ERR_RETRYABLE;
     }
@@ -300,7 +336,7 @@ dp_err dp_embed_open(const dp_config *cfg, dp_stage *stage, char *err,
         return e;
     }
     dp_docstage_spec spec = {"embed", "embed-batches", "EmbedBatch", "embedded",
-                             "failed_embedding", 64, embed_handle};
+                             "failed_embedding", 256, embed_handle};
     e = dp_docstage_init(cfg, &spec, st, stage, err, errlen);
     if (e) {
         dp_embed_client_free(st->client);

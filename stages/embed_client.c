@@ -54,6 +54,7 @@ struct dp_embed_client {
     const char *encoding;   /* "float" or "base64" */
     int dim;
     int inflight;
+    int msgs_left;           /* finished transfers not yet read from multi */
     long timeout_ms;
     struct curl_slist *headers;
     CURLM *multi;
@@ -730,6 +731,13 @@ dp_err dp_embed_run(dp_embed_client *c, dp_embed_job *jobs, size_t njobs)
 dp_err dp_embed_run_each(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
                          dp_embed_done_fn done, void *arg)
 {
+    return dp_embed_run_hooks(c, jobs, njobs, NULL, done, arg);
+}
+
+dp_err dp_embed_run_hooks(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
+                          dp_embed_prepare_fn prepare, dp_embed_done_fn done,
+                          void *arg)
+{
     pthread_mutex_lock(&c->run_mu);
     for (size_t i = 0; i < njobs; i++) {
         jobs[i].vectors = NULL;
@@ -741,6 +749,7 @@ dp_err dp_embed_run_each(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
         jobs[i].error[0] = '\0';
     }
 
+    c->msgs_left = 0;
     size_t next = 0;        /* first job not started */
     int running = 0;
     int probe_out = 0;      /* our half-open probe is in flight */
@@ -760,6 +769,10 @@ dp_err dp_embed_run_each(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
             if (dp_breaker_state_now(c->breaker) == DP_BREAKER_OPEN) {
                 cut = 1;
                 break;
+            }
+            if (!pending && prepare && prepare(job, arg) != 0) {
+                next++; /* failed on its own; prepare set why */
+                continue;
             }
             if (!pending && !(pending = request_body(c, job, &pending_len))) {
                 next++; /* failed on its own */
@@ -790,11 +803,17 @@ dp_err dp_embed_run_each(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
         int timeout = 1000;
         if (wait_ms >= 0 && wait_ms < timeout)
             timeout = (int)wait_ms;
-        curl_multi_poll(c->multi, NULL, 0, timeout, NULL);
+        /* Answers still queued from the last read are handled first, one
+         * at a time: each frees a slot that is refilled at once, so the
+         * requests stay spread out instead of leaving and coming back in
+         * waves. */
+        if (!c->msgs_left)
+            curl_multi_poll(c->multi, NULL, 0, timeout, NULL);
         int still = 0;
         curl_multi_perform(c->multi, &still);
         CURLMsg *msg;
         int left = 0;
+        c->msgs_left = 0;
         while ((msg = curl_multi_info_read(c->multi, &left))) {
             if (msg->msg != CURLMSG_DONE)
                 continue;
@@ -810,6 +829,10 @@ dp_err dp_embed_run_each(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
             running--;
             if (done && job->result == DP_OK)
                 done(job, arg);
+            if (left > 0 && next < njobs) {
+                c->msgs_left = left;
+                break;
+            }
         }
         if ((running > 0 || next < njobs) &&
             dp_breaker_state_now(c->breaker) == DP_BREAKER_OPEN)

@@ -103,6 +103,16 @@ typedef void (*dp_embed_done_fn)(dp_embed_job *job, void *arg);
 dp_err dp_embed_run_each(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
                          dp_embed_done_fn done, void *arg);
 
+/* dp_embed_run_each, also calling prepare(job, arg) just before a job's
+ * request is built: it fills job->texts (job->n is already the count), so a
+ * caller with many jobs holds the texts only of those in flight.  A prepare
+ * that fails sets job->result and job->error itself and returns non-zero;
+ * that job is not sent. */
+typedef int (*dp_embed_prepare_fn)(dp_embed_job *job, void *arg);
+dp_err dp_embed_run_hooks(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
+                          dp_embed_prepare_fn prepare, dp_embed_done_fn done,
+                          void *arg);
+
 /* What the client makes of a 2xx reply body for job (its vectors, shas and
  * result, as after a request).  Used for every reply; callable on its own
  * for replies kept elsewhere, and by the tests. */

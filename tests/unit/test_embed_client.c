@@ -931,3 +931,64 @@ Test(embed_client, base64_replies_read_alike_cut_out_escaped_or_beside_a_decoy)
     dp_embed_client_free(c2);
     dp_embed_client_free(c);
 }
+
+/* dp_embed_run_hooks: prepare() fills a job's texts only when a request slot
+ * is free for it, so no more jobs hold their texts than requests are in
+ * flight; a job whose prepare fails keeps prepare's verdict and is not sent. */
+typedef struct lazy_jobs {
+    int prepared, done, outstanding, max_outstanding;
+} lazy_jobs;
+
+static const char *const lazy_text[] = {"lazy text"};
+
+static int lazy_prepare(dp_embed_job *job, void *arg)
+{
+    lazy_jobs *s = arg;
+    s->prepared++;
+    if (s->prepared == 6) {
+        job->result = DP_ERR_PERMANENT;
+        snprintf(job->error, sizeof(job->error), "its chunks are missing");
+        return -1;
+    }
+    job->texts = lazy_text;
+    if (++s->outstanding > s->max_outstanding)
+        s->max_outstanding = s->outstanding;
+    return 0;
+}
+
+static void lazy_done(dp_embed_job *job, void *arg)
+{
+    lazy_jobs *s = arg;
+    s->done++;
+    s->outstanding--;
+    job->texts = NULL;   /* what the stage does: its texts are released */
+    free(job->vectors);
+    free(job->shas);
+    job->vectors = NULL;
+    job->shas = NULL;
+}
+
+Test(embed_client, run_hooks_prepares_each_job_only_when_a_request_slot_is_free)
+{
+    const char *slow[] = {"--latency-ms", "150", NULL};
+    server_start(slow);
+    dp_config cfg = cfg_for(base_url, 1536, 2);
+    dp_embed_client *c = client_for(&cfg);
+    dp_embed_job jobs[8];
+    for (int i = 0; i < 8; i++)
+        jobs[i] = job_of(NULL, 1);   /* a count, no texts yet */
+    lazy_jobs s = {0};
+    cr_assert_eq(dp_embed_run_hooks(c, jobs, 8, lazy_prepare, lazy_done, &s), DP_OK);
+    cr_assert_eq(s.prepared, 8);
+    cr_assert_eq(s.done, 7);
+    cr_assert_leq(s.max_outstanding, 2, "%d jobs held texts at once, 2 in flight",
+                  s.max_outstanding);
+    cr_assert_eq(jobs[5].result, DP_ERR_PERMANENT);
+    cr_assert_str_eq(jobs[5].error, "its chunks are missing");
+    for (int i = 0; i < 8; i++)
+        if (i != 5)
+            cr_assert_eq(jobs[i].result, DP_OK, "job %d", i);
+    cr_assert_eq(server_requests(), 7, "the failed job was not sent");
+    dp_embed_client_free(c);
+    server_stop();
+}
