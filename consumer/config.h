@@ -51,6 +51,7 @@ typedef struct dp_config {
     int embed_rpm;
     int embed_tpm;
     int embed_timeout_ms;
+    int embed_buffer_kb;
     char *tika_url;
     int tika_timeout_ms;
     int breaker_threshold;

@@ -2,12 +2,13 @@
  * embed (stage 6): calls the embedding service for each batch and stores
  * the vectors.
  *
- * In: <prefix>embed-batches (EmbedBatch).  A Kafka batch holds up to 256
- * of them, four times the requests in flight (embed_inflight, libcurl
+ * In: <prefix>embed-batches (EmbedBatch).  A Kafka batch holds up to 512
+ * of them, several times the requests in flight (embed_inflight, libcurl
  * multi): a request leaves as soon as a slot frees, so the service's latency
  * overlaps the storing of earlier answers, and a batch's chunk texts are
  * read only when its request is about to leave (prepare_job), so only the
- * batches in flight hold theirs.  Each
+ * batches in flight hold theirs (and embed_buffer_kb bounds the replies
+ * held).  Each
  * batch's vectors go to document_vector_buffer as soon as its answer arrives
  * (with vector_sha: sha256 of the Python float.hex() strings, as the
  * original), and once all are answered a BatchEmbedded per batch goes to
@@ -336,7 +337,7 @@ dp_err dp_embed_open(const dp_config *cfg, dp_stage *stage, char *err,
         return e;
     }
     dp_docstage_spec spec = {"embed", "embed-batches", "EmbedBatch", "embedded",
-                             "failed_embedding", 256, embed_handle};
+                             "failed_embedding", 512, embed_handle};
     e = dp_docstage_init(cfg, &spec, st, stage, err, errlen);
     if (e) {
         dp_embed_client_free(st->client);

@@ -34,6 +34,8 @@ struct buf {
     char *p;
     size_t len, cap, max;
     int over;   /* the reply outgrew max: the transfer was stopped */
+    dp_embed_client *client; /* a slot's reply: counted in client->buffered */
+    int paused;  /* waiting, unread, for room under client->buffer_max */
 };
 
 struct slot {
@@ -55,6 +57,10 @@ struct dp_embed_client {
     int dim;
     int inflight;
     int msgs_left;           /* finished transfers not yet read from multi */
+    size_t buffered;         /* reply bytes held by the slots (their capacity) */
+    size_t buffered_peak;
+    size_t buffer_max;       /* embed_buffer_kb */
+    int npaused;             /* replies paused until there is room */
     long timeout_ms;
     struct curl_slist *headers;
     CURLM *multi;
@@ -96,6 +102,7 @@ dp_err dp_embed_client_new(const dp_config *cfg, dp_embed_client **out, char *er
     c->dim = cfg->embed_dim;
     c->inflight = cfg->embed_inflight > 0 ? cfg->embed_inflight : 1;
     c->timeout_ms = cfg->embed_timeout_ms > 0 ? cfg->embed_timeout_ms : 60000;
+    c->buffer_max = (size_t)(cfg->embed_buffer_kb > 0 ? cfg->embed_buffer_kb : 4096) * 1024;
 
     const char *url = cfg->embed_url;
     size_t ulen = strlen(url);
@@ -186,6 +193,23 @@ void dp_embed_client_stats(dp_embed_client *c, dp_embed_stats *out)
     pthread_mutex_lock(&c->stats_mu);
     *out = c->stats;
     pthread_mutex_unlock(&c->stats_mu);
+    out->reply_bytes_peak = (int64_t)c->buffered_peak; /* the run's thread's */
+}
+
+/* Resumes the replies paused for lack of room; each is paused again at
+ * once by collect() if there is still none. */
+static void resume_paused(dp_embed_client *c)
+{
+    if (!c->npaused || (c->buffered && c->buffered >= c->buffer_max))
+        return;
+    for (int i = 0; i < c->inflight; i++) {
+        struct slot *s = &c->slots[i];
+        if (s->job && s->resp.paused) {
+            s->resp.paused = 0;
+            c->npaused--;
+            curl_easy_pause(s->easy, CURLPAUSE_CONT);
+        }
+    }
 }
 
 /* ------------------------------------------------------------------------
@@ -209,6 +233,23 @@ static size_t collect(char *data, size_t size, size_t n, void *arg)
         b->over = 1;
         return 0; /* CURLE_WRITE_ERROR */
     }
+    dp_embed_client *c = b->client;
+    if (c && !b->cap) {
+        /* A reply starts: it is read only if the replies already held
+         * leave room for it (or nothing is held: one always proceeds).
+         * Otherwise it waits in the socket, paused, and is resumed once
+         * earlier replies are stored and freed (resume_paused). */
+        curl_off_t announced = -1;
+        curl_easy_getinfo(b->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &announced);
+        size_t need = announced > 0 ? (size_t)announced : add;
+        if (c->buffered && c->buffered + need > c->buffer_max) {
+            if (!b->paused) {
+                b->paused = 1;
+                c->npaused++;
+            }
+            return CURL_WRITEFUNC_PAUSE;
+        }
+    }
     if (b->len + add + 1 > b->cap) {
         /* The first piece: room for the announced length at once, so a
          * reply of hundreds of kilobytes is neither copied while it grows
@@ -224,6 +265,11 @@ static size_t collect(char *data, size_t size, size_t n, void *arg)
         char *p = realloc(b->p, cap);
         if (!p)
             return 0;
+        if (c) {
+            c->buffered += cap - b->cap;
+            if (c->buffered > c->buffered_peak)
+                c->buffered_peak = c->buffered;
+        }
         b->p = p;
         b->cap = cap;
     }
@@ -275,6 +321,7 @@ static CURL *slot_easy(dp_embed_client *c, struct slot *s)
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, collect);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, &s->resp);
     s->resp.easy = e;
+    s->resp.client = c;
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, s->curl_err);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, c->timeout_ms);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, c->timeout_ms < 10000 ? c->timeout_ms : 10000L);
@@ -338,6 +385,13 @@ static void slot_release(struct slot *s)
     s->is_probe = 0;
     free(s->req);
     s->req = NULL;
+    dp_embed_client *c = s->resp.client;
+    if (c) {
+        c->buffered -= s->resp.cap;
+        if (s->resp.paused)
+            c->npaused--;
+        s->resp.paused = 0;
+    }
     /* A reply can be megabytes: keep no slot's capacity between runs. */
     free(s->resp.p);
     s->resp.p = NULL;
@@ -834,6 +888,7 @@ dp_err dp_embed_run_hooks(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
                 break;
             }
         }
+        resume_paused(c);
         if ((running > 0 || next < njobs) &&
             dp_breaker_state_now(c->breaker) == DP_BREAKER_OPEN)
             cut = 1;

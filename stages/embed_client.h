@@ -125,6 +125,8 @@ typedef struct dp_embed_stats {
     int64_t connects;     /* new connections opened (the rest reused one) */
     int64_t ok, retryable, permanent; /* outcomes of the requests sent */
     int64_t refused;      /* jobs refused or abandoned by an open breaker */
+    int64_t reply_bytes_peak; /* most reply bytes held at once (embed_buffer_kb
+                                 bounds it, past one reply) */
 } dp_embed_stats;
 void dp_embed_client_stats(dp_embed_client *c, dp_embed_stats *out);
 

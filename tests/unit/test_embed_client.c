@@ -992,3 +992,39 @@ Test(embed_client, run_hooks_prepares_each_job_only_when_a_request_slot_is_free)
     dp_embed_client_free(c);
     server_stop();
 }
+
+/* embed_buffer_kb bounds the reply bytes held at once: replies that arrive
+ * together beyond it wait, unread, and are read once earlier ones are
+ * freed; every job still succeeds. */
+static int64_t peak_with_buffer(int buffer_kb)
+{
+    dp_config cfg = cfg_for(base_url, 1536, 6);
+    cfg.embed_buffer_kb = buffer_kb;
+    dp_embed_client *c = client_for(&cfg);
+    static const char *const ten[] = {"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"};
+    dp_embed_job jobs[12];
+    for (int i = 0; i < 12; i++)
+        jobs[i] = job_of(ten, 10);
+    run_all_ok(c, jobs, 12);
+    for (int i = 0; i < 12; i++)
+        cr_assert_eq(jobs[i].dim, 1536);
+    jobs_free(jobs, 12);
+    dp_embed_stats st;
+    dp_embed_client_stats(c, &st);
+    cr_assert_eq(st.ok, 12);
+    dp_embed_client_free(c);
+    return st.reply_bytes_peak;
+}
+
+Test(embed_client, reply_memory_is_bounded_by_embed_buffer_kb)
+{
+    const char *slow[] = {"--latency-ms", "100", NULL};  /* six replies arrive together */
+    server_start(slow);
+    int64_t unbounded = peak_with_buffer(65536);
+    int64_t bounded = peak_with_buffer(64);   /* less than one reply */
+    cr_assert_gt(bounded, 0);
+    cr_assert_leq(bounded * 3, unbounded,
+                  "peak reply bytes %lld with a 64 KB bound, %lld without",
+                  (long long)bounded, (long long)unbounded);
+    server_stop();
+}
