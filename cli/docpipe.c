@@ -253,13 +253,9 @@ static int cmd_demo_produce(const dp_config *cfg, int argc, char **argv)
         }
     }
     char err[1024], kerr[512];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    rd_kafka_conf_set(conf, "bootstrap.servers", cfg->brokers, kerr, sizeof(kerr));
-    rd_kafka_conf_set(conf, "enable.idempotence", "true", kerr, sizeof(kerr));
-    rd_kafka_conf_set(conf, "linger.ms", "20", kerr, sizeof(kerr));
-    if (dp_config_apply_kafka(cfg, conf, 1, err, sizeof(err))) {
+    rd_kafka_conf_t *conf = dp_publisher_conf(cfg, "20", NULL, err, sizeof(err));
+    if (!conf) {
         fprintf(stderr, "docpipe demo-produce: %s\n", err);
-        rd_kafka_conf_destroy(conf);
         return 1;
     }
     dp_publisher *pub = dp_publisher_new(conf, kerr, sizeof(kerr));

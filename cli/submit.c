@@ -197,14 +197,10 @@ int dp_cmd_submit(const dp_config *cfg, int argc, char **argv)
         fprintf(stderr, "docpipe submit: %s\n", err);
         return 1;
     }
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    rd_kafka_conf_set(conf, "bootstrap.servers", cfg->brokers, kerr, sizeof(kerr));
-    rd_kafka_conf_set(conf, "enable.idempotence", "true", kerr, sizeof(kerr));
-    rd_kafka_conf_set(conf, "partitioner", "murmur2_random", kerr, sizeof(kerr));
-    rd_kafka_conf_set(conf, "linger.ms", "10", kerr, sizeof(kerr));
-    if (dp_config_apply_kafka(cfg, conf, 1, err, sizeof(err))) {
+    rd_kafka_conf_t *conf = dp_publisher_conf(cfg, "10", "murmur2_random", err,
+                                              sizeof(err));
+    if (!conf) {
         fprintf(stderr, "docpipe submit: %s\n", err);
-        rd_kafka_conf_destroy(conf);
         dp_msgcodec_free(s.codec);
         return 1;
     }

@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config.h"
+
 typedef struct pub_item {
     struct pub_item *next;
     char *topic;
@@ -50,6 +52,28 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
         snprintf(p->last_error, sizeof(p->last_error), "%s", rd_kafka_err2str(m->err));
         item_free(it);
     }
+}
+
+rd_kafka_conf_t *dp_publisher_conf(const dp_config *cfg, const char *linger_ms,
+                                   const char *partitioner, char *err, size_t errlen)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    const char *set[][2] = {{"bootstrap.servers", cfg->brokers},
+                            {"enable.idempotence", "true"},
+                            {"linger.ms", linger_ms},
+                            {"partitioner", partitioner}};
+    for (size_t i = 0; i < sizeof(set) / sizeof(set[0]); i++) {
+        if (set[i][1] && rd_kafka_conf_set(conf, set[i][0], set[i][1], err, errlen) !=
+                             RD_KAFKA_CONF_OK) {
+            rd_kafka_conf_destroy(conf);
+            return NULL;
+        }
+    }
+    if (dp_config_apply_kafka(cfg, conf, 1, err, errlen)) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    return conf;
 }
 
 dp_publisher *dp_publisher_new(rd_kafka_conf_t *conf, char *err, size_t errlen)

@@ -32,6 +32,14 @@ static inline int dp_delivery_confirmed(const rd_kafka_message_t *m)
 
 typedef struct dp_publisher dp_publisher;
 
+struct dp_config;
+
+/* The one-shot publishers' producer settings: cfg's brokers, idempotence,
+ * linger_ms, the partitioner when not NULL, then cfg's Kafka pass-through.
+ * NULL with err set when a setting is refused. */
+rd_kafka_conf_t *dp_publisher_conf(const struct dp_config *cfg, const char *linger_ms,
+                                   const char *partitioner, char *err, size_t errlen);
+
 typedef struct dp_publish_stats {
     uint64_t sent;        /* records handed to send() */
     uint64_t confirmed;   /* delivered with an offset */

@@ -159,16 +159,16 @@ static int prepare_job(dp_embed_job *job, void *arg)
     size_t k = (size_t)(job - x->jobs);
     embed_item *it = &x->items[k];
     avro_value_t *m = dp_docstage_msg(x->b, it->rec);
-    const char *doc = dp_msg_str(m, "document_id");
-    char first[16], cnt[16];
-    snprintf(first, sizeof(first), "%lld", (long long)dp_msg_long(m, "first_ord"));
-    snprintf(cnt, sizeof(cnt), "%zu", job->n);
     if (x->e != DP_OK) {
         /* The pass already failed (the database): send nothing more. */
         job->result = DP_ERR_RETRYABLE;
         snprintf(job->error, sizeof(job->error), "%s", x->err);
         return -1;
     }
+    const char *doc = dp_msg_str(m, "document_id");
+    char first[16], cnt[16];
+    snprintf(first, sizeof(first), "%lld", (long long)dp_msg_long(m, "first_ord"));
+    snprintf(cnt, sizeof(cnt), "%zu", job->n);
     const char *params[3] = {doc, first, cnt};
     PGresult *res = dp_pg_execp(x->db,
         "SELECT chunk_id, text FROM upload_pipeline.document_chunk_buffer"

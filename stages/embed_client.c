@@ -56,7 +56,6 @@ struct dp_embed_client {
     const char *encoding;   /* "float" or "base64" */
     int dim;
     int inflight;
-    int msgs_left;           /* finished transfers not yet read from multi */
     size_t buffered;         /* reply bytes held by the slots (their capacity) */
     size_t buffered_peak;
     size_t buffer_max;       /* embed_buffer_kb */
@@ -803,7 +802,7 @@ dp_err dp_embed_run_hooks(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
         jobs[i].error[0] = '\0';
     }
 
-    c->msgs_left = 0;
+    int msgs_left = 0;      /* finished transfers not yet read from multi */
     size_t next = 0;        /* first job not started */
     int running = 0;
     int probe_out = 0;      /* our half-open probe is in flight */
@@ -861,13 +860,13 @@ dp_err dp_embed_run_hooks(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
          * at a time: each frees a slot that is refilled at once, so the
          * requests stay spread out instead of leaving and coming back in
          * waves. */
-        if (!c->msgs_left)
+        if (!msgs_left)
             curl_multi_poll(c->multi, NULL, 0, timeout, NULL);
         int still = 0;
         curl_multi_perform(c->multi, &still);
         CURLMsg *msg;
         int left = 0;
-        c->msgs_left = 0;
+        msgs_left = 0;
         while ((msg = curl_multi_info_read(c->multi, &left))) {
             if (msg->msg != CURLMSG_DONE)
                 continue;
@@ -884,7 +883,7 @@ dp_err dp_embed_run_hooks(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
             if (done && job->result == DP_OK)
                 done(job, arg);
             if (left > 0 && next < njobs) {
-                c->msgs_left = left;
+                msgs_left = left;
                 break;
             }
         }
