@@ -92,7 +92,7 @@ static dp_err chunk_handle(void *state, dp_batch *b, char *err, size_t errlen)
         const char *corr = dp_msg_str(m, "correlation_id");
         char why[768];
         int go;
-        dp_err e = dp_doc_ready(b, i, doc, chunk_from, &go, err, errlen);
+        dp_err e = dp_docstage_ready(ds, b, i, doc, chunk_from, &go, err, errlen);
         if (e)
             return e;
         if (!go)
@@ -125,8 +125,8 @@ static dp_err chunk_handle(void *state, dp_batch *b, char *err, size_t errlen)
                  PQntuples(res) ? PQgetvalue(res, 0, 0) : DP_CHUNKER_DEFAULT_VERSION);
         PQclear(res);
         int moved, written = 0;
-        e = dp_doc_transition(db, doc, chunk_from, "chunking", "chunk",
-                              "CHUNKING_STARTED", corr, NULL, &moved, err, errlen);
+        e = dp_docstage_transition(ds, b, doc, chunk_from, "chunking",
+                                   "CHUNKING_STARTED", corr, NULL, &moved, err, errlen);
         if (e == DP_OK)
             e = store_chunks(db, cb, doc, version, &list, &written, err, errlen);
         char progress[160];
@@ -134,9 +134,9 @@ static dp_err chunk_handle(void *state, dp_batch *b, char *err, size_t errlen)
                  "{\"chunks_total\": %zu, \"chunks_done\": %zu, \"chunks_written\": %d}",
                  list.count, list.count, written);
         if (e == DP_OK)
-            e = dp_doc_transition(db, doc, chunking, "chunks_stored", "chunk",
-                                  "CHUNKS_STORED", corr, progress, &moved, err,
-                                  errlen);
+            e = dp_docstage_transition(ds, b, doc, chunking, "chunks_stored",
+                                       "CHUNKS_STORED", corr, progress, &moved,
+                                       err, errlen);
         size_t count = list.count;
         dp_chunk_list_free(&list);
         if (e)

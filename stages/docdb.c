@@ -13,47 +13,6 @@
 #include "ids.h"
 #include "pg.h"
 
-dp_err dp_doc_transition(PGconn *db, const char *document_id,
-                         const char *const *from, const char *to,
-                         const char *stage, const char *code,
-                         const char *correlation_id, const char *progress_json,
-                         int *moved, char *err, size_t errlen)
-{
-    dp_buf states = {0};
-    dp_buf_append(&states, "{", 1);
-    for (int i = 0; from[i]; i++)
-        dp_buf_appendf(&states, "%s%s", i ? "," : "", from[i]);
-    dp_buf_append(&states, "}", 1);
-    const char *params[7] = {document_id, states.data, to, stage, code,
-                             correlation_id, progress_json};
-    PGresult *res = dp_pg_execp(db,
-        "WITH old AS (SELECT job_id, status FROM upload_pipeline.upload_jobs"
-        "              WHERE document_id = $1::uuid FOR UPDATE),"
-        " moved AS (UPDATE upload_pipeline.upload_jobs j"
-        "   SET status = $3, updated_at = now(),"
-        "       progress = j.progress || coalesce($7::jsonb, '{}'::jsonb),"
-        "       processing_started_at = coalesce(j.processing_started_at, now())"
-        "   FROM old WHERE j.job_id = old.job_id AND old.status = ANY($2::text[])"
-        "   RETURNING j.job_id, old.status AS from_status),"
-        " doc AS (UPDATE upload_pipeline.documents SET processing_status = $3,"
-        "   updated_at = now() WHERE document_id = $1::uuid"
-        "   AND EXISTS (SELECT 1 FROM moved))"
-        " INSERT INTO upload_pipeline.events (job_id, document_id, type,"
-        "   severity, code, stage, from_status, to_status, correlation_id)"
-        " SELECT job_id, $1::uuid, CASE WHEN $3 = 'complete' THEN 'finalized'"
-        "   ELSE 'stage_done' END, 'info', $5, $4, from_status,"
-        "   $3, nullif($6, '')::uuid FROM moved",
-        7, NULL, params, NULL, NULL, 0);
-    dp_buf_free(&states);
-    dp_err e = dp_pg_check(db, res, PGRES_COMMAND_OK, "state transition", err,
-                           errlen);
-    if (e)
-        return e;
-    *moved = atoi(PQcmdTuples(res)) > 0;
-    PQclear(res);
-    return DP_OK;
-}
-
 dp_err dp_doc_fail(PGconn *db, const char *document_id, const char *failed_state,
                    const char *stage, dp_err category, const char *error,
                    const char *correlation_id, char *err, size_t errlen)
@@ -213,22 +172,6 @@ dp_err dp_storage_get(const char *dir, const char *path, size_t max_bytes,
     return DP_OK;
 }
 
-dp_err dp_doc_status(PGconn *db, const char *document_id, char status[32],
-                     char *err, size_t errlen)
-{
-    const char *params[1] = {document_id};
-    PGresult *res = dp_pg_execp(db,
-        "SELECT status FROM upload_pipeline.upload_jobs"
-        " WHERE document_id = $1::uuid FOR UPDATE", 1, NULL, params, NULL, NULL, 0);
-    dp_err e = dp_pg_check(db, res, PGRES_TUPLES_OK, "read job status", err,
-                           errlen);
-    if (e)
-        return e;
-    snprintf(status, 32, "%s", PQntuples(res) ? PQgetvalue(res, 0, 0) : "");
-    PQclear(res);
-    return DP_OK;
-}
-
 int dp_status_in(const char *status, const char *const *states)
 {
     for (int i = 0; states[i]; i++)
@@ -250,19 +193,11 @@ static int state_rank(const char *status)
     return *status ? 100 : -1; /* failed_*: terminal; "": no job yet */
 }
 
-dp_err dp_doc_ready(dp_batch *b, size_t i, const char *document_id,
-                    const char *const *accepted, int *go, char *err,
-                    size_t errlen)
+int dp_doc_accept(dp_batch *b, size_t i, const char *document_id,
+                  const char *status, const char *const *accepted)
 {
-    char status[32];
-    *go = 0;
-    dp_err e = dp_doc_status(dp_batch_db(b), document_id, status, err, errlen);
-    if (e)
-        return e;
-    if (dp_status_in(status, accepted)) {
-        *go = 1;
-        return DP_OK;
-    }
+    if (dp_status_in(status, accepted))
+        return 1;
     int lowest = 100;
     for (int k = 0; accepted[k]; k++) {
         int r = state_rank(accepted[k]);
@@ -273,5 +208,37 @@ dp_err dp_doc_ready(dp_batch *b, size_t i, const char *document_id,
         dp_batch_defer(b, i, 500, "document %s is still '%s': waiting for the"
                        " upstream stage's commit", document_id,
                        *status ? status : "unknown");
-    return DP_OK;
+    return 0;
+}
+
+dp_err dp_doc_transitions_apply(PGconn *db, const char *jobs_json,
+                                const char *moves_json, char *err, size_t errlen)
+{
+    const char *params[2] = {jobs_json, moves_json};
+    PGresult *res = dp_pg_execp(db,
+        "WITH u AS (UPDATE upload_pipeline.upload_jobs j"
+        "   SET status = t.status, updated_at = now(),"
+        "       progress = j.progress || t.progress,"
+        "       processing_started_at = coalesce(j.processing_started_at, now())"
+        "   FROM jsonb_to_recordset($1::jsonb) AS t(job uuid, status text,"
+        "     progress jsonb)"
+        "   WHERE j.job_id = t.job),"
+        " d AS (UPDATE upload_pipeline.documents SET processing_status = t.status,"
+        "   updated_at = now()"
+        "   FROM jsonb_to_recordset($1::jsonb) AS t(doc uuid, status text)"
+        "   WHERE document_id = t.doc)"
+        " INSERT INTO upload_pipeline.events (job_id, document_id, type,"
+        "   severity, code, stage, from_status, to_status, correlation_id)"
+        " SELECT m.job, m.doc, CASE WHEN m.to_s = 'complete' THEN 'finalized'"
+        "   ELSE 'stage_done' END, 'info', m.code, m.stage, m.from_s, m.to_s,"
+        "   nullif(m.corr, '')::uuid"
+        " FROM jsonb_to_recordset($2::jsonb) AS m(n int, job uuid, doc uuid,"
+        "   from_s text, to_s text, stage text, code text, corr text)"
+        " ORDER BY m.n",
+        2, NULL, params, NULL, NULL, 0);
+    dp_err e = dp_pg_check(db, res, PGRES_COMMAND_OK, "state transitions", err,
+                           errlen);
+    if (e == DP_OK)
+        PQclear(res);
+    return e;
 }

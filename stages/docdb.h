@@ -5,8 +5,8 @@
  * own output state and writes the matching row into upload_pipeline.events
  * (with the correlation id), in the batch's transaction.  A record whose
  * document is not in an accepted state (a replay of a document that moved
- * on, a duplicate upload) changes nothing: dp_doc_transition reports
- * moved = 0 and the stage skips the record's effects and outputs.
+ * on, a duplicate upload) changes nothing: dp_docstage_transition
+ * reports moved = 0 and the stage skips the record's effects and outputs.
  *
  * Storage: raw files and parsed texts are content-addressed files under the
  * storage_dir setting, referred to as storage://raw/<sha256> and
@@ -24,16 +24,6 @@
 
 #define DP_STORAGE_PATH_SIZE 128
 
-/* Moves the job of document_id from any state in `from` (NULL-terminated)
- * to `to`, merging progress_json (may be NULL) into its progress, and logs
- * a stage_done event with code.  job_id_out (may be NULL, 37 bytes)
- * receives the job id when moved. */
-dp_err dp_doc_transition(PGconn *db, const char *document_id,
-                         const char *const *from, const char *to,
-                         const char *stage, const char *code,
-                         const char *correlation_id, const char *progress_json,
-                         int *moved, char *err, size_t errlen);
-
 /* Marks the job failed (unless it is already complete or failed), with
  * last_error {error, error_type, failed_at, correlation_id} and an error
  * event.  Used from a stage's dead_letter hook. */
@@ -47,20 +37,26 @@ dp_err dp_doc_dead_letter(const char *stage, const char *failed_state,
                           PGconn *db, const dp_record *rec, dp_err category,
                           const char *error, char *err, size_t errlen);
 
-/* The job status of document_id ("" if there is no job). */
-dp_err dp_doc_status(PGconn *db, const char *document_id, char status[32],
-                     char *err, size_t errlen);
+/* Whether status is one of states (NULL-terminated). */
 int dp_status_in(const char *status, const char *const *states);
 
-/* Locks the job row (waiting for an upstream commit in progress) and says
- * whether record i may be handled: *go = 1 if the status is accepted.  A
- * status behind the accepted ones means the upstream stage published before
- * committing and has not committed (yet): the record is deferred, without
- * spending its retry budget.  A status past them (a replay, a failed
- * document) means skip. */
-dp_err dp_doc_ready(dp_batch *b, size_t i, const char *document_id,
-                    const char *const *accepted, int *go, char *err,
-                    size_t errlen);
+/* Whether record i, whose document's job is in `status` ("" if none), may
+ * be handled (1) under `accepted` (NULL-terminated).  A status behind the
+ * accepted ones means the upstream stage published before committing and
+ * has not committed (yet): the record is deferred, without spending its
+ * retry budget.  A status past them (a replay, a failed document) means
+ * skip (0).  Stages reach this through dp_docstage_ready. */
+int dp_doc_accept(dp_batch *b, size_t i, const char *document_id,
+                  const char *status, const char *const *accepted);
+
+/* Applies a batch's transitions in one statement.  jobs_json: a JSON array
+ * of {job, doc, status, progress}, one per job, with its final status and
+ * the progress of all its moves merged in order; moves_json: a JSON array
+ * of {n, job, doc, from_s, to_s, stage, code, corr}, one event each,
+ * written in the order of n.  The caller holds the job rows locked and
+ * knows their statuses (see dp_docstage_transition). */
+dp_err dp_doc_transitions_apply(PGconn *db, const char *jobs_json,
+                                const char *moves_json, char *err, size_t errlen);
 
 /* Stores data content-addressed under <dir>/<kind>/<sha256>; writes the
  * storage:// path and the sha256 hex (both may be NULL). */

@@ -1,12 +1,232 @@
 /* docstage: shared wiring of the document stages (see docstage.h). */
 #include "docstage.h"
 
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "docdb.h"
+#include "ids.h"
+#include "pg.h"
 #include "stages.h"
+
+/* One document of the handler pass: its job as read (and locked), then as
+ * the pass's moves left it. */
+typedef struct ds_doc {
+    char id[DP_UUID_STR_SIZE];
+    char job[DP_UUID_STR_SIZE];
+    char status[32];          /* "": no job */
+    json_t *progress;         /* merged progress of its moves, or NULL */
+    int unread;               /* its job not read yet */
+    int moved;                /* has moves to write */
+} ds_doc;
+
+static int doc_cmp(const void *a, const void *b)
+{
+    return strcmp(((const ds_doc *)a)->id, ((const ds_doc *)b)->id);
+}
+
+static void docs_reset(dp_docstage *ds)
+{
+    for (size_t k = 0; k < ds->ndocs; k++)
+        json_decref(ds->docs[k].progress);
+    ds->ndocs = 0;
+    ds->docs_loaded = 0;
+    ds->docs_sorted = 1;
+    json_decref(ds->moves);
+    ds->moves = NULL;
+}
+
+static ds_doc *doc_add(dp_docstage *ds, const char *id)
+{
+    if (ds->ndocs == ds->docs_cap) {
+        ds->docs_cap = ds->docs_cap ? 2 * ds->docs_cap : 64;
+        ds->docs = realloc(ds->docs, ds->docs_cap * sizeof(*ds->docs));
+    }
+    ds_doc *d = &ds->docs[ds->ndocs++];
+    memset(d, 0, sizeof(*d));
+    snprintf(d->id, sizeof(d->id), "%s", id);
+    d->unread = 1;
+    ds->docs_sorted = 0;
+    return d;
+}
+
+static ds_doc *doc_find(dp_docstage *ds, const char *id)
+{
+    if (!ds->docs_sorted) {
+        qsort(ds->docs, ds->ndocs, sizeof(*ds->docs), doc_cmp);
+        ds->docs_sorted = 1;
+    }
+    ds_doc key;
+    snprintf(key.id, sizeof(key.id), "%s", id);
+    return bsearch(&key, ds->docs, ds->ndocs, sizeof(*ds->docs), doc_cmp);
+}
+
+/* Reads and locks the jobs of the documents not read yet, in one
+ * statement, in document id order (the order every stage locks in). */
+static dp_err docs_load(dp_docstage *ds, PGconn *db, char *err, size_t errlen)
+{
+    dp_buf ids = {0};
+    dp_buf_append(&ids, "{", 1);
+    for (size_t k = 0; k < ds->ndocs; k++) {
+        if (ds->docs[k].unread)
+            dp_buf_appendf(&ids, "%s%s", ids.len > 1 ? "," : "", ds->docs[k].id);
+        ds->docs[k].unread = 0;
+    }
+    dp_buf_append(&ids, "}", 1);
+    if (ids.len == 2) {
+        dp_buf_free(&ids);
+        return DP_OK;
+    }
+    const char *params[1] = {ids.data};
+    PGresult *res = dp_pg_execp(db,
+        "SELECT document_id, job_id, status FROM upload_pipeline.upload_jobs"
+        " WHERE document_id = ANY ($1::uuid[]) ORDER BY document_id FOR UPDATE",
+        1, NULL, params, NULL, NULL, 0);
+    dp_buf_free(&ids);
+    dp_err e = dp_pg_check(db, res, PGRES_TUPLES_OK, "read job states", err,
+                           errlen);
+    if (e)
+        return e;
+    for (int r = 0; r < PQntuples(res); r++) {
+        ds_doc *d = doc_find(ds, PQgetvalue(res, r, 0));
+        if (!d)
+            continue;
+        snprintf(d->job, sizeof(d->job), "%s", PQgetvalue(res, r, 1));
+        snprintf(d->status, sizeof(d->status), "%s", PQgetvalue(res, r, 2));
+    }
+    PQclear(res);
+    return DP_OK;
+}
+
+/* The view of document_id, read first if it is new to the pass. */
+static dp_err doc_get(dp_docstage *ds, dp_batch *b, const char *document_id,
+                      ds_doc **out, char *err, size_t errlen)
+{
+    ds_doc *d = doc_find(ds, document_id);
+    if (!d || d->unread) {
+        if (!d)
+            doc_add(ds, document_id);
+        dp_err e = docs_load(ds, dp_batch_db(b), err, errlen);
+        if (e)
+            return e;
+        d = doc_find(ds, document_id);
+    }
+    *out = d;
+    return DP_OK;
+}
+
+dp_err dp_docstage_ready(dp_docstage *ds, dp_batch *b, size_t i,
+                         const char *document_id, const char *const *accepted,
+                         int *go, char *err, size_t errlen)
+{
+    *go = 0;
+    if (!ds->docs_loaded) {
+        /* The first question of the pass reads the whole batch's jobs. */
+        for (size_t k = 0; k < dp_batch_count(b); k++) {
+            const char *id = dp_msg_str(dp_docstage_msg(b, k), "document_id");
+            if (!doc_find(ds, id))
+                doc_add(ds, id);
+        }
+        ds->docs_loaded = 1;
+    }
+    ds_doc *d;
+    dp_err e = doc_get(ds, b, document_id, &d, err, errlen);
+    if (e)
+        return e;
+    *go = dp_doc_accept(b, i, document_id, d->status, accepted);
+    return DP_OK;
+}
+
+void dp_docstage_adopt(dp_docstage *ds, const char *document_id,
+                       const char *job_id, const char *status)
+{
+    ds_doc *d = doc_find(ds, document_id);
+    if (!d)
+        d = doc_add(ds, document_id);
+    snprintf(d->job, sizeof(d->job), "%s", job_id);
+    snprintf(d->status, sizeof(d->status), "%s", status);
+    d->unread = 0;
+}
+
+dp_err dp_docstage_transition(dp_docstage *ds, dp_batch *b,
+                              const char *document_id, const char *const *from,
+                              const char *to, const char *code,
+                              const char *correlation_id,
+                              const char *progress_json, int *moved, char *err,
+                              size_t errlen)
+{
+    ds_doc *d;
+    dp_err e = doc_get(ds, b, document_id, &d, err, errlen);
+    if (e)
+        return e;
+    *moved = *d->job && dp_status_in(d->status, from);
+    if (!*moved)
+        return DP_OK;
+    if (progress_json) {
+        json_error_t je;
+        json_t *p = json_loads(progress_json, 0, &je);
+        if (!json_is_object(p)) {
+            json_decref(p);
+            return dp_errf(DP_ERR_PERMANENT, err, errlen,
+                           "progress of %s is not a JSON object: %s", document_id,
+                           progress_json);
+        }
+        if (!d->progress)
+            d->progress = p;
+        else {
+            json_object_update(d->progress, p);
+            json_decref(p);
+        }
+    }
+    if (!ds->moves)
+        ds->moves = json_array();
+    json_array_append_new(ds->moves, json_pack("{s:I,s:s,s:s,s:s,s:s,s:s,s:s,s:s}",
+        "n", (json_int_t)json_array_size(ds->moves), "job", d->job, "doc", d->id,
+        "from_s", d->status, "to_s", to, "stage", ds->name, "code", code,
+        "corr", correlation_id ? correlation_id : ""));
+    snprintf(d->status, sizeof(d->status), "%s", to);
+    d->moved = 1;
+    return DP_OK;
+}
+
+/* Writes the pass's moves (dp_doc_transitions_apply). */
+static dp_err moves_write(dp_docstage *ds, PGconn *db, char *err, size_t errlen)
+{
+    if (!ds->moves)
+        return DP_OK;
+    json_t *jobs = json_array();
+    for (size_t k = 0; k < ds->ndocs; k++) {
+        ds_doc *d = &ds->docs[k];
+        if (!d->moved)
+            continue;
+        json_array_append_new(jobs, json_pack("{s:s,s:s,s:s,s:o}", "job", d->job,
+            "doc", d->id, "status", d->status, "progress",
+            d->progress ? json_incref(d->progress) : json_object()));
+    }
+    char *j = json_dumps(jobs, JSON_COMPACT);
+    char *m = json_dumps(ds->moves, JSON_COMPACT);
+    json_decref(jobs);
+    dp_err e = j && m ? dp_doc_transitions_apply(db, j, m, err, errlen)
+                      : dp_errf(DP_ERR_PERMANENT, err, errlen,
+                                "encoding the state transitions failed");
+    free(j);
+    free(m);
+    return e;
+}
+
+/* A handler pass of the stage, between a fresh view and its writes. */
+static dp_err ds_handle(void *state, dp_batch *b, char *err, size_t errlen)
+{
+    dp_docstage *ds = state;
+    docs_reset(ds);
+    dp_err e = ds->handle(ds, b, err, errlen);
+    if (e == DP_OK)
+        e = moves_write(ds, dp_batch_db(b), err, errlen);
+    docs_reset(ds);
+    return e;
+}
 
 static dp_err ds_decode(void *state, const void *value, size_t len, void **out,
                         char *err, size_t errlen)
@@ -64,7 +284,9 @@ dp_err dp_docstage_init(const dp_config *cfg, const dp_docstage_spec *spec,
     stage->state = ds;
     stage->decode = ds_decode;
     stage->free_decoded = ds_free_decoded;
-    stage->handle = spec->handle;
+    ds->handle = spec->handle;
+    ds->docs_sorted = 1;
+    stage->handle = ds_handle;
     stage->dead_letter = ds_dead_letter;
     return DP_OK;
 }
@@ -75,6 +297,8 @@ void *dp_docstage_close(dp_stage *stage)
     if (!ds)
         return NULL;
     void *impl = ds->impl;
+    docs_reset(ds);
+    free(ds->docs);
     dp_msgcodec_free(ds->codec);
     free(ds->in_topic);
     free(ds->out_topic);

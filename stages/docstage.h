@@ -24,6 +24,13 @@ typedef struct dp_docstage {
     char *in_topic, *out_topic, *dlq_topic;
     const char *outputs[2];
     void *impl;                  /* the stage's own state */
+    dp_err (*handle)(void *state, dp_batch *batch, char *err, size_t errlen);
+    /* The documents of the handler pass under way (see
+     * dp_docstage_ready) and its transitions not yet written. */
+    struct ds_doc *docs;
+    size_t ndocs, docs_cap;
+    int docs_loaded, docs_sorted;
+    struct json_t *moves;
 } dp_docstage;
 
 typedef struct dp_docstage_spec {
@@ -44,6 +51,43 @@ void *dp_docstage_close(dp_stage *stage);
 
 /* The decoded Avro value of record i. */
 avro_value_t *dp_docstage_msg(dp_batch *b, size_t i);
+
+/*
+ * Job states, a batch at a time.  A stage's handler asks, per record,
+ * whether the document's job is in a state the stage accepts
+ * (dp_docstage_ready), and moves it on (dp_docstage_transition).  The
+ * first question of a handler pass reads and locks the jobs of every
+ * document in the batch, in one statement, in document id order (which
+ * also waits for an upstream commit still in progress); the answers and
+ * the moves come from that view.  The moves are written together, one
+ * statement for the batch, when the handler returns: each job its last
+ * state, each move its event, in order.  The rows stay locked until the
+ * batch commits, so the view stays true.
+ */
+
+/* *go = 1 if record i (of document_id) may be handled; see dp_doc_accept
+ * for the records deferred or skipped. */
+dp_err dp_docstage_ready(dp_docstage *ds, dp_batch *b, size_t i,
+                         const char *document_id, const char *const *accepted,
+                         int *go, char *err, size_t errlen);
+
+/* Moves the job of document_id from any state in `from` (NULL-terminated)
+ * to `to`, merging progress_json (a JSON object, may be NULL) into its
+ * progress, with a stage_done event (finalized for complete) of code and
+ * the correlation id.  *moved = 0 (nothing changes) if the job is not in
+ * one of `from`: a replay of a document that moved on, a duplicate
+ * upload.  A document not read by dp_docstage_ready is read (and locked)
+ * first. */
+dp_err dp_docstage_transition(dp_docstage *ds, dp_batch *b,
+                              const char *document_id, const char *const *from,
+                              const char *to, const char *code,
+                              const char *correlation_id,
+                              const char *progress_json, int *moved, char *err,
+                              size_t errlen);
+
+/* Tells the view that this pass created document_id's job, in status. */
+void dp_docstage_adopt(dp_docstage *ds, const char *document_id,
+                       const char *job_id, const char *status);
 
 /* Encodes a message of schema and emits it for record i on topic, keyed by
  * document_id.  An encoding failure fails record i permanently. */

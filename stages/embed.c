@@ -236,7 +236,7 @@ static dp_err embed_handle(void *state, dp_batch *b, char *err, size_t errlen)
         avro_value_t *m = dp_docstage_msg(b, i);
         const char *doc = dp_msg_str(m, "document_id");
         int go;
-        if ((e = dp_doc_ready(b, i, doc, embed_from, &go, err, errlen)))
+        if ((e = dp_docstage_ready(ds, b, i, doc, embed_from, &go, err, errlen)))
             goto out;
         if (!go)
             continue;
@@ -303,9 +303,9 @@ static dp_err embed_handle(void *state, dp_batch *b, char *err, size_t errlen)
         }
         int batch_index = (int)dp_msg_long(m, "batch_index");
         int moved;
-        if ((e = dp_doc_transition(db, doc, embed_from, "embedding_in_progress",
-                                   "embed", "EMBED_BATCH_STORED", corr, NULL,
-                                   &moved, err, errlen)))
+        if ((e = dp_docstage_transition(ds, b, doc, embed_from, "embedding_in_progress",
+                                        "EMBED_BATCH_STORED", corr, NULL,
+                                        &moved, err, errlen)))
             goto out;
         dp_field f[] = {DP_FS("document_id", doc),
                         DP_FS("job_id", dp_msg_str(m, "job_id")),

@@ -30,7 +30,7 @@ static dp_err plan_handle(void *state, dp_batch *b, char *err, size_t errlen)
         const char *corr = dp_msg_str(m, "correlation_id");
         const char *version = dp_msg_str(m, "chunker_version");
         int go;
-        dp_err e = dp_doc_ready(b, i, doc, plan_from, &go, err, errlen);
+        dp_err e = dp_docstage_ready(ds, b, i, doc, plan_from, &go, err, errlen);
         if (e)
             return e;
         if (!go)
@@ -76,9 +76,9 @@ static dp_err plan_handle(void *state, dp_batch *b, char *err, size_t errlen)
         }
         PQclear(res);
         int moved;
-        e = dp_doc_transition(db, doc, plan_from, "embedding_queued",
-                              "embed-plan", "EMBEDDING_QUEUED", corr, progress,
-                              &moved, err, errlen);
+        e = dp_docstage_transition(ds, b, doc, plan_from, "embedding_queued",
+                                   "EMBEDDING_QUEUED", corr, progress,
+                                   &moved, err, errlen);
         size_t start = 0;
         for (size_t k = 0; e == DP_OK && k < nb; k++) {
             dp_field f[] = {DP_FS("document_id", doc),

@@ -28,7 +28,7 @@ static dp_err finalize_handle(void *state, dp_batch *b, char *err, size_t errlen
         const char *doc = dp_msg_str(m, "document_id");
         const char *corr = dp_msg_str(m, "correlation_id");
         int go;
-        dp_err e = dp_doc_ready(b, i, doc, finalize_from, &go, err, errlen);
+        dp_err e = dp_docstage_ready(ds, b, i, doc, finalize_from, &go, err, errlen);
         if (e)
             return e;
         if (!go)
@@ -62,9 +62,9 @@ static dp_err finalize_handle(void *state, dp_batch *b, char *err, size_t errlen
         char progress[64];
         snprintf(progress, sizeof(progress), "{\"chunks_final\": %ld}", chunks);
         int moved;
-        if ((e = dp_doc_transition(db, doc, finalize_from, "complete", "finalize",
-                                   "JOB_COMPLETED", corr, progress, &moved, err,
-                                   errlen)))
+        if ((e = dp_docstage_transition(ds, b, doc, finalize_from, "complete",
+                                        "JOB_COMPLETED", corr, progress, &moved,
+                                        err, errlen)))
             return e;
         struct timeval tv;
         gettimeofday(&tv, NULL);

@@ -31,7 +31,7 @@ static dp_err gather_handle(void *state, dp_batch *b, char *err, size_t errlen)
         const char *corr = dp_msg_str(m, "correlation_id");
         char bi[16], nv[16];
         int go;
-        dp_err e = dp_doc_ready(b, i, doc, gather_from, &go, err, errlen);
+        dp_err e = dp_docstage_ready(ds, b, i, doc, gather_from, &go, err, errlen);
         if (e)
             return e;
         if (!go)
@@ -72,9 +72,9 @@ static dp_err gather_handle(void *state, dp_batch *b, char *err, size_t errlen)
             continue;
         }
         int moved;
-        if ((e = dp_doc_transition(db, doc, gather_from, "embeddings_stored",
-                                   "gather", "EMBEDDINGS_STORED", corr, progress,
-                                   &moved, err, errlen)))
+        if ((e = dp_docstage_transition(ds, b, doc, gather_from, "embeddings_stored",
+                                        "EMBEDDINGS_STORED", corr, progress,
+                                        &moved, err, errlen)))
             return e;
         if (!moved)
             continue;

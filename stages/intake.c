@@ -124,12 +124,13 @@ static dp_err intake_handle(void *state, dp_batch *b, char *err, size_t errlen)
             continue; /* duplicate (user, sha256) or a redelivery */
         const char *from[] = {"uploaded", NULL};
         const char *corr = dp_msg_str(m, "correlation_id");
-        e = dp_doc_transition(db, doc, from, "parse_queued", "intake",
-                              "PARSE_QUEUED", corr, NULL, &moved, err, errlen);
-        if (e)
-            return e;
         char job[DP_UUID_STR_SIZE];
         dp_job_id(doc, job);
+        dp_docstage_adopt(ds, doc, job, "uploaded");
+        e = dp_docstage_transition(ds, b, doc, from, "parse_queued", "PARSE_QUEUED",
+                                   corr, NULL, &moved, err, errlen);
+        if (e)
+            return e;
         dp_field f[] = {DP_FS("document_id", doc), DP_FS("job_id", job),
                         DP_FS("raw_path", dp_msg_str(m, "raw_path")),
                         DP_FS("mime", dp_msg_str(m, "mime")),

@@ -37,7 +37,7 @@ static dp_err parse_handle(void *state, dp_batch *b, char *err, size_t errlen)
         const char *doc = dp_msg_str(m, "document_id");
         const char *mime = dp_msg_str(m, "mime");
         int go;
-        dp_err e = dp_doc_ready(b, i, doc, parse_from, &go, err, errlen);
+        dp_err e = dp_docstage_ready(ds, b, i, doc, parse_from, &go, err, errlen);
         if (e)
             return e;
         if (!go)
@@ -86,9 +86,9 @@ static dp_err parse_handle(void *state, dp_batch *b, char *err, size_t errlen)
         int moved;
         char progress[96];
         snprintf(progress, sizeof(progress), "{\"text_bytes\": %zu}", text_len);
-        e = dp_doc_transition(db, doc, parse_from, "parsed", "parse", "PARSED",
-                              dp_msg_str(m, "correlation_id"), progress, &moved,
-                              err, errlen);
+        e = dp_docstage_transition(ds, b, doc, parse_from, "parsed", "PARSED",
+                                   dp_msg_str(m, "correlation_id"), progress, &moved,
+                                   err, errlen);
         if (e)
             return e;
         const char *params[2] = {doc, path};

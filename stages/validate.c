@@ -33,7 +33,7 @@ static dp_err validate_handle(void *state, dp_batch *b, char *err, size_t errlen
         const char *doc = dp_msg_str(m, "document_id");
         char why[768];
         int go;
-        dp_err e = dp_doc_ready(b, i, doc, validate_from, &go, err, errlen);
+        dp_err e = dp_docstage_ready(ds, b, i, doc, validate_from, &go, err, errlen);
         if (e)
             return e;
         if (!go)
@@ -77,10 +77,10 @@ static dp_err validate_handle(void *state, dp_batch *b, char *err, size_t errlen
                  PQgetvalue(res, 0, 0));
         PQclear(res);
         int moved;
-        e = dp_doc_transition(db, doc, validate_from, "parse_validated",
-                              "validate", "PARSE_VALIDATED",
-                              dp_msg_str(m, "correlation_id"), progress, &moved,
-                              err, errlen);
+        e = dp_docstage_transition(ds, b, doc, validate_from, "parse_validated",
+                                   "PARSE_VALIDATED",
+                                   dp_msg_str(m, "correlation_id"), progress, &moved,
+                                   err, errlen);
         if (e)
             return e;
         dp_field f[] = {DP_FS("document_id", doc),

@@ -248,6 +248,35 @@ Test(pipeline, test_200_mixed_documents_complete_with_expected_chunks_and_vector
              " upload_pipeline.upload_jobs j USING (document_id) WHERE j.user_id = '%s'"
              " AND e.correlation_id = j.correlation_id AND e.to_status = 'complete'", user);
     cr_assert_eq(tenv_scalar(&T, sql), 200);
+    /* ... and the transitions of each document form one chain, in event
+     * order: uploaded to complete, each from where the last one went, one
+     * per embedding batch, with the correlation id.  The stages write a
+     * batch's transitions in one statement; the chain must not show it. */
+    snprintf(sql, sizeof(sql),
+             "WITH e AS (SELECT e.from_status, e.to_status,"
+             "   e.correlation_id IS NOT DISTINCT FROM j.correlation_id AS corr_ok,"
+             "   lag(e.to_status) OVER (PARTITION BY e.document_id"
+             "     ORDER BY e.event_id) AS prev"
+             " FROM upload_pipeline.events e JOIN upload_pipeline.upload_jobs j"
+             "   USING (document_id) WHERE j.user_id = '%s'"
+             "   AND e.type IN ('stage_done', 'finalized'))"
+             " SELECT count(*) FROM e WHERE NOT corr_ok"
+             "   OR (prev IS NULL AND from_status <> 'uploaded')"
+             "   OR prev <> from_status", user);
+    cr_assert_eq(tenv_scalar(&T, sql), 0, "events out of chain");
+    snprintf(sql, sizeof(sql),
+             "SELECT (SELECT count(*) FROM upload_pipeline.events e JOIN"
+             "   upload_pipeline.upload_jobs j USING (document_id)"
+             "   WHERE j.user_id = '%s' AND e.type IN ('stage_done', 'finalized'))"
+             " - (SELECT sum(8 + embed_batches_total) FROM upload_pipeline.upload_jobs"
+             "   WHERE user_id = '%s')", user, user);
+    cr_assert_eq(tenv_scalar(&T, sql), 0, "8 transitions and one per embedding batch");
+    /* Every stage's progress is merged into the job's. */
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM upload_pipeline.upload_jobs"
+             " WHERE user_id = '%s' AND progress ?& array['text_bytes',"
+             " 'chunks_total', 'chunks_final'] AND processing_started_at IS NOT NULL"
+             " AND processing_completed_at IS NOT NULL", user);
+    cr_assert_eq(tenv_scalar(&T, sql), 200, "progress of every stage");
     snprintf(sql, sizeof(sql), "SELECT count(*) FROM docpipe.dp_dead_letters"
              " WHERE group_id LIKE '%s%%'", T.prefix);
     cr_assert_eq(tenv_scalar(&T, sql), 0, "nothing dead-lettered");
