@@ -167,10 +167,12 @@ void dp_pg_finish(PGconn *conn)
     PQfinish(conn);
 }
 
-PGresult *dp_pg_execp(PGconn *conn, const char *sql, int nparams, const Oid *types,
-                      const char *const *values, const int *lengths, const int *formats,
-                      int result_format)
+/* The name conn knows sql by, prepared now if it is new.  NULL with *res
+ * set: preparing failed; NULL without: the cache is full (send unnamed). */
+static const char *prepared_name(PGconn *conn, const char *sql, int nparams,
+                                 const Oid *types, PGresult **res)
 {
+    *res = NULL;
     int pid = PQbackendPID(conn);
     pg_prepared *c = NULL;
     for (int i = 0; i < DP_PG_CONNS && !c; i++)
@@ -187,16 +189,58 @@ PGresult *dp_pg_execp(PGconn *conn, const char *sql, int nparams, const Oid *typ
         ;
     if (k == c->n) {
         if (c->n == DP_PG_STMTS)
-            return PQexecParams(conn, sql, nparams, types, values, lengths, formats,
-                                result_format);
+            return NULL;
         snprintf(c->name[k], sizeof(c->name[k]), "dp_%u", pg_next_name++);
         PGresult *r = PQprepare(conn, c->name[k], sql, nparams, types);
-        if (PQresultStatus(r) != PGRES_COMMAND_OK)
-            return r; /* the caller's check reports it */
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+            *res = r; /* the caller's check reports it */
+            return NULL;
+        }
         PQclear(r);
         c->sql[k] = sql;
         c->n++;
     }
-    return PQexecPrepared(conn, c->name[k], nparams, values, lengths, formats,
+    return c->name[k];
+}
+
+PGresult *dp_pg_execp(PGconn *conn, const char *sql, int nparams, const Oid *types,
+                      const char *const *values, const int *lengths, const int *formats,
+                      int result_format)
+{
+    PGresult *res;
+    const char *name = prepared_name(conn, sql, nparams, types, &res);
+    if (res)
+        return res;
+    if (!name)
+        return PQexecParams(conn, sql, nparams, types, values, lengths, formats,
+                            result_format);
+    return PQexecPrepared(conn, name, nparams, values, lengths, formats,
                           result_format);
+}
+
+PGresult *dp_pg_sendp(PGconn *conn, const char *sql, int nparams, const Oid *types,
+                      const char *const *values, const int *lengths,
+                      const int *formats, int result_format)
+{
+    PGresult *res;
+    const char *name = prepared_name(conn, sql, nparams, types, &res);
+    if (res)
+        return res;
+    int sent = name ? PQsendQueryPrepared(conn, name, nparams, values, lengths,
+                                          formats, result_format)
+                    : PQsendQueryParams(conn, sql, nparams, types, values, lengths,
+                                        formats, result_format);
+    return sent ? NULL : PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+}
+
+PGresult *dp_pg_collect(PGconn *conn)
+{
+    PGresult *first = NULL, *r;
+    while ((r = PQgetResult(conn))) {
+        if (!first)
+            first = r;
+        else
+            PQclear(r);
+    }
+    return first ? first : PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
 }

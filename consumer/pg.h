@@ -32,6 +32,15 @@ PGresult *dp_pg_execp(PGconn *conn, const char *sql, int nparams, const Oid *typ
                       const char *const *values, const int *lengths, const int *formats,
                       int result_format);
 
+/* The same statement sent without waiting for its result (one at a time:
+ * collect it with dp_pg_collect before the connection's next query).
+ * NULL: sent; otherwise the failure, for dp_pg_check. */
+PGresult *dp_pg_sendp(PGconn *conn, const char *sql, int nparams, const Oid *types,
+                      const char *const *values, const int *lengths,
+                      const int *formats, int result_format);
+/* Waits for the result of what dp_pg_sendp sent. */
+PGresult *dp_pg_collect(PGconn *conn);
+
 /* PQfinish, forgetting what this thread prepared on conn (a later
  * connection at the same address must not inherit it). */
 void dp_pg_finish(PGconn *conn);

@@ -5,14 +5,15 @@
  * In: <prefix>embed-batches (EmbedBatch).  A Kafka batch holds up to 512
  * of them, several times the requests in flight (embed_inflight, libcurl
  * multi): a request leaves as soon as a slot frees, so the service's latency
- * overlaps the storing of earlier answers, and a batch's chunk texts are
- * read only when its request is about to leave (prepare_job), so only the
- * batches in flight hold theirs (and embed_buffer_kb bounds the replies
- * held).  Each
+ * overlaps the storing of earlier answers.  A batch's chunk texts are read
+ * when its request is about to leave (prepare_job), together with those of
+ * the next few (EMBED_READ_AHEAD), so only the batches in flight and those
+ * few hold theirs (and embed_buffer_kb bounds the replies held).  Each
  * batch's vectors go to document_vector_buffer as soon as its answer arrives
  * (with vector_sha: sha256 of the Python float.hex() strings, as the
- * original), and once all are answered a BatchEmbedded per batch goes to
- * <prefix>embedded.  The job moves to embedding_in_progress.
+ * original), sent without waiting: PostgreSQL stores one batch while this
+ * process reads and decodes the next answers.  Once all are answered a
+ * BatchEmbedded per batch goes to <prefix>embedded.  The job moves to embedding_in_progress.
  * 408/429/5xx/timeouts are retryable and other 4xx or a wrong dimension
  * permanent (failed_embedding).  While the embedding service's circuit
  * breaker is open, or when every request of a run failed retryably and the
@@ -37,6 +38,7 @@
 #include "stages.h"
 
 #define FLOAT4ARRAYOID 1021
+#define EMBED_READ_AHEAD 16 /* batches whose texts one query reads */
 
 static const char *const embed_from[] = {"embedding_queued",
                                          "embedding_in_progress", NULL};
@@ -51,8 +53,9 @@ typedef struct embed_state {
 
 typedef struct embed_item {
     size_t rec;                /* index in the batch */
-    PGresult *chunks;          /* chunk_id, text of the batch, ord order */
-    const char **texts;
+    char *blob;                /* its chunk ids and texts, NUL-separated */
+    const char **ids, **texts; /* into blob, chunk_ord order */
+    int read;                  /* texts read (or their reading failed) */
 } embed_item;
 
 static void put_be32(dp_buf *b, uint32_t v)
@@ -61,6 +64,8 @@ static void put_be32(dp_buf *b, uint32_t v)
     dp_buf_append(b, &v, 4);
 }
 
+/* Sends the insert of a batch's vectors; the caller collects its result
+ * (store_wait) before the connection's next query. */
 static dp_err store_vectors(PGconn *db, embed_state *st, const char *doc,
                             const char *model, int batch_index,
                             const embed_item *it, const dp_embed_job *job,
@@ -94,7 +99,7 @@ static dp_err store_vectors(PGconn *db, embed_state *st, const char *doc,
             w[2 * d + 1] = htonl(bits);
         }
         dp_buf_append(&st->vec, st->elems, dim * 8);
-        dp_buf_appendf(&st->ids, "%s%s", k ? "," : "", PQgetvalue(it->chunks, (int)k, 0));
+        dp_buf_appendf(&st->ids, "%s%s", k ? "," : "", it->ids[k]);
         dp_buf_appendf(&st->shas, "%s%s", k ? "," : "",
                        job->shas + k * DP_SHA256_HEX_SIZE);
     }
@@ -108,7 +113,7 @@ static dp_err store_vectors(PGconn *db, embed_state *st, const char *doc,
     Oid types[7] = {0, 0, 0, FLOAT4ARRAYOID, 0, 0, 0};
     int lens[7] = {0, 0, 0, (int)st->vec.len, 0, 0, 0};
     int fmts[7] = {0, 0, 0, 1, 0, 0, 0};
-    PGresult *res = dp_pg_execp(db,
+    PGresult *res = dp_pg_sendp(db,
         "INSERT INTO upload_pipeline.document_vector_buffer AS v (document_id,"
         " chunk_id, embed_model, embed_version, batch_index, vector, vector_sha)"
         " SELECT $1::uuid, c.id, $2, '1', $3::int,"
@@ -118,17 +123,15 @@ static dp_err store_vectors(PGconn *db, embed_state *st, const char *doc,
         "   SET vector = EXCLUDED.vector, vector_sha = EXCLUDED.vector_sha,"
         "       created_at = now() WHERE v.vector_sha <> EXCLUDED.vector_sha",
         7, types, params, lens, fmts, 0);
-    dp_err e = dp_pg_check(db, res, PGRES_COMMAND_OK, "store vectors", err,
-                           errlen);
-    if (e == DP_OK)
-        PQclear(res);
-    return e;
+    return res ? dp_pg_check(db, res, PGRES_COMMAND_OK, "store vectors", err, errlen)
+               : DP_OK;
 }
 
 static void free_items(embed_item *items, dp_embed_job *jobs, size_t n)
 {
     for (size_t k = 0; k < n; k++) {
-        PQclear(items[k].chunks);
+        free(items[k].blob);
+        free(items[k].ids);
         free(items[k].texts);
         free(jobs[k].vectors);
         free(jobs[k].shas);
@@ -146,52 +149,122 @@ typedef struct store_ctx {
     dp_batch *b;
     embed_item *items;
     dp_embed_job *jobs;
+    size_t n;           /* jobs */
     dp_err e;           /* the first storing error: the pass fails with it */
+    int store_sent;     /* a store's result is still to collect */
     int64_t store_ms;   /* spent storing, for the debug timings */
     char *err;
     size_t errlen;
 } store_ctx;
 
-/* Reads one job's chunk texts just before its request goes out. */
+/* Collects the result of the store in flight, if any. */
+static void store_wait(store_ctx *x)
+{
+    if (!x->store_sent)
+        return;
+    x->store_sent = 0;
+    int64_t t0 = dp_clock_mono_ms(NULL);
+    PGresult *res = dp_pg_collect(x->db);
+    dp_err e = dp_pg_check(x->db, res, PGRES_COMMAND_OK, "store vectors",
+                           x->e ? NULL : x->err, x->e ? 0 : x->errlen);
+    if (e == DP_OK)
+        PQclear(res);
+    else if (x->e == DP_OK)
+        x->e = e;
+    x->store_ms += dp_clock_mono_ms(NULL) - t0;
+}
+
+static void job_refuse(dp_embed_job *job, dp_err result, const char *why)
+{
+    job->result = result;
+    snprintf(job->error, sizeof(job->error), "%s", why);
+}
+
+/* Reads the chunk texts of jobs [k, k + EMBED_READ_AHEAD) not read yet, in
+ * one query.  A job whose chunks are not all there fails on its own. */
+static void read_texts(store_ctx *x, size_t k)
+{
+    dp_buf docs = {0}, firsts = {0}, counts = {0};
+    size_t want[EMBED_READ_AHEAD], nw = 0;
+    for (size_t j = k; j < x->n && nw < EMBED_READ_AHEAD; j++) {
+        if (x->items[j].read)
+            continue;
+        avro_value_t *m = dp_docstage_msg(x->b, x->items[j].rec);
+        dp_buf_appendf(&docs, "%s%s", nw ? "," : "{", dp_msg_str(m, "document_id"));
+        dp_buf_appendf(&firsts, "%s%lld", nw ? "," : "{",
+                       (long long)dp_msg_long(m, "first_ord"));
+        dp_buf_appendf(&counts, "%s%zu", nw ? "," : "{", x->jobs[j].n);
+        x->items[j].read = 1;
+        want[nw++] = j;
+    }
+    dp_buf_append(&docs, "}", 1);
+    dp_buf_append(&firsts, "}", 1);
+    dp_buf_append(&counts, "}", 1);
+    const char *params[3] = {docs.data, firsts.data, counts.data};
+    PGresult *res = dp_pg_execp(x->db,
+        "SELECT q.i, c.chunk_id, c.text"
+        " FROM unnest($1::uuid[], $2::int[], $3::int[]) WITH ORDINALITY"
+        "   AS q(doc, first, cnt, i)"
+        " JOIN upload_pipeline.document_chunk_buffer c ON c.document_id = q.doc"
+        "   AND c.chunk_ord >= q.first AND c.chunk_ord < q.first + q.cnt"
+        " ORDER BY q.i, c.chunk_ord",
+        3, NULL, params, NULL, NULL, 0);
+    dp_buf_free(&docs);
+    dp_buf_free(&firsts);
+    dp_buf_free(&counts);
+    if ((x->e = dp_pg_check(x->db, res, PGRES_TUPLES_OK, "read chunk texts", x->err,
+                            x->errlen)))
+        return; /* prepare_job refuses the jobs */
+    int rows = PQntuples(res), r = 0;
+    for (size_t w = 0; w < nw; w++) {
+        int from = r;
+        while (r < rows && atoi(PQgetvalue(res, r, 0)) == (int)w + 1)
+            r++;
+        dp_embed_job *job = &x->jobs[want[w]];
+        embed_item *it = &x->items[want[w]];
+        if (r - from != (int)job->n) {
+            char why[160];
+            snprintf(why, sizeof(why), "batch names %zu chunks, %d found", job->n,
+                     r - from);
+            job_refuse(job, DP_ERR_PERMANENT, why);
+            continue;
+        }
+        size_t bytes = 0;
+        for (int q = from; q < r; q++)
+            bytes += (size_t)PQgetlength(res, q, 2) + DP_UUID_STR_SIZE + 1;
+        char *p = it->blob = malloc(bytes);
+        it->ids = malloc(job->n * sizeof(char *));
+        it->texts = malloc(job->n * sizeof(char *));
+        for (int q = from; q < r; q++) {
+            size_t len = (size_t)PQgetlength(res, q, 2);
+            it->ids[q - from] = p;
+            p += snprintf(p, DP_UUID_STR_SIZE, "%s", PQgetvalue(res, q, 1)) + 1;
+            it->texts[q - from] = p;
+            memcpy(p, PQgetvalue(res, q, 2), len + 1);
+            p += len + 1;
+        }
+    }
+    PQclear(res);
+}
+
+/* Gives a job its chunk texts just before its request goes out. */
 static int prepare_job(dp_embed_job *job, void *arg)
 {
     store_ctx *x = arg;
     size_t k = (size_t)(job - x->jobs);
     embed_item *it = &x->items[k];
-    avro_value_t *m = dp_docstage_msg(x->b, it->rec);
+    if (!it->read && x->e == DP_OK) {
+        store_wait(x); /* the connection's next query */
+        if (x->e == DP_OK)
+            read_texts(x, k);
+    }
     if (x->e != DP_OK) {
         /* The pass already failed (the database): send nothing more. */
-        job->result = DP_ERR_RETRYABLE;
-        snprintf(job->error, sizeof(job->error), "%s", x->err);
+        job_refuse(job, DP_ERR_RETRYABLE, x->err);
         return -1;
     }
-    const char *doc = dp_msg_str(m, "document_id");
-    char first[16], cnt[16];
-    snprintf(first, sizeof(first), "%lld", (long long)dp_msg_long(m, "first_ord"));
-    snprintf(cnt, sizeof(cnt), "%zu", job->n);
-    const char *params[3] = {doc, first, cnt};
-    PGresult *res = dp_pg_execp(x->db,
-        "SELECT chunk_id, text FROM upload_pipeline.document_chunk_buffer"
-        " WHERE document_id = $1::uuid AND chunk_ord >= $2::int"
-        "   AND chunk_ord < $2::int + $3::int ORDER BY chunk_ord",
-        3, NULL, params, NULL, NULL, 0);
-    if ((x->e = dp_pg_check(x->db, res, PGRES_TUPLES_OK, "read chunk texts", x->err,
-                            x->errlen))) {
-        job->result = DP_ERR_RETRYABLE;
-        snprintf(job->error, sizeof(job->error), "%s", x->err);
-        return -1;
-    }
-    if (PQntuples(res) != (int)job->n) {
-        job->result = DP_ERR_PERMANENT;
-        snprintf(job->error, sizeof(job->error), "batch names %s chunks from %s, %d found",
-                 cnt, first, PQntuples(res));
-        PQclear(res);
-        return -1;
-    }
-    it->chunks = res;
-    it->texts = malloc(job->n * sizeof(char *));
-    for (int r = 0; r < PQntuples(res); r++)
-        it->texts[r] = PQgetvalue(res, r, 1);
+    if (!it->texts)
+        return -1; /* read_texts refused it */
     job->texts = it->texts;
     return 0;
 }
@@ -201,6 +274,7 @@ static void store_done(dp_embed_job *job, void *arg)
     store_ctx *x = arg;
     size_t k = (size_t)(job - x->jobs);
     embed_state *st = x->ds->impl;
+    store_wait(x); /* one store in flight at a time */
     if (x->e == DP_OK) {
         int64_t t0 = dp_clock_mono_ms(NULL);
         avro_value_t *m = dp_docstage_msg(x->b, x->items[k].rec);
@@ -208,16 +282,21 @@ static void store_done(dp_embed_job *job, void *arg)
                              x->ds->cfg->embed_model,
                              (int)dp_msg_long(m, "batch_index"), &x->items[k], job,
                              x->err, x->errlen);
+        x->store_sent = x->e == DP_OK;
         x->store_ms += dp_clock_mono_ms(NULL) - t0;
     }
     free(job->vectors);
     free(job->shas);
     job->vectors = NULL;
     job->shas = NULL;
-    /* Its texts were sent and its chunk ids stored: a batch larger than the
-     * requests in flight holds the texts only of those still to answer. */
-    PQclear(x->items[k].chunks);
-    x->items[k].chunks = NULL;
+    /* Its texts were sent and its chunk ids handed to libpq: a batch larger
+     * than the requests in flight holds the texts only of those still to
+     * answer (and of the few read ahead). */
+    free(x->items[k].blob);
+    free(x->items[k].ids);
+    free(x->items[k].texts);
+    x->items[k].blob = NULL;
+    x->items[k].ids = x->items[k].texts = NULL;
 }
 
 static dp_err embed_handle(void *state, dp_batch *b, char *err, size_t errlen)
@@ -255,9 +334,10 @@ static dp_err embed_handle(void *state, dp_batch *b, char *err, size_t errlen)
         goto out;
 
     dp_breaker *br = dp_embed_client_breaker(st->client);
-    x = (store_ctx){db, ds, b, items, jobs, DP_OK, 0, err, errlen};
+    x = (store_ctx){db, ds, b, items, jobs, n, DP_OK, 0, 0, err, errlen};
     t_sent = dp_clock_mono_ms(NULL);
     dp_err run = dp_embed_run_hooks(st->client, jobs, n, prepare_job, store_done, &x);
+    store_wait(&x);
     t_answered = dp_clock_mono_ms(NULL);
     if ((e = x.e))
         goto out;
@@ -266,7 +346,7 @@ static dp_err embed_handle(void *state, dp_batch *b, char *err, size_t errlen)
      * run: only then is a retryable failure the record's own. */
     int answered = 0, failed = 0;
     for (size_t k = 0; k < n; k++) {
-        if (!items[k].texts && jobs[k].result == DP_ERR_PERMANENT)
+        if (!jobs[k].texts && jobs[k].result == DP_ERR_PERMANENT)
             continue; /* its chunks were missing: nothing was asked */
         failed |= jobs[k].result == DP_ERR_RETRYABLE;
         answered |= jobs[k].result != DP_ERR_RETRYABLE;
