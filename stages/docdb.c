@@ -84,10 +84,37 @@ static int mkdirs(const char *path)
     return mkdir(tmp, 0755) != 0 && errno != EEXIST ? -1 : 0;
 }
 
-dp_err dp_storage_put(const char *dir, const char *kind, const void *data,
-                      size_t len, char path[DP_STORAGE_PATH_SIZE],
-                      char sha[65], char *err, size_t errlen)
+/* A file written under a temporary name, renamed once durable. */
+struct dp_stored {
+    char *tmp, *file;
+};
+
+static void batch_add(dp_storage_batch *sb, const char *tmp, const char *file)
 {
+    if (sb->n == sb->cap) {
+        sb->cap = sb->cap ? 2 * sb->cap : 16;
+        sb->files = realloc(sb->files, sb->cap * sizeof(*sb->files));
+    }
+    sb->files[sb->n].tmp = strdup(tmp);
+    sb->files[sb->n].file = strdup(file);
+    sb->n++;
+}
+
+static void batch_empty(dp_storage_batch *sb)
+{
+    for (size_t i = 0; i < sb->n; i++) {
+        free(sb->files[i].tmp);
+        free(sb->files[i].file);
+    }
+    sb->n = 0;
+}
+
+dp_err dp_storage_write(dp_storage_batch *sb, const char *dir, const char *kind,
+                        const void *data, size_t len,
+                        char path[DP_STORAGE_PATH_SIZE], char sha[65], char *err,
+                        size_t errlen)
+{
+    static _Atomic unsigned long seq;
     char hex[DP_SHA256_HEX_SIZE];
     dp_err e = dp_sha256_hex(data, len, hex);
     if (e)
@@ -102,8 +129,7 @@ dp_err dp_storage_put(const char *dir, const char *kind, const void *data,
     struct stat st;
     if (stat(file, &st) == 0 && (size_t)st.st_size == len)
         return DP_OK; /* content-addressed: already there */
-    snprintf(tmp, sizeof(tmp), "%s.tmp.%d.%ld", file, (int)getpid(),
-             (long)clock());
+    snprintf(tmp, sizeof(tmp), "%s.tmp.%d.%lu", file, (int)getpid(), seq++);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0 && errno == ENOENT) {
         /* The folder's first file: make the folder (once, not per file). */
@@ -129,11 +155,72 @@ dp_err dp_storage_put(const char *dir, const char *kind, const void *data,
         p += w;
         left -= (size_t)w;
     }
-    if (fsync(fd) != 0 || close(fd) != 0 || rename(tmp, file) != 0) {
+    if (close(fd) != 0) {
         unlink(tmp);
-        return dp_errf(DP_ERR_RETRYABLE, err, errlen, "store %s: %s", file,
+        return dp_errf(DP_ERR_RETRYABLE, err, errlen, "write %s: %s", tmp,
                        strerror(errno));
     }
+    batch_add(sb, tmp, file);
+    return DP_OK;
+}
+
+dp_err dp_storage_sync(dp_storage_batch *sb, char *err, size_t errlen)
+{
+    dp_err e = DP_OK;
+    size_t i;
+    /* Every file first, then the names: a final name always holds the
+     * whole file, even after a crash. */
+    for (i = 0; i < sb->n && e == DP_OK; i++) {
+        int fd = open(sb->files[i].tmp, O_RDONLY);
+        if (fd < 0 || fsync(fd) != 0)
+            e = dp_errf(DP_ERR_RETRYABLE, err, errlen, "sync %s: %s",
+                        sb->files[i].tmp, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+    }
+    for (i = 0; i < sb->n && e == DP_OK; i++)
+        if (rename(sb->files[i].tmp, sb->files[i].file) != 0)
+            e = dp_errf(DP_ERR_RETRYABLE, err, errlen, "store %s: %s",
+                        sb->files[i].file, strerror(errno));
+    if (e)
+        for (i = 0; i < sb->n; i++)
+            unlink(sb->files[i].tmp); /* those renamed are gone already */
+    batch_empty(sb);
+    return e;
+}
+
+void dp_storage_discard(dp_storage_batch *sb)
+{
+    for (size_t i = 0; i < sb->n; i++)
+        unlink(sb->files[i].tmp);
+    batch_empty(sb);
+    free(sb->files);
+    sb->files = NULL;
+    sb->cap = 0;
+}
+
+dp_err dp_storage_put(const char *dir, const char *kind, const void *data,
+                      size_t len, char path[DP_STORAGE_PATH_SIZE],
+                      char sha[65], char *err, size_t errlen)
+{
+    dp_storage_batch sb = {0};
+    dp_err e = dp_storage_write(&sb, dir, kind, data, len, path, sha, err, errlen);
+    if (e == DP_OK)
+        e = dp_storage_sync(&sb, err, errlen);
+    dp_storage_discard(&sb);
+    return e;
+}
+
+dp_err dp_storage_size(const char *dir, const char *path, size_t *len, char *err,
+                       size_t errlen)
+{
+    char file[4200];
+    dp_storage_file(dir, path, file, sizeof(file));
+    struct stat st;
+    if (stat(file, &st) != 0)
+        return dp_errf(errno == ENOENT ? DP_ERR_PERMANENT : DP_ERR_RETRYABLE,
+                       err, errlen, "read %s: %s", path, strerror(errno));
+    *len = (size_t)st.st_size;
     return DP_OK;
 }
 

@@ -64,6 +64,29 @@ dp_err dp_storage_put(const char *dir, const char *kind, const void *data,
                       size_t len, char path[DP_STORAGE_PATH_SIZE],
                       char sha[65], char *err, size_t errlen);
 
+/* Files written now and made durable together by dp_storage_sync: the
+ * first fsync commits the filesystem's journal, and with it the other files
+ * of the batch, so a batch costs about one flush instead of one per file.
+ * Until then they sit under temporary names; a final name appears only
+ * once its file is durable.  Zero-initialise; dp_storage_discard frees (and
+ * removes the temporaries of a batch never synced). */
+typedef struct dp_storage_batch {
+    struct dp_stored *files;
+    size_t n, cap;
+} dp_storage_batch;
+
+/* dp_storage_put's write, made durable by dp_storage_sync. */
+dp_err dp_storage_write(dp_storage_batch *sb, const char *dir, const char *kind,
+                        const void *data, size_t len,
+                        char path[DP_STORAGE_PATH_SIZE], char sha[65], char *err,
+                        size_t errlen);
+dp_err dp_storage_sync(dp_storage_batch *sb, char *err, size_t errlen);
+void dp_storage_discard(dp_storage_batch *sb);
+
+/* The size of a storage:// path; a missing file is DP_ERR_PERMANENT. */
+dp_err dp_storage_size(const char *dir, const char *path, size_t *len, char *err,
+                       size_t errlen);
+
 /* Reads a storage:// path; over max_bytes is DP_ERR_PERMANENT, a missing
  * file too (the reference is wrong).  *data is malloc'd and NUL-terminated. */
 dp_err dp_storage_get(const char *dir, const char *path, size_t max_bytes,

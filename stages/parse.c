@@ -5,7 +5,10 @@
  * their own text; PDF and HTML go through the parser service (Apache Tika
  * server, PUT /tika).  The text, at most 10 MB, is stored content-addressed
  * and the job moves parse_queued → parsed; a DocumentParsed goes to
- * <prefix>parsed.  An unparseable file is a permanent failure
+ * <prefix>parsed.  A text or markdown file is referred to as it is (the raw
+ * file is content-addressed too); a parsed text is written with the
+ * batch's others and made durable once for all (dp_storage_sync).  An
+ * unparseable file is a permanent failure
  * (failed_parse, dead-lettered).  A retryable failure while the parser is
  * down (its circuit breaker open, or GET /tika unanswered) pauses the stage
  * and spends no record's retry budget; one while Tika is up is the
@@ -32,55 +35,60 @@ static dp_err parse_handle(void *state, dp_batch *b, char *err, size_t errlen)
     dp_docstage *ds = state;
     dp_tika_client *tika = ds->impl;
     PGconn *db = dp_batch_db(b);
+    dp_storage_batch sb = {0}; /* the texts, made durable together */
+    dp_err e = DP_OK;
     for (size_t i = 0; i < dp_batch_count(b); i++) {
         avro_value_t *m = dp_docstage_msg(b, i);
         const char *doc = dp_msg_str(m, "document_id");
         const char *mime = dp_msg_str(m, "mime");
+        const char *raw_path = dp_msg_str(m, "raw_path");
         int go;
-        dp_err e = dp_docstage_ready(ds, b, i, doc, parse_from, &go, err, errlen);
-        if (e)
-            return e;
+        if ((e = dp_docstage_ready(ds, b, i, doc, parse_from, &go, err, errlen)))
+            goto out;
         if (!go)
             continue;
 
-        char *raw = NULL, *text = NULL;
-        size_t raw_len = 0, text_len = 0;
-        char why[768];
-        e = dp_storage_get(ds->cfg->storage_dir, dp_msg_str(m, "raw_path"),
-                           PARSE_MAX_RAW, &raw, &raw_len, why, sizeof(why));
-        if (e == DP_OK) {
-            if (strcmp(mime, "text/plain") == 0 || strcmp(mime, "text/markdown") == 0) {
-                if (raw_len > PARSE_MAX_TEXT)
-                    e = dp_errf(DP_ERR_PERMANENT, why, sizeof(why),
-                                "text is %zu bytes, over the 10 MB limit", raw_len);
-                text = raw;
-                text_len = raw_len;
-                raw = NULL;
-            } else {
-                e = dp_tika_parse(tika, raw, raw_len, mime, PARSE_MAX_TEXT,
-                                  &text, &text_len, why, sizeof(why));
+        char why[768], path[DP_STORAGE_PATH_SIZE];
+        size_t text_len = 0;
+        dp_err v;
+        if (strcmp(mime, "text/plain") == 0 || strcmp(mime, "text/markdown") == 0) {
+            /* The file is its own text: the raw file, content-addressed
+             * like a parsed one, is referred to as it is. */
+            v = dp_storage_size(ds->cfg->storage_dir, raw_path, &text_len, why,
+                                sizeof(why));
+            if (v == DP_OK && text_len > PARSE_MAX_TEXT)
+                v = dp_errf(DP_ERR_PERMANENT, why, sizeof(why),
+                            "text is %zu bytes, over the 10 MB limit", text_len);
+            snprintf(path, sizeof(path), "%s", raw_path);
+        } else {
+            char *raw = NULL, *text = NULL;
+            size_t raw_len = 0;
+            v = dp_storage_get(ds->cfg->storage_dir, raw_path, PARSE_MAX_RAW, &raw,
+                               &raw_len, why, sizeof(why));
+            if (v == DP_OK)
+                v = dp_tika_parse(tika, raw, raw_len, mime, PARSE_MAX_TEXT, &text,
+                                  &text_len, why, sizeof(why));
+            free(raw);
+            /* Tika down (breaker open, or not answering at all) is not this
+             * document's failure: wait, spend no budget. */
+            if (v == DP_ERR_RETRYABLE &&
+                (dp_breaker_state_now(dp_tika_client_breaker(tika)) == DP_BREAKER_OPEN ||
+                 !dp_tika_client_alive(tika))) {
+                free(text);
+                dp_batch_retry_after(b, dp_breaker_retry_in_ms(dp_tika_client_breaker(tika)));
+                e = dp_errf(DP_ERR_RETRYABLE, err, errlen,
+                            "parser unavailable (breaker %s): %s",
+                            dp_breaker_state_name(dp_breaker_state_now(
+                                dp_tika_client_breaker(tika))), why);
+                goto out;
             }
-        }
-        free(raw);
-        /* Tika down (breaker open, or not answering at all) is not this
-         * document's failure: wait, spend no budget. */
-        if (e == DP_ERR_RETRYABLE &&
-            (dp_breaker_state_now(dp_tika_client_breaker(tika)) == DP_BREAKER_OPEN ||
-             !dp_tika_client_alive(tika))) {
+            if (v == DP_OK)
+                v = dp_storage_write(&sb, ds->cfg->storage_dir, "parsed", text,
+                                     text_len, path, NULL, why, sizeof(why));
             free(text);
-            dp_batch_retry_after(b, dp_breaker_retry_in_ms(dp_tika_client_breaker(tika)));
-            return dp_errf(DP_ERR_RETRYABLE, err, errlen,
-                           "parser unavailable (breaker %s): %s",
-                           dp_breaker_state_name(dp_breaker_state_now(
-                               dp_tika_client_breaker(tika))), why);
         }
-        char path[DP_STORAGE_PATH_SIZE];
-        if (e == DP_OK)
-            e = dp_storage_put(ds->cfg->storage_dir, "parsed", text, text_len,
-                               path, NULL, why, sizeof(why));
-        free(text);
-        if (e) {
-            dp_batch_fail(b, i, e, "parse %s (%s): %s", doc, mime, why);
+        if (v) {
+            dp_batch_fail(b, i, v, "parse %s (%s): %s", doc, mime, why);
             continue;
         }
         int moved;
@@ -90,7 +98,7 @@ static dp_err parse_handle(void *state, dp_batch *b, char *err, size_t errlen)
                                    dp_msg_str(m, "correlation_id"), progress, &moved,
                                    err, errlen);
         if (e)
-            return e;
+            goto out;
         const char *params[2] = {doc, path};
         PGresult *res = dp_pg_execp(db,
             "WITH j AS (UPDATE upload_pipeline.upload_jobs SET parsed_path = $2"
@@ -99,7 +107,7 @@ static dp_err parse_handle(void *state, dp_batch *b, char *err, size_t errlen)
             "  WHERE document_id = $1::uuid", 2, NULL, params, NULL, NULL, 0);
         if ((e = dp_pg_check(db, res, PGRES_COMMAND_OK, "store parsed path", err,
                              errlen)))
-            return e;
+            goto out;
         PQclear(res);
         dp_field f[] = {DP_FS("document_id", doc),
                         DP_FS("job_id", dp_msg_str(m, "job_id")),
@@ -108,7 +116,11 @@ static dp_err parse_handle(void *state, dp_batch *b, char *err, size_t errlen)
                         DP_FS("correlation_id", dp_msg_str(m, "correlation_id"))};
         dp_docstage_emit(ds, b, i, ds->out_topic, "DocumentParsed", doc, f, 5);
     }
-    return DP_OK;
+    /* Durable before the batch commits and its records are published. */
+    e = dp_storage_sync(&sb, err, errlen);
+out:
+    dp_storage_discard(&sb);
+    return e;
 }
 
 dp_err dp_parse_open(const dp_config *cfg, dp_stage *stage, char *err,

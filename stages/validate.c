@@ -5,7 +5,8 @@
  * original did (strip the whole text, then right-strip every line); empty
  * text is a permanent failure ("Parsed content is empty").  parsed_sha256
  * is the sha256 of the normalised text, which is stored content-addressed,
- * so documents with the same content share one canonical parsed_path; an
+ * so documents with the same content share one canonical parsed_path (the
+ * batch's texts are made durable together, dp_storage_sync); an
  * earlier document with the same content is named in the event.  The job
  * moves parsed → parse_validated; a DocumentValidated goes to
  * <prefix>validated.
@@ -28,14 +29,15 @@ static dp_err validate_handle(void *state, dp_batch *b, char *err, size_t errlen
 {
     dp_docstage *ds = state;
     PGconn *db = dp_batch_db(b);
+    dp_storage_batch sb = {0}; /* the texts, made durable together */
+    dp_err e = DP_OK;
     for (size_t i = 0; i < dp_batch_count(b); i++) {
         avro_value_t *m = dp_docstage_msg(b, i);
         const char *doc = dp_msg_str(m, "document_id");
         char why[768];
         int go;
-        dp_err e = dp_docstage_ready(ds, b, i, doc, validate_from, &go, err, errlen);
-        if (e)
-            return e;
+        if ((e = dp_docstage_ready(ds, b, i, doc, validate_from, &go, err, errlen)))
+            goto out;
         if (!go)
             continue;
         char *text;
@@ -51,8 +53,8 @@ static dp_err validate_handle(void *state, dp_batch *b, char *err, size_t errlen
         if (n == 0)
             e = dp_errf(DP_ERR_PERMANENT, why, sizeof(why), "Parsed content is empty");
         else
-            e = dp_storage_put(ds->cfg->storage_dir, "parsed", text, n, path,
-                               sha, why, sizeof(why));
+            e = dp_storage_write(&sb, ds->cfg->storage_dir, "parsed", text, n,
+                                 path, sha, why, sizeof(why));
         free(text);
         if (e) {
             dp_batch_fail(b, i, e, "validate %s: %s", doc, why);
@@ -70,7 +72,7 @@ static dp_err validate_handle(void *state, dp_batch *b, char *err, size_t errlen
             3, NULL, params, NULL, NULL, 0);
         if ((e = dp_pg_check(db, res, PGRES_TUPLES_OK, "store parsed hash", err,
                              errlen)))
-            return e;
+            goto out;
         char progress[160];
         snprintf(progress, sizeof(progress),
                  "{\"normalized_bytes\": %zu, \"duplicate_of\": \"%s\"}", n,
@@ -82,14 +84,18 @@ static dp_err validate_handle(void *state, dp_batch *b, char *err, size_t errlen
                                    dp_msg_str(m, "correlation_id"), progress, &moved,
                                    err, errlen);
         if (e)
-            return e;
+            goto out;
         dp_field f[] = {DP_FS("document_id", doc),
                         DP_FS("job_id", dp_msg_str(m, "job_id")),
                         DP_FS("parsed_path", path), DP_FS("parsed_sha256", sha),
                         DP_FS("correlation_id", dp_msg_str(m, "correlation_id"))};
         dp_docstage_emit(ds, b, i, ds->out_topic, "DocumentValidated", doc, f, 5);
     }
-    return DP_OK;
+    /* Durable before the batch commits and its records are published. */
+    e = dp_storage_sync(&sb, err, errlen);
+out:
+    dp_storage_discard(&sb);
+    return e;
 }
 
 dp_err dp_validate_open(const dp_config *cfg, dp_stage *stage, char *err,

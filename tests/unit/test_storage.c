@@ -1,10 +1,12 @@
 /*
- * test_storage: content-addressed file storage (dp_storage_put/get): the
+ * test_storage: content-addressed file storage (dp_storage_put/get, and
+ * batches made durable together, dp_storage_write/sync/discard): the
  * folder of a kind is made on its first file, the same bytes map to the same
  * path, and what is read back is what was stored.
  */
 #include <criterion/criterion.h>
 
+#include <dirent.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,4 +78,72 @@ Test(storage, a_file_over_the_limit_is_refused_as_permanent)
     cr_assert_eq(dp_storage_get(root, path, 5, &back, &len, err, sizeof(err)),
                  DP_ERR_PERMANENT);
     cr_assert(strstr(err, "over the limit"), "%s", err);
+}
+
+/* Files in the folder whose name holds ".tmp." (writes not yet durable). */
+static int temporaries(const char *folder)
+{
+    int n = 0;
+    DIR *d = opendir(folder);
+    struct dirent *e;
+    while (d && (e = readdir(d)))
+        n += strstr(e->d_name, ".tmp.") != NULL;
+    if (d)
+        closedir(d);
+    return n;
+}
+
+Test(storage, a_batch_shows_its_files_only_once_synced)
+{
+    char path[3][DP_STORAGE_PATH_SIZE], err[512], file[600], folder[400];
+    const char *texts[3] = {"first text", "second text", "first text"};
+    dp_storage_batch sb = {0};
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(dp_storage_write(&sb, root, "parsed", texts[i], strlen(texts[i]),
+                                      path[i], NULL, err, sizeof(err)), DP_OK, "%s", err);
+    cr_assert_str_eq(path[0], path[2], "the same bytes, the same path");
+    snprintf(folder, sizeof(folder), "%s/parsed", root);
+    struct stat st;
+    for (int i = 0; i < 3; i++) {
+        snprintf(file, sizeof(file), "%s/%s", folder, path[i] + 17);
+        cr_assert_neq(stat(file, &st), 0, "%s is visible before the sync", file);
+    }
+    cr_assert_eq(temporaries(folder), 3, "one temporary per write");
+    cr_assert_eq(dp_storage_sync(&sb, err, sizeof(err)), DP_OK, "%s", err);
+    cr_assert_eq(temporaries(folder), 0);
+    for (int i = 0; i < 3; i++) {
+        char *back;
+        size_t len;
+        cr_assert_eq(dp_storage_get(root, path[i], 1024, &back, &len, err, sizeof(err)),
+                     DP_OK, "%s", err);
+        cr_assert_eq(len, strlen(texts[i]));
+        cr_assert_eq(memcmp(back, texts[i], len), 0);
+        free(back);
+    }
+    /* Already there: nothing to write, nothing to sync. */
+    cr_assert_eq(dp_storage_write(&sb, root, "parsed", texts[1], strlen(texts[1]),
+                                  path[1], NULL, err, sizeof(err)), DP_OK, "%s", err);
+    cr_assert_eq(temporaries(folder), 0);
+
+    /* A batch given up (its handler pass failed) leaves nothing behind. */
+    char lost[DP_STORAGE_PATH_SIZE];
+    cr_assert_eq(dp_storage_write(&sb, root, "parsed", "never kept", 10, lost, NULL,
+                                  err, sizeof(err)), DP_OK, "%s", err);
+    cr_assert_eq(temporaries(folder), 1);
+    dp_storage_discard(&sb);
+    cr_assert_eq(temporaries(folder), 0);
+    snprintf(file, sizeof(file), "%s/%s", folder, lost + 17);
+    cr_assert_neq(stat(file, &st), 0);
+}
+
+Test(storage, size_of_a_stored_file_and_of_a_missing_one)
+{
+    char path[DP_STORAGE_PATH_SIZE], err[512];
+    cr_assert_eq(dp_storage_put(root, "raw", "12345", 5, path, NULL, err, sizeof(err)),
+                 DP_OK, "%s", err);
+    size_t len = 0;
+    cr_assert_eq(dp_storage_size(root, path, &len, err, sizeof(err)), DP_OK, "%s", err);
+    cr_assert_eq(len, 5);
+    cr_assert_eq(dp_storage_size(root, "storage://raw/nothing", &len, err, sizeof(err)),
+                 DP_ERR_PERMANENT);
 }
