@@ -2,7 +2,8 @@
  * chunk (stage 4): splits the text with the original's markdown-simple@1
  * chunker and stores the chunks.
  *
- * In: <prefix>validated (DocumentValidated).  The job moves
+ * In: <prefix>validated (DocumentValidated).  The text at parsed_path is
+ * normalised as validate did, then chunked.  The job moves
  * parse_validated → chunking → chunks_stored in one transaction (both
  * transitions are events).  Chunk ids are UUIDv5 of
  * "{document_id}:{chunker}:{version}:{ord}", so writing them again
@@ -103,6 +104,9 @@ static dp_err chunk_handle(void *state, dp_batch *b, char *err, size_t errlen)
                            CHUNK_MAX_TEXT, &text, &len, why, sizeof(why));
         dp_chunk_list list = {0};
         if (e == DP_OK) {
+            /* The text validate fingerprinted: parsed_path holds it as
+             * parsed (validate does not rewrite it). */
+            len = dp_normalize_text(text, len, text);
             e = dp_chunk_markdown(text, len, &list, why, sizeof(why));
             free(text);
         }

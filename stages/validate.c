@@ -4,10 +4,10 @@
  * In: <prefix>parsed (DocumentParsed).  The text is normalised as the
  * original did (strip the whole text, then right-strip every line); empty
  * text is a permanent failure ("Parsed content is empty").  parsed_sha256
- * is the sha256 of the normalised text, which is stored content-addressed,
- * so documents with the same content share one canonical parsed_path (the
- * batch's texts are made durable together, dp_storage_sync); an
- * earlier document with the same content is named in the event.  The job
+ * is the sha256 of the normalised text.  As in the original, the text is
+ * not written again: parsed_path stays, or becomes the path of an earlier
+ * document with the same normalised content (the canonical one, named in
+ * the event); chunk normalises what it reads the same way.  The job
  * moves parsed → parse_validated; a DocumentValidated goes to
  * <prefix>validated.
  */
@@ -29,7 +29,6 @@ static dp_err validate_handle(void *state, dp_batch *b, char *err, size_t errlen
 {
     dp_docstage *ds = state;
     PGconn *db = dp_batch_db(b);
-    dp_storage_batch sb = {0}; /* the texts, made durable together */
     dp_err e = DP_OK;
     for (size_t i = 0; i < dp_batch_count(b); i++) {
         avro_value_t *m = dp_docstage_msg(b, i);
@@ -37,7 +36,7 @@ static dp_err validate_handle(void *state, dp_batch *b, char *err, size_t errlen
         char why[768];
         int go;
         if ((e = dp_docstage_ready(ds, b, i, doc, validate_from, &go, err, errlen)))
-            goto out;
+            return e;
         if (!go)
             continue;
         char *text;
@@ -49,34 +48,39 @@ static dp_err validate_handle(void *state, dp_batch *b, char *err, size_t errlen
             continue;
         }
         size_t n = dp_normalize_text(text, len, text);
-        char path[DP_STORAGE_PATH_SIZE], sha[DP_SHA256_HEX_SIZE];
+        char sha[DP_SHA256_HEX_SIZE];
         if (n == 0)
             e = dp_errf(DP_ERR_PERMANENT, why, sizeof(why), "Parsed content is empty");
         else
-            e = dp_storage_write(&sb, ds->cfg->storage_dir, "parsed", text, n,
-                                 path, sha, why, sizeof(why));
+            e = dp_sha256_hex(text, n, sha);
         free(text);
         if (e) {
             dp_batch_fail(b, i, e, "validate %s: %s", doc, why);
             continue;
         }
-        const char *params[3] = {doc, path, sha};
+        /* An earlier document with the same content lends its path: the
+         * canonical one. */
+        const char *params[3] = {doc, dp_msg_str(m, "parsed_path"), sha};
         PGresult *res = dp_pg_execp(db,
-            "WITH dup AS (SELECT document_id FROM upload_pipeline.upload_jobs"
-            "   WHERE parsed_sha256 = $3 AND document_id <> $1::uuid LIMIT 1),"
-            " j AS (UPDATE upload_pipeline.upload_jobs SET parsed_path = $2,"
-            "   parsed_sha256 = $3 WHERE document_id = $1::uuid),"
-            " d AS (UPDATE upload_pipeline.documents SET parsed_path = $2,"
-            "   parsed_sha256 = $3 WHERE document_id = $1::uuid)"
-            " SELECT coalesce((SELECT document_id::text FROM dup), '')",
+            "WITH dup AS (SELECT document_id, parsed_path"
+            "   FROM upload_pipeline.upload_jobs"
+            "   WHERE parsed_sha256 = $3 AND document_id <> $1::uuid"
+            "   AND parsed_path IS NOT NULL LIMIT 1),"
+            " p AS (SELECT coalesce((SELECT parsed_path FROM dup), $2) AS path),"
+            " j AS (UPDATE upload_pipeline.upload_jobs SET parsed_path = p.path,"
+            "   parsed_sha256 = $3 FROM p WHERE document_id = $1::uuid),"
+            " d AS (UPDATE upload_pipeline.documents SET parsed_path = p.path,"
+            "   parsed_sha256 = $3 FROM p WHERE document_id = $1::uuid)"
+            " SELECT coalesce((SELECT document_id::text FROM dup), ''), p.path FROM p",
             3, NULL, params, NULL, NULL, 0);
         if ((e = dp_pg_check(db, res, PGRES_TUPLES_OK, "store parsed hash", err,
                              errlen)))
-            goto out;
-        char progress[160];
+            return e;
+        char progress[160], path[DP_STORAGE_PATH_SIZE];
         snprintf(progress, sizeof(progress),
                  "{\"normalized_bytes\": %zu, \"duplicate_of\": \"%s\"}", n,
                  PQgetvalue(res, 0, 0));
+        snprintf(path, sizeof(path), "%s", PQgetvalue(res, 0, 1));
         PQclear(res);
         int moved;
         e = dp_docstage_transition(ds, b, doc, validate_from, "parse_validated",
@@ -84,18 +88,14 @@ static dp_err validate_handle(void *state, dp_batch *b, char *err, size_t errlen
                                    dp_msg_str(m, "correlation_id"), progress, &moved,
                                    err, errlen);
         if (e)
-            goto out;
+            return e;
         dp_field f[] = {DP_FS("document_id", doc),
                         DP_FS("job_id", dp_msg_str(m, "job_id")),
                         DP_FS("parsed_path", path), DP_FS("parsed_sha256", sha),
                         DP_FS("correlation_id", dp_msg_str(m, "correlation_id"))};
         dp_docstage_emit(ds, b, i, ds->out_topic, "DocumentValidated", doc, f, 5);
     }
-    /* Durable before the batch commits and its records are published. */
-    e = dp_storage_sync(&sb, err, errlen);
-out:
-    dp_storage_discard(&sb);
-    return e;
+    return DP_OK;
 }
 
 dp_err dp_validate_open(const dp_config *cfg, dp_stage *stage, char *err,

@@ -340,6 +340,34 @@ Test(pipeline, test_same_file_twice_is_one_document)
     long want = tdoc_expected_chunks(&d);
     cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.document_chunks WHERE"
                    " document_id = '%s'", a[0]), want);
+
+    /* Another file, the same text once normalised (trailing blanks): a
+     * document of its own, whose validate names an earlier document as
+     * duplicate and takes its canonical parsed_path, the first's too; its
+     * chunks are the same. */
+    char other[1400], c[2][40];
+    snprintf(other, sizeof(other), "%s/same-text.md", dir);
+    FILE *f = fopen(other, "w");
+    cr_assert(f);
+    fprintf(f, "\n%s   \n\n\n", d.text);
+    fclose(f);
+    cr_assert_eq(submit(other, c, 2), 1);
+    cr_assert_str_neq(c[0], a[0], "different bytes, a different document");
+    snprintf(sql, sizeof(sql), "SELECT count(*)::int FROM upload_pipeline.upload_jobs"
+             " WHERE document_id = '%.36s' AND status = 'complete'", c[0]);
+    tenv_wait_scalar(&T, sql, 1, 120 * 1000);
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM upload_pipeline.upload_jobs x"
+             " JOIN upload_pipeline.upload_jobs y ON y.document_id = '%s'"
+             " WHERE x.document_id = '%s' AND x.status = 'complete'"
+             " AND x.parsed_sha256 = y.parsed_sha256 AND x.parsed_path = y.parsed_path"
+             " AND x.progress->>'duplicate_of' <> ''", a[0], c[0]);
+    /* (The earlier document named may be another user's: content
+     * duplicates are found across users, as in the original.) */
+    cr_assert_eq(tenv_scalar(&T, sql), 1, "the second names an earlier document with"
+                 " the same text and shares its path");
+    cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.document_chunks WHERE"
+                   " document_id = '%s'", c[0]), want);
     tdoc_free(&d);
 }
 
