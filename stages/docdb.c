@@ -299,9 +299,13 @@ int dp_doc_accept(dp_batch *b, size_t i, const char *document_id,
 }
 
 dp_err dp_doc_transitions_apply(PGconn *db, const char *jobs_json,
-                                const char *moves_json, char *err, size_t errlen)
+                                const char *moves_json, const char *job_ids,
+                                const char *doc_ids, char *err, size_t errlen)
 {
-    const char *params[2] = {jobs_json, moves_json};
+    /* The rows are also named by = ANY (ids): a bounded index scan of each
+     * table, whatever it holds.  Joined only to the recordset (100 rows to
+     * the planner), they were read by sequential scans. */
+    const char *params[4] = {jobs_json, moves_json, job_ids, doc_ids};
     PGresult *res = dp_pg_execp(db,
         "WITH u AS (UPDATE upload_pipeline.upload_jobs j"
         "   SET status = t.status, updated_at = now(),"
@@ -309,11 +313,11 @@ dp_err dp_doc_transitions_apply(PGconn *db, const char *jobs_json,
         "       processing_started_at = coalesce(j.processing_started_at, now())"
         "   FROM jsonb_to_recordset($1::jsonb) AS t(job uuid, status text,"
         "     progress jsonb)"
-        "   WHERE j.job_id = t.job),"
+        "   WHERE j.job_id = t.job AND j.job_id = ANY ($3::uuid[])),"
         " d AS (UPDATE upload_pipeline.documents SET processing_status = t.status,"
         "   updated_at = now()"
         "   FROM jsonb_to_recordset($1::jsonb) AS t(doc uuid, status text)"
-        "   WHERE document_id = t.doc)"
+        "   WHERE document_id = t.doc AND document_id = ANY ($4::uuid[]))"
         " INSERT INTO upload_pipeline.events (job_id, document_id, type,"
         "   severity, code, stage, from_status, to_status, correlation_id)"
         " SELECT m.job, m.doc, CASE WHEN m.to_s = 'complete' THEN 'finalized'"
@@ -322,7 +326,7 @@ dp_err dp_doc_transitions_apply(PGconn *db, const char *jobs_json,
         " FROM jsonb_to_recordset($2::jsonb) AS m(n int, job uuid, doc uuid,"
         "   from_s text, to_s text, stage text, code text, corr text)"
         " ORDER BY m.n",
-        2, NULL, params, NULL, NULL, 0);
+        4, NULL, params, NULL, NULL, 0);
     dp_err e = dp_pg_check(db, res, PGRES_COMMAND_OK, "state transitions", err,
                            errlen);
     if (e == DP_OK)

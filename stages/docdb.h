@@ -53,10 +53,12 @@ int dp_doc_accept(dp_batch *b, size_t i, const char *document_id,
  * of {job, doc, status, progress}, one per job, with its final status and
  * the progress of all its moves merged in order; moves_json: a JSON array
  * of {n, job, doc, from_s, to_s, stage, code, corr}, one event each,
- * written in the order of n.  The caller holds the job rows locked and
+ * written in the order of n; job_ids, doc_ids: the jobs' ids and their
+ * documents' as uuid[] literals.  The caller holds the job rows locked and
  * knows their statuses (see dp_docstage_transition). */
 dp_err dp_doc_transitions_apply(PGconn *db, const char *jobs_json,
-                                const char *moves_json, char *err, size_t errlen);
+                                const char *moves_json, const char *job_ids,
+                                const char *doc_ids, char *err, size_t errlen);
 
 /* Stores data content-addressed under <dir>/<kind>/<sha256>; writes the
  * storage:// path and the sha256 hex (both may be NULL). */

@@ -197,10 +197,13 @@ static dp_err moves_write(dp_docstage *ds, PGconn *db, char *err, size_t errlen)
     if (!ds->moves)
         return DP_OK;
     json_t *jobs = json_array();
+    dp_buf job_ids = {0}, doc_ids = {0};
     for (size_t k = 0; k < ds->ndocs; k++) {
         ds_doc *d = &ds->docs[k];
         if (!d->moved)
             continue;
+        dp_buf_appendf(&job_ids, "%s%s", job_ids.len ? "," : "{", d->job);
+        dp_buf_appendf(&doc_ids, "%s%s", doc_ids.len ? "," : "{", d->id);
         json_array_append_new(jobs, json_pack("{s:s,s:s,s:s,s:o}", "job", d->job,
             "doc", d->id, "status", d->status, "progress",
             d->progress ? json_incref(d->progress) : json_object()));
@@ -208,11 +211,16 @@ static dp_err moves_write(dp_docstage *ds, PGconn *db, char *err, size_t errlen)
     char *j = json_dumps(jobs, JSON_COMPACT);
     char *m = json_dumps(ds->moves, JSON_COMPACT);
     json_decref(jobs);
-    dp_err e = j && m ? dp_doc_transitions_apply(db, j, m, err, errlen)
+    dp_buf_append(&job_ids, "}", 1);
+    dp_buf_append(&doc_ids, "}", 1);
+    dp_err e = j && m ? dp_doc_transitions_apply(db, j, m, job_ids.data, doc_ids.data,
+                                                 err, errlen)
                       : dp_errf(DP_ERR_PERMANENT, err, errlen,
                                 "encoding the state transitions failed");
     free(j);
     free(m);
+    dp_buf_free(&job_ids);
+    dp_buf_free(&doc_ids);
     return e;
 }
 
