@@ -218,6 +218,7 @@ static void submit_path(submitter *s, const char *path)
 int dp_cmd_submit(const dp_config *cfg, int argc, char **argv)
 {
     static submitter s; /* large (the group): not on the stack */
+    memset(&s, 0, sizeof(s));
     s.cfg = cfg;
     s.user = getenv("DOCPIPE_USER_ID") ? getenv("DOCPIPE_USER_ID") : DEFAULT_USER;
     int first = 0;

@@ -54,6 +54,8 @@ static ds_doc *doc_add(dp_docstage *ds, const char *id)
 
 static ds_doc *doc_find(dp_docstage *ds, const char *id)
 {
+    if (ds->ndocs == 0)
+        return NULL; /* (and docs may be NULL: not for qsort or bsearch) */
     if (!ds->docs_sorted) {
         qsort(ds->docs, ds->ndocs, sizeof(*ds->docs), doc_cmp);
         ds->docs_sorted = 1;

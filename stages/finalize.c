@@ -60,12 +60,15 @@ static dp_err finalize_handle(void *state, dp_batch *b, char *err, size_t errlen
             " RETURNING 1),"
             " j AS (UPDATE upload_pipeline.upload_jobs SET"
             "   processing_completed_at = now() WHERE document_id = $1::uuid)"
-            " SELECT count(*) FROM p",
+            " SELECT count(*), (SELECT user_id::text FROM upload_pipeline.documents"
+            "   WHERE document_id = $1::uuid) FROM p",
             2, NULL, params, NULL, NULL, 0);
         if ((e = dp_pg_check(db, res, PGRES_TUPLES_OK, "promote chunks", err,
                              errlen)))
             return e;
         long chunks = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+        char user[64];
+        snprintf(user, sizeof(user), "%s", PQgetvalue(res, 0, 1));
         PQclear(res);
         char progress[64];
         snprintf(progress, sizeof(progress), "{\"chunks_final\": %ld}", chunks);
@@ -76,15 +79,6 @@ static dp_err finalize_handle(void *state, dp_batch *b, char *err, size_t errlen
             return e;
         struct timeval tv;
         gettimeofday(&tv, NULL);
-        const char *p1[1] = {doc};
-        res = dp_pg_execp(db, "SELECT user_id::text FROM upload_pipeline.documents"
-                               " WHERE document_id = $1::uuid", 1, NULL, p1, NULL,
-                           NULL, 0);
-        if ((e = dp_pg_check(db, res, PGRES_TUPLES_OK, "read user", err, errlen)))
-            return e;
-        char user[64];
-        snprintf(user, sizeof(user), "%s", PQntuples(res) ? PQgetvalue(res, 0, 0) : "");
-        PQclear(res);
         dp_field f[] = {DP_FS("document_id", doc),
                         DP_FS("job_id", dp_msg_str(m, "job_id")),
                         DP_FS("user_id", user), DP_FL("chunks", chunks),

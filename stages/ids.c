@@ -339,8 +339,18 @@ size_t dp_py_float_hex(double x, char out[DP_PY_FLOAT_HEX_SIZE])
         "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
         "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
     *o++ = HEX[(mantissa >> 48) & 0xf];
-    for (int shift = 40; shift >= 0; shift -= 8, o += 2)
-        memcpy(o, pairs + 2 * ((mantissa >> shift) & 0xff), 2);
+    if ((mantissa & 0xfffffff) == 0) {
+        /* A float32 widened (every vector element): the last seven digits
+         * are zeros. */
+        memcpy(o, pairs + 2 * ((mantissa >> 40) & 0xff), 2);
+        memcpy(o + 2, pairs + 2 * ((mantissa >> 32) & 0xff), 2);
+        o[4] = HEX[(mantissa >> 28) & 0xf];
+        memcpy(o + 5, "0000000", 7);
+        o += 12;
+    } else {
+        for (int shift = 40; shift >= 0; shift -= 8, o += 2)
+            memcpy(o, pairs + 2 * ((mantissa >> shift) & 0xff), 2);
+    }
     int e = exp_field ? (int)exp_field - 1023 : -1022;
     *o++ = 'p';
     *o++ = e < 0 ? '-' : '+';

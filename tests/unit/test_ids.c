@@ -10,6 +10,7 @@
 #include <criterion/criterion.h>
 
 #include <math.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -625,4 +626,37 @@ Test(ids, vector_sha_of_an_empty_vector_is_the_empty_digest)
     char hex[DP_SHA256_HEX_SIZE];
     dp_vector_sha256(NULL, 0, hex);
     cr_assert_str_eq(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+}
+
+/* float.hex() always writes 13 hex digits, as C's "%.13a" does for every
+ * finite non-zero double (subnormals "0x0.<m>p-1022" too).  Widened
+ * float32s (every vector element) take a shorter path: both paths are
+ * checked against it over many values. */
+Test(ids, py_float_hex_agrees_with_printf_on_widened_floats_and_doubles)
+{
+    uint64_t x = 0x9e3779b97f4a7c15u;
+    char got[DP_PY_FLOAT_HEX_SIZE], want[64];
+    int widened = 0;
+    for (int i = 0; i < 200000; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        double d;
+        if (i % 2) {
+            uint32_t fb = (uint32_t)(x >> 32);
+            float f;
+            memcpy(&f, &fb, 4);
+            d = f;
+        } else {
+            memcpy(&d, &x, 8);
+        }
+        if (!isfinite(d) || d == 0.0)
+            continue;
+        uint64_t bits;
+        memcpy(&bits, &d, 8);
+        widened += (bits & 0xfffffff) == 0;
+        size_t n = dp_py_float_hex(d, got);
+        snprintf(want, sizeof(want), "%.13a", d);
+        cr_assert_str_eq(got, want, "bits 0x%016llx", (unsigned long long)bits);
+        cr_assert_eq(n, strlen(want));
+    }
+    cr_assert_gt(widened, 90000, "the float32 path was taken");
 }
