@@ -85,7 +85,7 @@ static const dp_config_entry dp_config_table[] = {
      "encoding_format asked of the service: base64 (float32, compact) or float."},
     {"embed_dim", CT_INT, F(embed_dim), "1536", 1, 65536,
      "Expected embedding dimension; other sizes are rejected."},
-    {"embed_inflight", CT_INT, F(embed_inflight), "96", 1, 1024,
+    {"embed_inflight", CT_INT, F(embed_inflight), "128", 1, 1024,
      "Embedding requests kept in flight by one embed instance."},
     {"embed_rpm", CT_INT, F(embed_rpm), "3500", 1, 100000000,
      "Client-side limit of embedding requests per minute."},
@@ -93,7 +93,7 @@ static const dp_config_entry dp_config_table[] = {
      "Client-side limit of estimated embedding tokens per minute."},
     {"embed_timeout_ms", CT_INT, F(embed_timeout_ms), "60000", 100, 600000,
      "Timeout of one embedding request."},
-    {"embed_buffer_kb", CT_INT, F(embed_buffer_kb), "4096", 64, 1048576,
+    {"embed_buffer_kb", CT_INT, F(embed_buffer_kb), "2048", 64, 1048576,
      "Most reply bytes one embed instance holds at once (KB); further replies wait,"
      " unread, until earlier ones are stored. Bounds memory whatever embed_inflight"
      " and embed_encoding are."},

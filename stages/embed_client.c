@@ -101,7 +101,7 @@ dp_err dp_embed_client_new(const dp_config *cfg, dp_embed_client **out, char *er
     c->dim = cfg->embed_dim;
     c->inflight = cfg->embed_inflight > 0 ? cfg->embed_inflight : 1;
     c->timeout_ms = cfg->embed_timeout_ms > 0 ? cfg->embed_timeout_ms : 60000;
-    c->buffer_max = (size_t)(cfg->embed_buffer_kb > 0 ? cfg->embed_buffer_kb : 4096) * 1024;
+    c->buffer_max = (size_t)(cfg->embed_buffer_kb > 0 ? cfg->embed_buffer_kb : 2048) * 1024;
 
     const char *url = cfg->embed_url;
     size_t ulen = strlen(url);
