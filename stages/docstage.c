@@ -22,6 +22,16 @@ typedef struct ds_doc {
     int moved;                /* has moves to write */
 } ds_doc;
 
+/* Document ids as PostgreSQL prints them: a record may spell one in
+ * capitals. */
+static void id_key(char out[DP_UUID_STR_SIZE], const char *id)
+{
+    size_t k = 0;
+    for (; id[k] && k + 1 < DP_UUID_STR_SIZE; k++)
+        out[k] = (char)(id[k] >= 'A' && id[k] <= 'Z' ? id[k] - 'A' + 'a' : id[k]);
+    out[k] = '\0';
+}
+
 static int doc_cmp(const void *a, const void *b)
 {
     return strcmp(((const ds_doc *)a)->id, ((const ds_doc *)b)->id);
@@ -46,7 +56,7 @@ static ds_doc *doc_add(dp_docstage *ds, const char *id)
     }
     ds_doc *d = &ds->docs[ds->ndocs++];
     memset(d, 0, sizeof(*d));
-    snprintf(d->id, sizeof(d->id), "%s", id);
+    id_key(d->id, id);
     d->unread = 1;
     ds->docs_sorted = 0;
     return d;
@@ -61,7 +71,7 @@ static ds_doc *doc_find(dp_docstage *ds, const char *id)
         ds->docs_sorted = 1;
     }
     ds_doc key;
-    snprintf(key.id, sizeof(key.id), "%s", id);
+    id_key(key.id, id);
     return bsearch(&key, ds->docs, ds->ndocs, sizeof(*ds->docs), doc_cmp);
 }
 

@@ -13,6 +13,8 @@
 
 #include <jansson.h>
 
+#include "docdb.h"
+#include "docmsg.h"
 #include "ids.h"
 #include "support_docs.h"
 #include "support_env.h"
@@ -368,6 +370,37 @@ Test(pipeline, test_same_file_twice_is_one_document)
                  " the same text and shares its path");
     cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.document_chunks WHERE"
                    " document_id = '%s'", c[0]), want);
+
+    /* A producer of its own may spell a document id in capitals: every
+     * stage still finds the job (the stages look jobs up a batch at a
+     * time, by the id as PostgreSQL prints it). */
+    const char *text = "# Capitals\n\nA document whose id comes in capitals.\n";
+    char raw[DP_STORAGE_PATH_SIZE], sha[DP_SHA256_HEX_SIZE], err[512], upper[40],
+        corr[40], schemas[1100], topic[300];
+    cr_assert_eq(dp_storage_put(storage, "raw", text, strlen(text), raw, sha, err,
+                                sizeof(err)), DP_OK, "%s", err);
+    snprintf(upper, sizeof(upper), "ABCDEF01-2345-4678-8ABC-%012X", (unsigned)getpid());
+    snprintf(corr, sizeof(corr), "abcdef02-2345-4678-8abc-%012x", (unsigned)getpid());
+    dp_field up[] = {DP_FS("document_id", upper), DP_FS("user_id", user),
+                     DP_FS("filename", "capitals.md"), DP_FS("mime", "text/markdown"),
+                     DP_FL("bytes_len", (int64_t)strlen(text)), DP_FS("file_sha256", sha),
+                     DP_FS("raw_path", raw), DP_FL("submitted_at_ms", 0),
+                     DP_FS("correlation_id", corr)};
+    snprintf(schemas, sizeof(schemas), "%s/schemas", T.srcdir);
+    dp_msgcodec *codec;
+    cr_assert_eq(dp_msgcodec_open(schemas, &codec, err, sizeof(err)), DP_OK, "%s", err);
+    void *value;
+    size_t vlen;
+    cr_assert_eq(dp_msg_encode(codec, "UploadRequested", up, 9, &value, &vlen, err,
+                               sizeof(err)), DP_OK, "%s", err);
+    dp_msgcodec_free(codec);
+    snprintf(topic, sizeof(topic), "%suploaded", T.prefix);
+    tenv_produce(&T, topic, upper, value, vlen, NULL);
+    free(value);
+    snprintf(sql, sizeof(sql), "SELECT count(*)::int FROM upload_pipeline.upload_jobs"
+             " WHERE document_id = '%s'::uuid AND status = 'complete'", upper);
+    cr_assert_eq(tenv_wait_scalar(&T, sql, 1, 120 * 1000), 1,
+                 "the document with a capitalised id completes");
     tdoc_free(&d);
 }
 
