@@ -75,6 +75,28 @@ static ds_doc *doc_find(dp_docstage *ds, const char *id)
     return bsearch(&key, ds->docs, ds->ndocs, sizeof(*ds->docs), doc_cmp);
 }
 
+/* Sorts the view and keeps one entry per document: the one already read
+ * (it may carry moves), else the first. */
+static void docs_unique(dp_docstage *ds)
+{
+    if (ds->ndocs == 0)
+        return;
+    qsort(ds->docs, ds->ndocs, sizeof(*ds->docs), doc_cmp);
+    size_t n = 0;
+    for (size_t k = 0; k < ds->ndocs; k++) {
+        if (n > 0 && strcmp(ds->docs[n - 1].id, ds->docs[k].id) == 0) {
+            if (ds->docs[n - 1].unread && !ds->docs[k].unread)
+                ds->docs[n - 1] = ds->docs[k];
+            else
+                json_decref(ds->docs[k].progress);
+            continue;
+        }
+        ds->docs[n++] = ds->docs[k];
+    }
+    ds->ndocs = n;
+    ds->docs_sorted = 1;
+}
+
 /* Reads and locks the jobs of the documents not read yet, in one
  * statement, in document id order (the order every stage locks in). */
 static dp_err docs_load(dp_docstage *ds, PGconn *db, char *err, size_t errlen)
@@ -135,12 +157,11 @@ dp_err dp_docstage_ready(dp_docstage *ds, dp_batch *b, size_t i,
 {
     *go = 0;
     if (!ds->docs_loaded) {
-        /* The first question of the pass reads the whole batch's jobs. */
-        for (size_t k = 0; k < dp_batch_count(b); k++) {
-            const char *id = dp_msg_str(dp_docstage_msg(b, k), "document_id");
-            if (!doc_find(ds, id))
-                doc_add(ds, id);
-        }
+        /* The first question of the pass reads the whole batch's jobs:
+         * every id added, then one sort that drops the repeats. */
+        for (size_t k = 0; k < dp_batch_count(b); k++)
+            doc_add(ds, dp_msg_str(dp_docstage_msg(b, k), "document_id"));
+        docs_unique(ds);
         ds->docs_loaded = 1;
     }
     ds_doc *d;
