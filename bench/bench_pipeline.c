@@ -21,6 +21,13 @@
  *       their group before embed-plan queues the first embedding batch, so
  *       each starts on its own share of the backlog.
  *
+ * Beside a (first, in the same run) it measures a raw ceiling (ceiling.h):
+ * the same documents' files, rows and embedding requests written by a few
+ * plain worker processes with no Kafka and no stages, so a's rate can be
+ * read as a share of what this machine can do at all.  Every scenario also
+ * reports how busy the machine's cores were over its window (/proc/stat):
+ * near 100%, more speed or more instances need more cores.
+ *
  * What the figures mean:
  *   - end to end: N / (last processing_completed_at - submit start);
  *     chunks the same with the rows of upload_pipeline.document_chunks;
@@ -59,6 +66,7 @@
 #include <unistd.h>
 
 #include "bench_util.h"
+#include "ceiling.h"
 #include "ids.h"
 #include "pg.h"
 #include "topics.h"
@@ -68,6 +76,7 @@
 #define STALL_S 60.0          /* no job moved for this long: give up */
 #define MAX_CHILDREN 16
 #define DOC_BYTES 10240
+#define CEILING_GROUP 16     /* documents per transaction in the raw ceiling */
 
 static const char *bin = "./docpipe";
 static const char *embedserver = NULL;
@@ -109,6 +118,7 @@ typedef struct result {
     double embed_docs_s;    /* prefill: over the embed stage's own window */
     long embed_docs;
     double embed_window_s;
+    double busy;            /* share of the cores busy over its window, -1 unknown */
 } result;
 
 /* ---- clocks, /proc ---------------------------------------------------- */
@@ -118,24 +128,6 @@ static double now_real(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* User + system CPU seconds of a running process, -1 if unknown. */
-static double cpu_seconds(pid_t pid)
-{
-    char path[64], line[1024];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    char *ok = fgets(line, sizeof(line), f);
-    fclose(f);
-    char *p = ok ? strrchr(line, ')') : NULL;
-    unsigned long ut, st;
-    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu",
-                     &ut, &st) != 2)
-        return -1;
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
 static double load_1min(void)
@@ -148,6 +140,58 @@ static double load_1min(void)
         fclose(f);
     }
     return l;
+}
+
+/* The machine's CPU (/proc/stat), sampled while a scenario runs, to tell
+ * how busy the cores were over a window: at 100% the figures are bounded by
+ * this machine's cores, not by waiting. */
+#define MAX_CPU_SAMPLES 8192
+static struct cpu_sample {
+    double t;                    /* now_real() */
+    unsigned long long idle, total;
+} cpu_samples[MAX_CPU_SAMPLES];
+static int n_cpu_samples;
+
+static void cpu_sample(void)
+{
+    FILE *f = fopen("/proc/stat", "r");
+    unsigned long long v[8] = {0};
+    int got = f ? fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1],
+                         &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]) : 0;
+    if (f)
+        fclose(f);
+    if (got < 5 || n_cpu_samples == MAX_CPU_SAMPLES)
+        return;
+    struct cpu_sample *c = &cpu_samples[n_cpu_samples++];
+    c->t = now_real();
+    c->idle = v[3] + v[4];       /* idle + iowait */
+    c->total = 0;
+    for (int k = 0; k < 8; k++)
+        c->total += v[k];
+}
+
+/* Busy share of all cores between the first sample at or after from and
+ * the last at or before to; -1 without two such samples. */
+static double cpu_busy(double from, double to)
+{
+    int a = -1, b = -1;
+    for (int k = 0; k < n_cpu_samples; k++) {
+        if (a < 0 && cpu_samples[k].t >= from)
+            a = k;
+        if (cpu_samples[k].t <= to)
+            b = k;
+    }
+    if (a < 0 || b <= a || cpu_samples[b].total == cpu_samples[a].total)
+        return -1;
+    double total = (double)(cpu_samples[b].total - cpu_samples[a].total);
+    double idle = (double)(cpu_samples[b].idle - cpu_samples[a].idle);
+    return 1.0 - idle / total;
+}
+
+static void print_busy(const char *what, double busy)
+{
+    if (busy >= 0)
+        printf("  machine      cores %.0f%% busy %s\n", 100 * busy, what);
 }
 
 /* ---- documents -------------------------------------------------------- */
@@ -236,21 +280,6 @@ static void rm_tree(const char *path)
     nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-static void uuid4(char out[DP_UUID_STR_SIZE])
-{
-    uint8_t b[16];
-    uint64_t s = (uint64_t)now_real() * 1000003u ^ (uint64_t)getpid() << 20;
-    FILE *f = fopen("/dev/urandom", "rb");
-    if (!f || fread(b, 1, 16, f) != 16)
-        for (int i = 0; i < 16; i++)
-            b[i] = (uint8_t)splitmix64(&s);
-    if (f)
-        fclose(f);
-    b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
-    b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
-    dp_uuid_format(b, out);
-}
-
 /* ---- child processes -------------------------------------------------- */
 
 /* Every process the benchmark started and has not reaped yet.  kids[0] is
@@ -283,7 +312,7 @@ static void sample(child *c)
     long kb = bench_vm_hwm_kb(c->pid);
     if (kb > c->hwm_kb)
         c->hwm_kb = kb;
-    double cpu = cpu_seconds(c->pid);
+    double cpu = bench_cpu_seconds(c->pid);
     if (cpu >= 0)
         c->cpu_s = cpu;
 }
@@ -311,7 +340,7 @@ static void sample_backends(PGconn *db, const scenario *sc)
                 j++;
             if (j == 4)
                 continue;
-            double cpu = cpu_seconds(pid);
+            double cpu = bench_cpu_seconds(pid);
             if (cpu >= 0) {
                 c->pg_pid[j] = pid;
                 c->pg_cpu[j] = cpu;
@@ -573,6 +602,7 @@ static int wait_jobs(PGconn *db, const scenario *sc, const char *user, long n,
         for (int i = 0; i < nkids; i++)
             sample(&kids[i]);
         sample_backends(db, sc);
+        cpu_sample();
         long known = job_counts(db, user, counts);
         if (known >= 0) {
             long failed = counts[10] + counts[11] + counts[12] + counts[13];
@@ -707,6 +737,8 @@ static void report_figures(PGconn *db, const scenario *sc, double t0, result *re
         printf("  latency      from submit start: p50 %.2f s, p99 %.2f s;"
                " from intake (upload_jobs.created_at): p50 %.2f s, p99 %.2f s\n",
                pct(sub, n, 0.5), pct(sub, n, 0.99), pct(in, n, 0.5), pct(in, n, 0.99));
+        res->busy = cpu_busy(t0, last);
+        print_busy("from submit start to the last completion", res->busy);
     }
     free(sub);
     free(in);
@@ -829,6 +861,8 @@ static void embed_window(PGconn *db, const scenario *sc, result *res)
            " from the first embedding batch queued, or the group's last partition claim"
            " if later, to the last EMBED_BATCH_STORED)\n",
            res->embed_docs_s, sc->instances, res->embed_docs, res->embed_window_s);
+    res->busy = cpu_busy(start, start + res->embed_window_s);
+    print_busy("over that window", res->busy);
 }
 
 /* ---- cleanup of what a scenario made ---------------------------------- */
@@ -935,15 +969,17 @@ static int run_scenario(PGconn *db, scenario *sc, const char *tmp, const char *d
                         const char *warm, long n, int keep, result *res)
 {
     memset(res, 0, sizeof(*res));
+    res->busy = -1;
     nkids = 0;
+    n_cpu_samples = 0;
     snprintf(sc->dir, sizeof(sc->dir), "%s/%s", tmp, sc->name);
     snprintf(sc->storage, sizeof(sc->storage), "%s/storage", sc->dir);
     snprintf(sc->logs, sizeof(sc->logs), "%s/logs", sc->dir);
     snprintf(sc->prefix, sizeof(sc->prefix), "benchp%d_%ld_%s.", (int)getpid(),
              (long)time(NULL) % 100000, sc->name);
     sc->embed_url[0] = '\0';
-    uuid4(sc->user);
-    uuid4(sc->warm_user);
+    bench_uuid4(sc->user);
+    bench_uuid4(sc->warm_user);
     mkdir(sc->dir, 0755);
     mkdir(sc->storage, 0755);
     mkdir(sc->logs, 0755);
@@ -1041,19 +1077,80 @@ out:
     return rc;
 }
 
+/* ---- the raw ceiling --------------------------------------------------- */
+
+/* The same documents through ceiling.h's workers: no Kafka, no stages, the
+ * embedding service at 0 ms as in scenario a. */
+static int run_ceiling(PGconn *db, const char *tmp, const char *docs, long n,
+                       int workers, int keep, ceiling_result *cr)
+{
+    memset(cr, 0, sizeof(*cr));
+    nkids = 0;
+    scenario sc = {.name = "ceiling"};
+    snprintf(sc.dir, sizeof(sc.dir), "%s/ceiling", tmp);
+    snprintf(sc.storage, sizeof(sc.storage), "%s/storage", sc.dir);
+    snprintf(sc.logs, sizeof(sc.logs), "%s/logs", sc.dir);
+    /* No topics, groups or offsets: a prefix no stage uses, for delete_rows. */
+    snprintf(sc.prefix, sizeof(sc.prefix), "benchp%d_ceiling.", (int)getpid());
+    bench_uuid4(sc.user);
+    bench_uuid4(sc.warm_user);
+    mkdir(sc.dir, 0755);
+    mkdir(sc.storage, 0755);
+    mkdir(sc.logs, 0755);
+    printf("\nceiling: the same documents' work with no Kafka and no stages: %d worker"
+           " processes, one transaction per %d documents, embedding latency 0 ms;"
+           " load average %.2f\n", workers, CEILING_GROUP, load_1min());
+    fflush(stdout);
+    int rc = start_embedserver(&sc);
+    char err[1200] = "";
+    double cr_busy = -1;
+    if (rc == 0) {
+        ceiling_opts o = {dburl, docs, sc.storage, sc.embed_url, sc.user, n, workers,
+                          CEILING_GROUP};
+        n_cpu_samples = 0;
+        double from = now_real();
+        cpu_sample();
+        rc = ceiling_run(&o, cr, err, sizeof(err));
+        cpu_sample();
+        cr_busy = cpu_busy(from, now_real());
+    }
+    stop_all();
+    if (rc == 0) {
+        char pg[32] = "-";
+        if (cr->backend_cpu_s >= 0)
+            snprintf(pg, sizeof(pg), "%.2f", cr->backend_cpu_s);
+        printf("  documents    %ld written; %ld chunks (%.1f per document)\n", cr->docs,
+               cr->chunks, (double)cr->chunks / (double)cr->docs);
+        printf("  rate         %.1f documents/s, %.0f chunks/s (%ld documents in %.2f s)\n",
+               cr->docs_s, (double)cr->chunks / cr->span_s, cr->docs, cr->span_s);
+        printf("  CPU s        workers %.2f, their PostgreSQL backends %s, embedserver"
+               " %.2f\n", cr->worker_cpu_s, pg, kids[0].cpu_s);
+        print_busy("while the workers ran", cr_busy);
+    } else {
+        printf("  FAILED: %s\n", *err ? err : "the embedding service did not start");
+    }
+    fflush(stdout);
+    if (!keep) {
+        delete_rows(db, &sc);
+        rm_tree(sc.dir);
+    }
+    nkids = 0;
+    return rc;
+}
+
 /* ---- main ------------------------------------------------------------- */
 
 static void usage(void)
 {
     fprintf(stderr, "usage: bench_pipeline [--bin PATH] [--embedserver PATH] [--docs N]"
-                    " [--only a|b|c] [--keep] [--progress]\n");
+                    " [--only a|b|c|ceiling] [--ceiling-workers N] [--keep] [--progress]\n");
 }
 
 int main(int argc, char **argv)
 {
     long n = 1000;
     const char *only = NULL;
-    int keep = 0;
+    int keep = 0, ceiling_workers = 4;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--bin") && i + 1 < argc)
             bin = argv[++i];
@@ -1063,6 +1160,8 @@ int main(int argc, char **argv)
             n = atol(argv[++i]);
         else if (!strcmp(argv[i], "--only") && i + 1 < argc)
             only = argv[++i];
+        else if (!strcmp(argv[i], "--ceiling-workers") && i + 1 < argc)
+            ceiling_workers = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--keep"))
             keep = 1;
         else if (!strcmp(argv[i], "--progress"))
@@ -1072,7 +1171,9 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (n < 1 || (only && strcmp(only, "a") && strcmp(only, "b") && strcmp(only, "c"))) {
+    if (n < 1 || ceiling_workers < 1 || ceiling_workers > 64 ||
+        (only && strcmp(only, "a") && strcmp(only, "b") && strcmp(only, "c") &&
+         strcmp(only, "ceiling"))) {
         usage();
         return 2;
     }
@@ -1145,9 +1246,19 @@ int main(int argc, char **argv)
                       {.name = "c4", .latency_ms = 1000, .instances = 4, .prefill = 1}};
     result res[5];
     int failures = 0;
+    /* The raw ceiling runs first, beside scenario a (--only a runs both). */
+    ceiling_result cres;
+    int ceiling_ok = 0;
+    memset(&cres, 0, sizeof(cres));
+    if (!only || !strcmp(only, "a") || !strcmp(only, "ceiling")) {
+        if (run_ceiling(db, tmp, docs, n, ceiling_workers, keep, &cres))
+            failures++;
+        else
+            ceiling_ok = 1;
+    }
     for (int i = 0; i < 5 && !interrupted; i++) {
         memset(&res[i], 0, sizeof(res[i]));
-        if (only && all[i].name[0] != only[0])
+        if (only && (!strcmp(only, "ceiling") || all[i].name[0] != only[0]))
             continue;
         if (run_scenario(db, &all[i], tmp, docs, warm, n, keep, &res[i]))
             failures++;
@@ -1157,27 +1268,36 @@ int main(int argc, char **argv)
     for (int i = 0; i < 5; i++)
         if (res[i].ran && !res[i].ok)
             printf("  %-2s FAILED: no figures\n", all[i].name);
+    if (ceiling_ok)
+        printf("  ceiling (no Kafka, no stages): %7.1f documents/s on this machine\n",
+               cres.docs_s);
     if (res[0].ok)
         printf("  a  latency 0 ms, 1 embed:     %7.1f documents/s end to end"
                " (target >= 200: %s)\n", res[0].e2e_docs_s,
                verdict(res[0].e2e_docs_s, 200, 1));
+    if (res[0].ok && ceiling_ok)
+        printf("     a / ceiling = %.0f%%; the target is %.2fx the ceiling\n",
+               100.0 * res[0].e2e_docs_s / cres.docs_s, 200.0 / cres.docs_s);
     if (res[1].ok)
         printf("  b  latency 1000 ms, 1 embed:  %7.1f documents/s end to end"
                " (target >= 30 per embed instance: %s)\n", res[1].e2e_docs_s,
                verdict(res[1].e2e_docs_s, 30, 1));
     if (res[2].ok || res[3].ok || res[4].ok) {
         printf("  c  latency 1000 ms, embed stage alone on a backlog:\n");
-        printf("     %9s %12s %14s %9s %11s\n", "instances", "documents/s",
-               "per instance", "scaling", "linear");
+        printf("     %9s %12s %14s %9s %11s %10s\n", "instances", "documents/s",
+               "per instance", "scaling", "linear", "cores busy");
         for (int i = 2; i < 5; i++) {
             if (!res[i].ok)
                 continue;
             double ratio = res[2].ok && res[2].embed_docs_s > 0
                            ? res[i].embed_docs_s / res[2].embed_docs_s : -1;
-            printf("     %9d %12.1f %14.1f %8.2fx %10d%%   (per instance >= 30: %s)\n",
+            char busy[16] = "-";
+            if (res[i].busy >= 0)
+                snprintf(busy, sizeof(busy), "%.0f%%", 100 * res[i].busy);
+            printf("     %9d %12.1f %14.1f %8.2fx %10d%% %10s   (per instance >= 30: %s)\n",
                    all[i].instances, res[i].embed_docs_s,
                    res[i].embed_docs_s / all[i].instances, ratio,
-                   ratio > 0 ? (int)(100 * ratio / all[i].instances + 0.5) : 0,
+                   ratio > 0 ? (int)(100 * ratio / all[i].instances + 0.5) : 0, busy,
                    verdict(res[i].embed_docs_s / all[i].instances, 30, 1));
         }
     }

@@ -60,6 +60,25 @@ dp_err dp_doc_transitions_apply(PGconn *db, const char *jobs_json,
                                 const char *moves_json, const char *job_ids,
                                 const char *doc_ids, char *err, size_t errlen);
 
+/* finalize's promotion of buffered chunks and their vectors ($2: the
+ * embedding model) into document_chunks; the caller names the documents
+ * (" WHERE c.document_id ...").  The lateral subquery, kept apart by OFFSET
+ * 0, reads each chunk's vector through the buffer's primary key; without
+ * it the planner read every vector of the model (docs/benchmarks.md,
+ * seventh round). */
+#define DP_SQL_PROMOTE_CHUNKS \
+    "INSERT INTO upload_pipeline.document_chunks (chunk_id, document_id," \
+    "   chunker_name, chunker_version, chunk_ord, text, chunk_sha, meta," \
+    "   embed_model, embed_version, embedding, vector_dim, vector_sha)" \
+    " SELECT c.chunk_id, c.document_id, c.chunker_name, c.chunker_version," \
+    "   c.chunk_ord, c.text, c.chunk_sha, c.meta, v.embed_model," \
+    "   v.embed_version, v.vector, cardinality(v.vector), v.vector_sha" \
+    " FROM upload_pipeline.document_chunk_buffer c" \
+    " CROSS JOIN LATERAL (SELECT v.embed_model, v.embed_version, v.vector," \
+    "     v.vector_sha FROM upload_pipeline.document_vector_buffer v" \
+    "   WHERE v.chunk_id = c.chunk_id AND v.embed_model = $2" \
+    "   AND v.embed_version = '1' OFFSET 0) v"
+
 /* Stores data content-addressed under <dir>/<kind>/<sha256>; writes the
  * storage:// path and the sha256 hex (both may be NULL). */
 dp_err dp_storage_put(const char *dir, const char *kind, const void *data,

@@ -42,18 +42,7 @@ static dp_err finalize_handle(void *state, dp_batch *b, char *err, size_t errlen
          * statistics were young: 8 of 11 ms per document on a used
          * database, more on a new one as the buffer grew. */
         PGresult *res = dp_pg_execp(db,
-            "WITH p AS (INSERT INTO upload_pipeline.document_chunks (chunk_id,"
-            "   document_id, chunker_name, chunker_version, chunk_ord, text,"
-            "   chunk_sha, meta, embed_model, embed_version, embedding,"
-            "   vector_dim, vector_sha)"
-            " SELECT c.chunk_id, c.document_id, c.chunker_name, c.chunker_version,"
-            "   c.chunk_ord, c.text, c.chunk_sha, c.meta, v.embed_model,"
-            "   v.embed_version, v.vector, cardinality(v.vector), v.vector_sha"
-            " FROM upload_pipeline.document_chunk_buffer c"
-            " CROSS JOIN LATERAL (SELECT v.embed_model, v.embed_version, v.vector,"
-            "     v.vector_sha FROM upload_pipeline.document_vector_buffer v"
-            "   WHERE v.chunk_id = c.chunk_id AND v.embed_model = $2"
-            "   AND v.embed_version = '1' OFFSET 0) v"
+            "WITH p AS (" DP_SQL_PROMOTE_CHUNKS
             " WHERE c.document_id = $1::uuid"
             " ON CONFLICT (chunk_id) DO UPDATE SET embedding = EXCLUDED.embedding,"
             "   vector_sha = EXCLUDED.vector_sha, embed_model = EXCLUDED.embed_model"
