@@ -20,6 +20,8 @@ typedef struct ds_doc {
     json_t *progress;         /* merged progress of its moves, or NULL */
     int unread;               /* its job not read yet */
     int moved;                /* has moves to write */
+    char parsed_path[DP_STORAGE_PATH_SIZE]; /* to write with them, "" none */
+    long batches_total;       /* embed_batches_total to write, -1 none */
 } ds_doc;
 
 /* Document ids as PostgreSQL prints them: a record may spell one in
@@ -58,6 +60,7 @@ static ds_doc *doc_add(dp_docstage *ds, const char *id)
     memset(d, 0, sizeof(*d));
     id_key(d->id, id);
     d->unread = 1;
+    d->batches_total = -1;
     ds->docs_sorted = 0;
     return d;
 }
@@ -224,6 +227,18 @@ dp_err dp_docstage_transition(dp_docstage *ds, dp_batch *b,
     return DP_OK;
 }
 
+void dp_docstage_set_job(dp_docstage *ds, const char *document_id,
+                         const char *parsed_path, long batches_total)
+{
+    ds_doc *d = doc_find(ds, document_id);
+    if (!d || !d->moved)
+        return;
+    if (parsed_path)
+        snprintf(d->parsed_path, sizeof(d->parsed_path), "%s", parsed_path);
+    if (batches_total >= 0)
+        d->batches_total = batches_total;
+}
+
 /* Writes the pass's moves (dp_doc_transitions_apply). */
 static dp_err moves_write(dp_docstage *ds, PGconn *db, char *err, size_t errlen)
 {
@@ -237,9 +252,14 @@ static dp_err moves_write(dp_docstage *ds, PGconn *db, char *err, size_t errlen)
             continue;
         dp_buf_appendf(&job_ids, "%s%s", job_ids.len ? "," : "{", d->job);
         dp_buf_appendf(&doc_ids, "%s%s", doc_ids.len ? "," : "{", d->id);
-        json_array_append_new(jobs, json_pack("{s:s,s:s,s:s,s:o}", "job", d->job,
-            "doc", d->id, "status", d->status, "progress",
-            d->progress ? json_incref(d->progress) : json_object()));
+        json_t *row = json_pack("{s:s,s:s,s:s,s:o}", "job", d->job, "doc", d->id,
+            "status", d->status, "progress",
+            d->progress ? json_incref(d->progress) : json_object());
+        if (*d->parsed_path)
+            json_object_set_new(row, "parsed_path", json_string(d->parsed_path));
+        if (d->batches_total >= 0)
+            json_object_set_new(row, "batches", json_integer(d->batches_total));
+        json_array_append_new(jobs, row);
     }
     char *j = json_dumps(jobs, JSON_COMPACT);
     char *m = json_dumps(ds->moves, JSON_COMPACT);

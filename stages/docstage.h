@@ -85,6 +85,13 @@ dp_err dp_docstage_transition(dp_docstage *ds, dp_batch *b,
                               const char *progress_json, int *moved, char *err,
                               size_t errlen);
 
+/* Columns of document_id's job written with the pass's moves, instead of
+ * a statement of their own: parsed_path (NULL: unchanged; the document's
+ * too) and embed_batches_total (-1: unchanged).  Only for a job that
+ * dp_docstage_transition moved in this pass; otherwise nothing is written. */
+void dp_docstage_set_job(dp_docstage *ds, const char *document_id,
+                         const char *parsed_path, long batches_total);
+
 /* Tells the view that this pass created document_id's job, in status. */
 void dp_docstage_adopt(dp_docstage *ds, const char *document_id,
                        const char *job_id, const char *status);

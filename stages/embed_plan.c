@@ -59,26 +59,15 @@ static dp_err plan_handle(void *state, dp_batch *b, char *err, size_t errlen)
         PQclear(res);
         size_t nb = dp_embed_plan_batches(tokens, n, DP_EMBED_BATCH_MAX_TEXTS,
                                           DP_EMBED_BATCH_MAX_TOKENS, ends);
-        char progress[160], total[16];
+        char progress[160];
         snprintf(progress, sizeof(progress),
                  "{\"embeds_total\": %zu, \"embeds_done\": 0, \"batches_total\": %zu}",
                  n, nb);
-        snprintf(total, sizeof(total), "%zu", nb);
-        const char *p2[2] = {doc, total};
-        res = dp_pg_execp(db, "UPDATE upload_pipeline.upload_jobs SET"
-                               " embed_batches_total = $2::int WHERE document_id = $1::uuid",
-                           2, NULL, p2, NULL, NULL, 0);
-        if ((e = dp_pg_check(db, res, PGRES_COMMAND_OK, "store batch count",
-                             err, errlen))) {
-            free(tokens);
-            free(ends);
-            return e;
-        }
-        PQclear(res);
         int moved;
         e = dp_docstage_transition(ds, b, doc, plan_from, "embedding_queued",
                                    "EMBEDDING_QUEUED", corr, progress,
                                    &moved, err, errlen);
+        dp_docstage_set_job(ds, doc, NULL, (long)nb); /* written with the move */
         size_t start = 0;
         for (size_t k = 0; e == DP_OK && k < nb; k++) {
             dp_field f[] = {DP_FS("document_id", doc),

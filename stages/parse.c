@@ -21,7 +21,6 @@
 #include "breaker.h"
 #include "docdb.h"
 #include "docstage.h"
-#include "pg.h"
 #include "stages.h"
 #include "tika_client.h"
 
@@ -34,7 +33,6 @@ static dp_err parse_handle(void *state, dp_batch *b, char *err, size_t errlen)
 {
     dp_docstage *ds = state;
     dp_tika_client *tika = ds->impl;
-    PGconn *db = dp_batch_db(b);
     dp_storage_batch sb = {0}; /* the texts, made durable together */
     dp_err e = DP_OK;
     for (size_t i = 0; i < dp_batch_count(b); i++) {
@@ -99,16 +97,7 @@ static dp_err parse_handle(void *state, dp_batch *b, char *err, size_t errlen)
                                    err, errlen);
         if (e)
             goto out;
-        const char *params[2] = {doc, path};
-        PGresult *res = dp_pg_execp(db,
-            "WITH j AS (UPDATE upload_pipeline.upload_jobs SET parsed_path = $2"
-            "  WHERE document_id = $1::uuid)"
-            " UPDATE upload_pipeline.documents SET parsed_path = $2"
-            "  WHERE document_id = $1::uuid", 2, NULL, params, NULL, NULL, 0);
-        if ((e = dp_pg_check(db, res, PGRES_COMMAND_OK, "store parsed path", err,
-                             errlen)))
-            goto out;
-        PQclear(res);
+        dp_docstage_set_job(ds, doc, path, -1); /* written with the move */
         dp_field f[] = {DP_FS("document_id", doc),
                         DP_FS("job_id", dp_msg_str(m, "job_id")),
                         DP_FS("parsed_path", path),

@@ -323,6 +323,17 @@ Test(pipeline, test_200_mixed_documents_complete_with_expected_chunks_and_vector
                                  " ('upload_pipeline.document_chunks'::regclass,"
                                  " 'upload_pipeline.document_vector_buffer'::regclass)"
                                  " AND 'toast_tuple_target=8160' = ANY (reloptions)"), 2);
+    /* parse's parsed_path and embed-plan's batch count are written with
+     * their moves: on every job, its document's path the same, and as many
+     * embedding batches stored as planned. */
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM upload_pipeline.upload_jobs j"
+             " JOIN upload_pipeline.documents d USING (document_id)"
+             " WHERE j.user_id = '%s' AND j.parsed_path LIKE 'storage://%%'"
+             " AND d.parsed_path = j.parsed_path AND j.embed_batches_total ="
+             "   (SELECT count(*) FROM upload_pipeline.embedding_batches b"
+             "    WHERE b.document_id = j.document_id)", user);
+    cr_assert_eq(tenv_scalar(&T, sql), n, "jobs with their parsed path and batch count");
     /* Moving a job writes no index entries: most updates of jobs and
      * documents are HOT (0007: 74% and 86% here; without it, 33% and 66%). */
     long long uj = tenv_scalar(&T, upd_jobs) - upd_jobs0;
@@ -453,6 +464,24 @@ Test(pipeline, test_unparseable_file_ends_failed_parse_with_one_dead_letter)
     char buf[128];
     cr_assert_str_eq(tenv_header(&m[0], "docpipe-original-key", buf, sizeof(buf)), ids[0]);
     tenv_free_msgs(m, n);
+
+    /* Blanks only: parse takes the file as its text (and records its path
+     * with the move), validate finds it empty. */
+    snprintf(path, sizeof(path), "/tmp/docpipe-%sblank.md", T.prefix);
+    f = fopen(path, "w");
+    fputs("  \n\n\t\n   \n", f);
+    fclose(f);
+    char blank[1][40];
+    cr_assert_eq(submit(path, blank, 1), 1);
+    snprintf(sql, sizeof(sql), "SELECT count(*)::int FROM upload_pipeline.upload_jobs"
+             " WHERE document_id = '%.36s' AND status LIKE 'failed_%%'", blank[0]);
+    tenv_wait_scalar(&T, sql, 1, 180 * 1000);
+    cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.upload_jobs j"
+                   " JOIN upload_pipeline.documents d USING (document_id)"
+                   " WHERE j.document_id = '%s' AND j.status = 'failed_parse'"
+                   " AND j.last_error->>'stage' = 'validate'"
+                   " AND j.parsed_path = j.raw_path AND d.parsed_path = j.raw_path",
+                   blank[0]), 1, "parsed by parse, refused by validate");
 }
 
 Test(pipeline, test_embedding_outage_opens_breaker_pauses_and_everything_completes)
