@@ -199,6 +199,7 @@ struct dp_runtime {
     int64_t retry_hint_ms;       /* from dp_batch_retry_after */
     int64_t t_handler, t_flush, t_commit, t_settle; /* ms spent, for debug */
     int64_t last_nudge_ms;       /* see nudge_fetcher() */
+    int64_t nudges, early_nudges; /* watermark queries sent, for the debug timings */
     int64_t last_replan_ms;      /* last DISCARD PLANS (pg_replan_ms) */
     int64_t nudge_every_ms;      /* NUDGE_LAGGING_MS up to NUDGE_IDLE_MS */
     uint64_t polled;             /* records polled, ever */
@@ -1481,6 +1482,7 @@ static void nudge_fetcher(dp_runtime *rt)
     if (t - rt->last_nudge_ms < rt->nudge_every_ms)
         return;
     rt->last_nudge_ms = t;
+    rt->nudges++;
     int fruitless = rt->polled == rt->polled_at_nudge;
     rt->polled_at_nudge = rt->polled;
     rd_kafka_topic_partition_list_t *l = running_partitions(rt, RD_KAFKA_OFFSET_END);
@@ -1521,6 +1523,7 @@ static void *nudger_main(void *arg)
         rd_kafka_topic_partition_list_t *l = rt->nudge_req;
         rt->nudge_req = NULL;
         rt->nudge_busy = 1;
+        rt->early_nudges++;
         pthread_mutex_unlock(&rt->nudge_mu);
         rd_kafka_offsets_for_times(rt->consumer, l, 1000);
         rd_kafka_topic_partition_list_destroy(l);
@@ -1694,10 +1697,12 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
     rd_kafka_consumer_close(rt->consumer);
     rd_kafka_flush(rt->producer, rt->cfg->produce_timeout_ms);
     dp_runtime_stats s = rt->stats;
-    dp_logj(DP_LOG_DEBUG, &ctx, json_pack("{s:I,s:I,s:I,s:I}", "settle_ms",
+    dp_logj(DP_LOG_DEBUG, &ctx, json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}", "settle_ms",
             (json_int_t)rt->t_settle, "handler_ms", (json_int_t)rt->t_handler,
             "flush_ms", (json_int_t)rt->t_flush, "commit_ms",
-            (json_int_t)rt->t_commit), "time spent settling batches");
+            (json_int_t)rt->t_commit, "nudges", (json_int_t)rt->nudges,
+            "early_nudges", (json_int_t)rt->early_nudges),
+            "time spent settling batches");
     dp_logj(DP_LOG_INFO, &ctx, json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I}",
             "batches", (json_int_t)s.batches, "records", (json_int_t)s.records,
             "duplicates", (json_int_t)s.duplicates, "dead_letters",
