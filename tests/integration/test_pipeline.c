@@ -42,6 +42,16 @@ static const char *tika_url(void)
     return u && *u ? u : "http://127.0.0.1:39998";
 }
 
+/* The environment start() gave the pipeline, for more instances. */
+static const char *pipe_env[24];
+
+/* `docpipe run all`: every stage, each its own consumer, in one process. */
+static pid_t spawn_pipeline(const char *logfile)
+{
+    const char *args[] = {"run", "all", NULL};
+    return tenv_spawn(&T, args, logfile, pipe_env);
+}
+
 /* Prefix, storage, a user of our own, the embedding service and every
  * stage of the pipeline in one process. */
 static void start(const char *name, const char *const *embed_flags,
@@ -69,10 +79,10 @@ static void start(const char *name, const char *const *embed_flags,
     for (int i = 0; extra_env && extra_env[i] && n < 22; i++)
         env[n++] = extra_env[i];
     env[n] = NULL;
+    memcpy(pipe_env, env, sizeof(env));
     snprintf(logf, sizeof(logf), "/tmp/docpipe-%spipeline.log", T.prefix);
     unlink(logf);
-    const char *args[] = {"run", "all", NULL};
-    pipe_pid = tenv_spawn(&T, args, logf, env);
+    pipe_pid = spawn_pipeline(logf);
 }
 
 static int submit(const char *path, char ids[][40], int max)
@@ -181,6 +191,80 @@ static void assert_vector_is_the_services(const char *doc)
     PQclear(r);
 }
 
+/* Every one of the n documents (ids in the order of docs) complete: its
+ * chunks, vectors and final rows as the chunker makes them, each state
+ * transition once, in one chain with the correlation id, every stage's
+ * progress merged, nothing dead-lettered. */
+static void assert_all_complete(tdoc *docs, char ids[][40], int n)
+{
+    char sql[600];
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM upload_pipeline.upload_jobs"
+             " WHERE user_id = '%s' AND status = 'complete'", user);
+    long long complete = tenv_scalar(&T, sql);
+    if (complete != n)
+        report_unfinished();
+    cr_assert_eq(complete, n, "complete: %lld of %d", complete, n);
+
+    /* submit prints in directory order, the same order as docs[]. */
+    for (int i = 0; i < n; i++) {
+        const char *doc = ids[i];
+        long long chunks = q("SELECT count(*) FROM upload_pipeline.document_chunk_buffer"
+                             " WHERE document_id = '%s'", doc);
+        long long final = q("SELECT count(*) FROM upload_pipeline.document_chunks"
+                            " WHERE document_id = '%s' AND vector_dim = 1536", doc);
+        long long vectors = q("SELECT count(*) FROM upload_pipeline.document_vector_buffer"
+                              " WHERE document_id = '%s'", doc);
+        long long total = q("SELECT (progress->>'chunks_total')::bigint FROM"
+                            " upload_pipeline.upload_jobs WHERE document_id = '%s'", doc);
+        cr_assert(chunks > 0, "%s has chunks", docs[i].path);
+        cr_assert_eq(chunks, total, "%s: chunk rows = progress", docs[i].path);
+        cr_assert_eq(vectors, chunks, "%s: one vector per chunk", docs[i].path);
+        cr_assert_eq(final, chunks, "%s: every chunk promoted with 1536 dims", docs[i].path);
+        long want = tdoc_expected_chunks(&docs[i]);
+        if (want >= 0)
+            cr_assert_eq(chunks, want, "%s: %lld chunks, the chunker makes %ld",
+                         docs[i].path, chunks, want);
+    }
+    /* Every state transition is an event carrying the correlation id. */
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM upload_pipeline.events e JOIN"
+             " upload_pipeline.upload_jobs j USING (document_id) WHERE j.user_id = '%s'"
+             " AND e.correlation_id = j.correlation_id AND e.to_status = 'complete'", user);
+    cr_assert_eq(tenv_scalar(&T, sql), n);
+    /* ... and the transitions of each document form one chain, in event
+     * order: uploaded to complete, each from where the last one went, one
+     * per embedding batch, with the correlation id.  The stages write a
+     * batch's transitions in one statement; the chain must not show it. */
+    snprintf(sql, sizeof(sql),
+             "WITH e AS (SELECT e.from_status, e.to_status,"
+             "   e.correlation_id IS NOT DISTINCT FROM j.correlation_id AS corr_ok,"
+             "   lag(e.to_status) OVER (PARTITION BY e.document_id"
+             "     ORDER BY e.event_id) AS prev"
+             " FROM upload_pipeline.events e JOIN upload_pipeline.upload_jobs j"
+             "   USING (document_id) WHERE j.user_id = '%s'"
+             "   AND e.type IN ('stage_done', 'finalized'))"
+             " SELECT count(*) FROM e WHERE NOT corr_ok"
+             "   OR (prev IS NULL AND from_status <> 'uploaded')"
+             "   OR prev <> from_status", user);
+    cr_assert_eq(tenv_scalar(&T, sql), 0, "events out of chain");
+    snprintf(sql, sizeof(sql),
+             "SELECT (SELECT count(*) FROM upload_pipeline.events e JOIN"
+             "   upload_pipeline.upload_jobs j USING (document_id)"
+             "   WHERE j.user_id = '%s' AND e.type IN ('stage_done', 'finalized'))"
+             " - (SELECT sum(8 + embed_batches_total) FROM upload_pipeline.upload_jobs"
+             "   WHERE user_id = '%s')", user, user);
+    cr_assert_eq(tenv_scalar(&T, sql), 0, "8 transitions and one per embedding batch");
+    /* Every stage's progress is merged into the job's. */
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM upload_pipeline.upload_jobs"
+             " WHERE user_id = '%s' AND progress ?& array['text_bytes',"
+             " 'chunks_total', 'chunks_final'] AND processing_started_at IS NOT NULL"
+             " AND processing_completed_at IS NOT NULL", user);
+    cr_assert_eq(tenv_scalar(&T, sql), n, "progress of every stage");
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM docpipe.dp_dead_letters"
+             " WHERE group_id LIKE '%s%%'", T.prefix);
+    cr_assert_eq(tenv_scalar(&T, sql), 0, "nothing dead-lettered");
+}
+
 Test(pipeline, test_200_mixed_documents_complete_with_expected_chunks_and_vectors)
 {
     start("mixed", NULL, NULL);
@@ -227,72 +311,8 @@ Test(pipeline, test_200_mixed_documents_complete_with_expected_chunks_and_vector
     cr_assert_eq(got, 200, "submitted %d", got);
     wait_all(1200);
 
+    assert_all_complete(docs, ids, n);
     char sql[600];
-    snprintf(sql, sizeof(sql), "SELECT count(*) FROM upload_pipeline.upload_jobs"
-             " WHERE user_id = '%s' AND status = 'complete'", user);
-    long long complete = tenv_scalar(&T, sql);
-    if (complete != 200)
-        report_unfinished();
-    cr_assert_eq(complete, 200, "complete: %lld of 200", complete);
-
-    /* submit prints in directory order, the same order as docs[]. */
-    for (int i = 0; i < n; i++) {
-        const char *doc = ids[i];
-        long long chunks = q("SELECT count(*) FROM upload_pipeline.document_chunk_buffer"
-                             " WHERE document_id = '%s'", doc);
-        long long final = q("SELECT count(*) FROM upload_pipeline.document_chunks"
-                            " WHERE document_id = '%s' AND vector_dim = 1536", doc);
-        long long vectors = q("SELECT count(*) FROM upload_pipeline.document_vector_buffer"
-                              " WHERE document_id = '%s'", doc);
-        long long total = q("SELECT (progress->>'chunks_total')::bigint FROM"
-                            " upload_pipeline.upload_jobs WHERE document_id = '%s'", doc);
-        cr_assert(chunks > 0, "%s has chunks", docs[i].path);
-        cr_assert_eq(chunks, total, "%s: chunk rows = progress", docs[i].path);
-        cr_assert_eq(vectors, chunks, "%s: one vector per chunk", docs[i].path);
-        cr_assert_eq(final, chunks, "%s: every chunk promoted with 1536 dims", docs[i].path);
-        long want = tdoc_expected_chunks(&docs[i]);
-        if (want >= 0)
-            cr_assert_eq(chunks, want, "%s: %lld chunks, the chunker makes %ld",
-                         docs[i].path, chunks, want);
-    }
-    /* Every state transition is an event carrying the correlation id. */
-    snprintf(sql, sizeof(sql),
-             "SELECT count(*) FROM upload_pipeline.events e JOIN"
-             " upload_pipeline.upload_jobs j USING (document_id) WHERE j.user_id = '%s'"
-             " AND e.correlation_id = j.correlation_id AND e.to_status = 'complete'", user);
-    cr_assert_eq(tenv_scalar(&T, sql), 200);
-    /* ... and the transitions of each document form one chain, in event
-     * order: uploaded to complete, each from where the last one went, one
-     * per embedding batch, with the correlation id.  The stages write a
-     * batch's transitions in one statement; the chain must not show it. */
-    snprintf(sql, sizeof(sql),
-             "WITH e AS (SELECT e.from_status, e.to_status,"
-             "   e.correlation_id IS NOT DISTINCT FROM j.correlation_id AS corr_ok,"
-             "   lag(e.to_status) OVER (PARTITION BY e.document_id"
-             "     ORDER BY e.event_id) AS prev"
-             " FROM upload_pipeline.events e JOIN upload_pipeline.upload_jobs j"
-             "   USING (document_id) WHERE j.user_id = '%s'"
-             "   AND e.type IN ('stage_done', 'finalized'))"
-             " SELECT count(*) FROM e WHERE NOT corr_ok"
-             "   OR (prev IS NULL AND from_status <> 'uploaded')"
-             "   OR prev <> from_status", user);
-    cr_assert_eq(tenv_scalar(&T, sql), 0, "events out of chain");
-    snprintf(sql, sizeof(sql),
-             "SELECT (SELECT count(*) FROM upload_pipeline.events e JOIN"
-             "   upload_pipeline.upload_jobs j USING (document_id)"
-             "   WHERE j.user_id = '%s' AND e.type IN ('stage_done', 'finalized'))"
-             " - (SELECT sum(8 + embed_batches_total) FROM upload_pipeline.upload_jobs"
-             "   WHERE user_id = '%s')", user, user);
-    cr_assert_eq(tenv_scalar(&T, sql), 0, "8 transitions and one per embedding batch");
-    /* Every stage's progress is merged into the job's. */
-    snprintf(sql, sizeof(sql), "SELECT count(*) FROM upload_pipeline.upload_jobs"
-             " WHERE user_id = '%s' AND progress ?& array['text_bytes',"
-             " 'chunks_total', 'chunks_final'] AND processing_started_at IS NOT NULL"
-             " AND processing_completed_at IS NOT NULL", user);
-    cr_assert_eq(tenv_scalar(&T, sql), 200, "progress of every stage");
-    snprintf(sql, sizeof(sql), "SELECT count(*) FROM docpipe.dp_dead_letters"
-             " WHERE group_id LIKE '%s%%'", T.prefix);
-    cr_assert_eq(tenv_scalar(&T, sql), 0, "nothing dead-lettered");
     assert_vector_is_the_services(ids[0]);
     assert_vector_is_the_services(ids[n - 1]);
     /* The stages reach buffered chunks and vectors through indexes, their
@@ -343,6 +363,88 @@ Test(pipeline, test_200_mixed_documents_complete_with_expected_chunks_and_vector
     cr_assert(uj >= 5 * n && ud >= 5 * n, "updates: jobs %lld, documents %lld", uj, ud);
     cr_assert(5 * hj >= 3 * uj && 4 * hd >= 3 * ud, "HOT updates: jobs %lld of %lld,"
               " documents %lld of %lld", hj, uj, hd, ud);
+    for (int i = 0; i < n; i++)
+        tdoc_free(&docs[i]);
+}
+
+/* Crashes anywhere: two `run all` processes share every stage's
+ * partitions, and one of them is killed (SIGKILL: no cleanup, a batch cut
+ * anywhere between its reads, its HTTP calls, its transaction and its
+ * publishing) and started again, over and over while documents flow.
+ * Every document still completes with exactly its rows, and every state
+ * transition happened once: an effect committed twice, or a record lost
+ * between a commit and its publishing, would show in the counts, the event
+ * chains or the completed topic. */
+Test(pipeline, test_stages_killed_at_random_lose_and_repeat_nothing)
+{
+    const char *env[] = {"DOCPIPE_BATCH_MAX=8", "DOCPIPE_KAFKA_SESSION_TIMEOUT_MS=6000",
+                         "DOCPIPE_KAFKA_HEARTBEAT_INTERVAL_MS=1000", NULL};
+    /* Answers after 300 ms, so that the work lasts through the kills. */
+    const char *slow[] = {"--latency-ms", "300", NULL};
+    start("chaos", slow, env);
+    char dir[1300], logb[700];
+    snprintf(dir, sizeof(dir), "/tmp/docpipe-%sdocs", T.prefix);
+    mkdir(dir, 0755);
+    snprintf(logb, sizeof(logb), "/tmp/docpipe-%spipeline-b.log", T.prefix);
+    pid_t pids[2] = {pipe_pid, spawn_pipeline(logb)};
+    static tdoc docs[120];
+    static const char *kinds[] = {"md", "txt", "html", "md", "pdf"};
+    int n = 120;
+    for (int i = 0; i < n; i++)
+        tdoc_make(&docs[i], dir, kinds[i % 5], 3000 + (size_t)(i * 997) % 40000,
+                  (unsigned)i + 7000);
+    static char ids[120][40];
+    cr_assert_eq(submit(dir, ids, n), n);
+
+    char sql[600];
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM upload_pipeline.upload_jobs"
+             " WHERE user_id = '%s' AND status = 'complete'", user);
+    /* A kill, then another once more documents have completed (or 5 s
+     * later), so that kills land early, midway and late in the work, in
+     * every stage. */
+    int kills = 0;
+    long long done_at_kill = 0, kill_done[12];
+    unsigned seed = 12345;
+    for (;;) {
+        seed = seed * 1103515245u + 12345u;
+        usleep((useconds_t)(300 + (seed >> 16) % 1500) * 1000); /* 0.3 .. 1.8 s */
+        long long done = tenv_scalar(&T, sql);
+        if (done == n || kills == 10)
+            break;
+        int victim = (int)((seed >> 8) & 1);
+        cr_assert_eq(tenv_stop(pids[victim], SIGKILL, 10000), 128 + SIGKILL);
+        kill_done[kills++] = done_at_kill = done;
+        pids[victim] = spawn_pipeline(victim ? logb : logf);
+        for (int w = 0; w < 50 && tenv_scalar(&T, sql) < done + n / 15 &&
+                        tenv_scalar(&T, sql) < n; w++)
+            usleep(100 * 1000);
+    }
+    pipe_pid = pids[0];
+    fprintf(stderr, "chaos: %d kills, with this many of %d documents complete:", kills, n);
+    for (int k = 0; k < kills; k++)
+        fprintf(stderr, " %lld", kill_done[k]);
+    fprintf(stderr, "\n");
+    cr_assert_geq(kills, 3, "only %d kills before the documents were done", kills);
+    cr_assert_lt(done_at_kill, n, "the last kill came while documents were flowing");
+    wait_all(300);
+    cr_assert_eq(tenv_stop(pids[1], SIGTERM, 60000), 0, "second pipeline did not exit 0");
+
+    assert_all_complete(docs, ids, n);
+    /* Each document announced downstream (a copy may repeat: consumers
+     * drop repeats by event id). */
+    char topic[300];
+    snprintf(topic, sizeof(topic), "%scompleted", T.prefix);
+    tmsg *m;
+    int got = tenv_consume_all(&T, topic, &m, 30000);
+    int announced = 0;
+    for (int i = 0; i < n; i++) {
+        int seen = 0;
+        for (int k = 0; k < got && !seen; k++)
+            seen = m[k].key_len == 36 && memcmp(m[k].key, ids[i], 36) == 0;
+        announced += seen;
+    }
+    tenv_free_msgs(m, got);
+    cr_assert_eq(announced, n, "%d of %d documents on %s", announced, n, topic);
     for (int i = 0; i < n; i++)
         tdoc_free(&docs[i]);
 }
