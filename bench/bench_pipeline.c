@@ -49,6 +49,7 @@
  * service (--embedserver, default next to --bin in tools/).
  */
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <libpq-fe.h>
@@ -92,6 +93,14 @@ static const char *const stage_names[] = {"intake", "parse", "validate", "chunk"
     "embed-plan", "embed", "gather", "finalize"};
 #define N_STAGES 8
 
+static int stage_index(const char *name)
+{
+    for (int i = 0; i < N_STAGES; i++)
+        if (!strcmp(stage_names[i], name))
+            return i;
+    return -1;
+}
+
 /* Job states in pipeline order (the progress line and stall detection). */
 static const char *const job_states[] = {"uploaded", "parse_queued", "parsed",
     "parse_validated", "chunking", "chunks_stored", "embedding_queued",
@@ -119,6 +128,8 @@ typedef struct result {
     long embed_docs;
     double embed_window_s;
     double busy;            /* share of the cores busy over its window, -1 unknown */
+    double kafka_cpu_s;     /* the broker's, submit start to the last completion */
+    double cpu_per_k;       /* CPU-s per 1000 documents, everything counted */
 } result;
 
 /* ---- clocks, /proc ---------------------------------------------------- */
@@ -186,6 +197,42 @@ static double cpu_busy(double from, double to)
     double total = (double)(cpu_samples[b].total - cpu_samples[a].total);
     double idle = (double)(cpu_samples[b].idle - cpu_samples[a].idle);
     return 1.0 - idle / total;
+}
+
+/* The local Kafka broker's process (its command line names kafka.Kafka),
+ * 0 if it does not run on this machine: its CPU counts with the
+ * pipeline's. */
+static pid_t kafka_pid;
+
+static pid_t find_kafka(void)
+{
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    pid_t found = 0;
+    while (d && !found && (e = readdir(d))) {
+        char path[300], cmd[4096];
+        if (e->d_name[0] < '1' || e->d_name[0] > '9')
+            continue;
+        snprintf(path, sizeof(path), "/proc/%s/cmdline", e->d_name);
+        FILE *f = fopen(path, "rb");
+        size_t len = f ? fread(cmd, 1, sizeof(cmd) - 1, f) : 0;
+        if (f)
+            fclose(f);
+        for (size_t k = 0; k < len; k++)
+            if (!cmd[k])
+                cmd[k] = ' ';
+        cmd[len] = '\0';
+        if (strstr(cmd, " kafka.Kafka "))
+            found = (pid_t)atoi(e->d_name);
+    }
+    if (d)
+        closedir(d);
+    return found;
+}
+
+static double kafka_cpu(void)
+{
+    return kafka_pid > 0 ? bench_cpu_seconds(kafka_pid) : -1;
 }
 
 static void print_busy(const char *what, double busy)
@@ -800,6 +847,28 @@ static void report_figures(PGconn *db, const scenario *sc, double t0, result *re
         }
     printf("  memory       largest stage process %s %.1f MB (target < 30 MB each: %s)\n",
            worst_name, (double)worst / 1024.0, verdict(worst / 1024.0, 30, 0));
+    /* CPU per 1000 documents: the stage processes and their backends over
+     * their lives (warm-up included), the service, the broker over the
+     * window.  `docpipe submit` is left out. */
+    double stages = 0, backends = 0, service = 0;
+    for (int k = 0; k < nkids; k++) {
+        if (!strcmp(kids[k].name, "embedserver"))
+            service += kids[k].cpu_s;
+        else if (kids[k].npg || strchr(kids[k].name, '#') ||
+                 stage_index(kids[k].name) >= 0) {
+            stages += kids[k].cpu_s;
+            if (backend_cpu(&kids[k]) > 0)
+                backends += backend_cpu(&kids[k]);
+        }
+    }
+    if (n > 0 && !sc->prefill) {
+        double k = 1000.0 / n, kafka = res->kafka_cpu_s > 0 ? res->kafka_cpu_s : 0;
+        res->cpu_per_k = (stages + backends + service + kafka) * k;
+        printf("  CPU-s/1000   stages %.1f, their backends %.1f, embedding service %.1f,"
+               " Kafka broker %s%.1f: %.1f in all\n", stages * k, backends * k,
+               service * k, res->kafka_cpu_s >= 0 ? "" : "(not local) ", kafka * k,
+               res->cpu_per_k);
+    }
     int bad = 0;
     for (int k = 0; k < nkids; k++)
         bad += !(WIFEXITED(kids[k].status) && WEXITSTATUS(kids[k].status) == 0);
@@ -1024,6 +1093,7 @@ static int run_scenario(PGconn *db, scenario *sc, const char *tmp, const char *d
         goto out;
 
     t0 = now_real();
+    double kafka0 = kafka_cpu();
     if (submit(sc, sc->user, docs, "submit"))
         goto out;
     res->submit_s = now_real() - t0;
@@ -1050,6 +1120,10 @@ static int run_scenario(PGconn *db, scenario *sc, const char *tmp, const char *d
     }
     if (wait_jobs(db, sc, sc->user, n, "complete", cap, t0))
         goto out;
+    if (kafka0 >= 0 && kafka_cpu() >= kafka0)
+        res->kafka_cpu_s = kafka_cpu() - kafka0;
+    else
+        res->kafka_cpu_s = -1;
     rc = 0;
 out:
     sample_backends(db, sc);
@@ -1103,16 +1177,18 @@ static int run_ceiling(PGconn *db, const char *tmp, const char *docs, long n,
     fflush(stdout);
     int rc = start_embedserver(&sc);
     char err[1200] = "";
-    double cr_busy = -1;
+    double cr_busy = -1, cr_kafka = -1;
     if (rc == 0) {
         ceiling_opts o = {dburl, docs, sc.storage, sc.embed_url, sc.user, n, workers,
                           CEILING_GROUP};
         n_cpu_samples = 0;
-        double from = now_real();
+        double from = now_real(), kafka0 = kafka_cpu();
         cpu_sample();
         rc = ceiling_run(&o, cr, err, sizeof(err));
         cpu_sample();
         cr_busy = cpu_busy(from, now_real());
+        if (kafka0 >= 0 && kafka_cpu() >= kafka0)
+            cr_kafka = kafka_cpu() - kafka0;
     }
     stop_all();
     if (rc == 0) {
@@ -1126,6 +1202,14 @@ static int run_ceiling(PGconn *db, const char *tmp, const char *docs, long n,
         printf("  CPU s        workers %.2f, their PostgreSQL backends %s, embedserver"
                " %.2f\n", cr->worker_cpu_s, pg, kids[0].cpu_s);
         print_busy("while the workers ran", cr_busy);
+        double k = 1000.0 / (double)cr->docs;
+        double kafka = cr_kafka > 0 ? cr_kafka : 0;
+        cr->cpu_per_k = (cr->worker_cpu_s + (cr->backend_cpu_s > 0 ? cr->backend_cpu_s : 0) +
+                         kids[0].cpu_s + kafka) * k;
+        printf("  CPU-s/1000   workers %.1f, their backends %.1f, embedding service %.1f,"
+               " Kafka broker (idle here) %.1f: %.1f in all\n", cr->worker_cpu_s * k,
+               (cr->backend_cpu_s > 0 ? cr->backend_cpu_s : 0) * k, kids[0].cpu_s * k,
+               kafka * k, cr->cpu_per_k);
     } else {
         printf("  FAILED: %s\n", *err ? err : "the embedding service did not start");
     }
@@ -1205,6 +1289,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench: %s", PQerrorMessage(db));
         return 1;
     }
+    kafka_pid = find_kafka();
     char tmp[] = "/tmp/bench_pipeline.XXXXXX";
     if (!mkdtemp(tmp)) {
         fprintf(stderr, "bench: mkdtemp: %s\n", strerror(errno));
@@ -1275,9 +1360,13 @@ int main(int argc, char **argv)
         printf("  a  latency 0 ms, 1 embed:     %7.1f documents/s end to end"
                " (target >= 200: %s)\n", res[0].e2e_docs_s,
                verdict(res[0].e2e_docs_s, 200, 1));
-    if (res[0].ok && ceiling_ok)
+    if (res[0].ok && ceiling_ok) {
         printf("     a / ceiling = %.0f%%; the target is %.2fx the ceiling\n",
                100.0 * res[0].e2e_docs_s / cres.docs_s, 200.0 / cres.docs_s);
+        if (res[0].cpu_per_k > 0 && cres.cpu_per_k > 0)
+            printf("     CPU-s per 1000 documents: a %.1f, ceiling %.1f (%.2fx)\n",
+                   res[0].cpu_per_k, cres.cpu_per_k, res[0].cpu_per_k / cres.cpu_per_k);
+    }
     if (res[1].ok)
         printf("  b  latency 1000 ms, 1 embed:  %7.1f documents/s end to end"
                " (target >= 30 per embed instance: %s)\n", res[1].e2e_docs_s,

@@ -41,6 +41,7 @@ typedef struct ceiling_result {
     double docs_s;
     double worker_cpu_s;     /* the worker processes */
     double backend_cpu_s;    /* their PostgreSQL backends (-1 if unknown) */
+    double cpu_per_k;        /* for the caller: CPU-s per 1000 documents, all counted */
 } ceiling_result;
 
 /* Runs the workers and waits for them; 0 when every document was written,
