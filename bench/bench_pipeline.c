@@ -1047,8 +1047,8 @@ static int run_scenario(PGconn *db, scenario *sc, const char *tmp, const char *d
     snprintf(sc->prefix, sizeof(sc->prefix), "benchp%d_%ld_%s.", (int)getpid(),
              (long)time(NULL) % 100000, sc->name);
     sc->embed_url[0] = '\0';
-    bench_uuid4(sc->user);
-    bench_uuid4(sc->warm_user);
+    dp_uuid4(sc->user);
+    dp_uuid4(sc->warm_user);
     mkdir(sc->dir, 0755);
     mkdir(sc->storage, 0755);
     mkdir(sc->logs, 0755);
@@ -1166,8 +1166,8 @@ static int run_ceiling(PGconn *db, const char *tmp, const char *docs, long n,
     snprintf(sc.logs, sizeof(sc.logs), "%s/logs", sc.dir);
     /* No topics, groups or offsets: a prefix no stage uses, for delete_rows. */
     snprintf(sc.prefix, sizeof(sc.prefix), "benchp%d_ceiling.", (int)getpid());
-    bench_uuid4(sc.user);
-    bench_uuid4(sc.warm_user);
+    dp_uuid4(sc.user);
+    dp_uuid4(sc.warm_user);
     mkdir(sc.dir, 0755);
     mkdir(sc.storage, 0755);
     mkdir(sc.logs, 0755);

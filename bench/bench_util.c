@@ -5,11 +5,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <stdlib.h>
-#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "ids.h"
 
 double bench_now(void)
 {
@@ -47,21 +45,6 @@ double bench_cpu_seconds(pid_t pid)
                      &ut, &st) != 2)
         return -1;
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
-void bench_uuid4(char out[37])
-{
-    uint8_t b[16];
-    if (getrandom(b, sizeof(b), 0) != (ssize_t)sizeof(b)) {
-        /* Never short for 16 bytes once the pool is up; if it were, the
-         * clock keeps the ids of one run apart. */
-        uint64_t t = (uint64_t)(bench_now() * 1e9) ^ (uint64_t)getpid() << 40;
-        memcpy(b, &t, sizeof(t));
-        memcpy(b + 8, &t, sizeof(t));
-    }
-    b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
-    b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
-    dp_uuid_format(b, out);
 }
 
 int bench_cmp_double(const void *a, const void *b)

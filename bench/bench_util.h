@@ -1,7 +1,7 @@
 /*
  * bench_util: what the benchmarks measure with: a monotonic clock, a
- * process's peak resident memory and CPU time, sorting figures for medians,
- * and random ids for the rows they write.
+ * process's peak resident memory and CPU time, and sorting figures for
+ * medians.
  */
 #ifndef DP_BENCH_UTIL_H
 #define DP_BENCH_UTIL_H
@@ -16,9 +16,6 @@ long bench_vm_hwm_kb(pid_t pid);
 
 /* User + system CPU seconds of a running process, -1 if unknown. */
 double bench_cpu_seconds(pid_t pid);
-
-/* A random (version 4) UUID in its 36-character form. */
-void bench_uuid4(char out[37]);
 
 /* qsort comparator for doubles, ascending. */
 int bench_cmp_double(const void *a, const void *b);

@@ -67,9 +67,9 @@ static int load_doc(const ceiling_opts *o, long i, cdoc *d, dp_storage_batch *sb
         return -1;
     }
     d->len = (size_t)len;
-    bench_uuid4(d->id);
-    bench_uuid4(d->job);
-    bench_uuid4(d->corr);
+    dp_uuid4(d->id);
+    dp_uuid4(d->job);
+    dp_uuid4(d->corr);
     int rc = -1;
     if (dp_storage_write(sb, o->storage_dir, "raw", data, d->len, d->raw, d->sha, err,
                          errlen) ||

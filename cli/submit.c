@@ -48,24 +48,6 @@ static const char *mime_of(const char *path, const char *data, size_t len)
     return "application/octet-stream";
 }
 
-static void uuid4(char out[DP_UUID_STR_SIZE])
-{
-    uint8_t b[16];
-    FILE *f = fopen("/dev/urandom", "rb");
-    if (!f || fread(b, 1, 16, f) != 16) {
-        struct timeval tv;
-        gettimeofday(&tv, NULL);
-        srand((unsigned)(tv.tv_usec ^ getpid()));
-        for (int i = 0; i < 16; i++)
-            b[i] = (uint8_t)rand();
-    }
-    if (f)
-        fclose(f);
-    b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
-    b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
-    dp_uuid_format(b, out);
-}
-
 #define SUBMIT_GROUP 64
 
 /* An upload whose file is written but not yet durable. */
@@ -160,7 +142,7 @@ static void submit_file(submitter *s, const char *path)
     }
     int n = snprintf(name, sizeof(name), "doc:%s:%s", s->user, sha);
     dp_uuid5(DP_CHUNK_ID_NAMESPACE, name, (size_t)n, doc);
-    uuid4(corr);
+    dp_uuid4(corr);
     const char *base = strrchr(path, '/');
     base = base ? base + 1 : path;
     struct timeval tv;

@@ -18,6 +18,9 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <openssl/evp.h>
 
@@ -214,6 +217,22 @@ void dp_uuid_format(const uint8_t uuid[16], char out[DP_UUID_STR_SIZE])
         *o++ = HEX[uuid[i] & 0x0f];
     }
     *o = '\0';
+}
+
+void dp_uuid4(char out[DP_UUID_STR_SIZE])
+{
+    uint8_t b[16];
+    if (getrandom(b, sizeof(b), 0) != (ssize_t)sizeof(b)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t t = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+        uint64_t p = (uint64_t)getpid() << 40 ^ t;
+        memcpy(b, &t, 8);
+        memcpy(b + 8, &p, 8);
+    }
+    b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
+    b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
+    dp_uuid_format(b, out);
 }
 
 static int hex_value(char c)

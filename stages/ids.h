@@ -55,6 +55,10 @@ int dp_uuid_parse(const char *text, uint8_t out[16]);
 /* Formats 16 bytes as the canonical lower-case 8-4-4-4-12 text. */
 void dp_uuid_format(const uint8_t uuid[16], char out[DP_UUID_STR_SIZE]);
 
+/* A random UUID, version 4 (getrandom; if that fails, the clock and the
+ * pid keep ids of one process apart). */
+void dp_uuid4(char out[DP_UUID_STR_SIZE]);
+
 /* The chunk id of one chunk.  document_id must be a UUID in the 36-character
  * form; it is hashed in its canonical lower-case text, i.e. str(UUID) as the
  * original got it from asyncpg.  chunker_name and chunker_version are hashed

@@ -102,6 +102,18 @@ Test(ids, uuid_parse_and_format_round_trip_in_lower_case)
     cr_assert_str_eq(text, "6c8a1e6e-1f0b-4aa8-9f0a-1a7c2e6f2b42");
 }
 
+Test(ids, uuid4_is_a_random_version_4_uuid)
+{
+    char a[DP_UUID_STR_SIZE], b[DP_UUID_STR_SIZE];
+    uint8_t u[16];
+    dp_uuid4(a);
+    dp_uuid4(b);
+    cr_assert_eq(dp_uuid_parse(a, u), 0, "%s", a);
+    cr_assert_eq(u[6] >> 4, 4, "version 4: %s", a);
+    cr_assert_eq(u[8] >> 6, 2, "RFC 4122 variant: %s", a);
+    cr_assert_str_neq(a, b);
+}
+
 /* ---- sha256 ------------------------------------------------------------- */
 
 Test(ids, sha256_matches_spec_vector)
