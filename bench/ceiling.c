@@ -1,7 +1,6 @@
 /* ceiling: the pipeline's data work without the pipeline (see ceiling.h). */
 #include "ceiling.h"
 
-#include <arpa/inet.h>
 #include <libpq-fe.h>
 #include <signal.h>
 #include <stdint.h>
@@ -21,7 +20,6 @@
 #include "ids.h"
 #include "pg.h"
 
-#define FLOAT4ARRAYOID 1021
 
 typedef struct cdoc {
     char id[DP_UUID_STR_SIZE], job[DP_UUID_STR_SIZE], corr[DP_UUID_STR_SIZE];
@@ -106,12 +104,6 @@ static int run_sql(PGconn *db, const char *sql, int n, const char *const *params
     return ok ? 0 : -1;
 }
 
-static void put_be32(dp_buf *b, uint32_t v)
-{
-    v = htonl(v);
-    dp_buf_append(b, &v, 4);
-}
-
 /* One document's vectors into the vector buffer, as embed writes them. */
 static int store_vectors(PGconn *db, const char *model, const cdoc *d,
                          const dp_embed_job *job, dp_buf *vec, dp_buf *ids,
@@ -121,22 +113,7 @@ static int store_vectors(PGconn *db, const char *model, const cdoc *d,
     dp_buf_reset(vec);
     dp_buf_reset(ids);
     dp_buf_reset(shas);
-    put_be32(vec, 1);
-    put_be32(vec, 0);
-    put_be32(vec, 700);
-    put_be32(vec, (uint32_t)(n * dim));
-    put_be32(vec, 1);
-    uint32_t *w = malloc(dim * 8); /* one vector's elements: length 4, bits */
-    for (size_t k = 0; k < n; k++) {
-        for (size_t e = 0; e < dim; e++) {
-            uint32_t bits;
-            memcpy(&bits, &job->vectors[k * dim + e], 4);
-            w[2 * e] = htonl(4);
-            w[2 * e + 1] = htonl(bits);
-        }
-        dp_buf_append(vec, w, dim * 8);
-    }
-    free(w);
+    dp_buf_float4_array(vec, job->vectors, n * dim);
     for (size_t k = 0; k < n; k++) {
         dp_buf_appendf(ids, "%s%s", k ? "," : "{", d->chunk_ids[k]);
         dp_buf_appendf(shas, "%s%s", k ? "," : "{", job->shas + k * DP_SHA256_HEX_SIZE);
@@ -146,7 +123,7 @@ static int store_vectors(PGconn *db, const char *model, const cdoc *d,
     char ds[16];
     snprintf(ds, sizeof(ds), "%zu", dim);
     const char *params[6] = {d->id, model, vec->data, ds, ids->data, shas->data};
-    Oid types[6] = {0, 0, FLOAT4ARRAYOID, 0, 0, 0};
+    Oid types[6] = {0, 0, DP_FLOAT4_ARRAY_OID, 0, 0, 0};
     int lens[6] = {0, 0, (int)vec->len, 0, 0, 0};
     int fmts[6] = {0, 0, 1, 0, 0, 0};
     PGresult *r = PQexecParams(db,

@@ -1,7 +1,9 @@
 /* pg: libpq helpers (see pg.h). */
 #include "pg.h"
 
+#include <arpa/inet.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,6 +92,35 @@ void dp_buf_append(dp_buf *b, const void *data, size_t len)
     memcpy(b->data + b->len, data, len);
     b->len += len;
     b->data[b->len] = '\0';
+}
+
+static void put_be32(dp_buf *b, uint32_t v)
+{
+    v = htonl(v);
+    dp_buf_append(b, &v, 4);
+}
+
+void dp_buf_float4_array(dp_buf *b, const float *v, size_t n)
+{
+    put_be32(b, 1);   /* dimensions */
+    put_be32(b, 0);   /* no nulls */
+    put_be32(b, 700); /* element type: float4 */
+    put_be32(b, (uint32_t)n);
+    put_be32(b, 1);   /* lower bound */
+    /* Each element: its length (4), then its bits, big-endian; converted a
+     * block at a time, one append per block. */
+    uint32_t w[512];
+    for (size_t i = 0; i < n;) {
+        size_t m = n - i < 256 ? n - i : 256;
+        for (size_t k = 0; k < m; k++) {
+            uint32_t bits;
+            memcpy(&bits, &v[i + k], 4);
+            w[2 * k] = htonl(4);
+            w[2 * k + 1] = htonl(bits);
+        }
+        dp_buf_append(b, w, m * 8);
+        i += m;
+    }
 }
 
 void dp_buf_appendf(dp_buf *b, const char *fmt, ...)

@@ -66,6 +66,11 @@ void dp_buf_append(dp_buf *b, const void *data, size_t len);
 void dp_buf_appendf(dp_buf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 void dp_buf_array_text(dp_buf *b, const char *s, size_t len);
+/* Appends n float4 values as PostgreSQL's binary form of a one-dimensional
+ * real[] (a parameter of type DP_FLOAT4_ARRAY_OID, format 1): a vector's
+ * elements go over as their bits, with no text to print or parse. */
+#define DP_FLOAT4_ARRAY_OID 1021
+void dp_buf_float4_array(dp_buf *b, const float *v, size_t n);
 void dp_buf_reset(dp_buf *b);
 void dp_buf_free(dp_buf *b);
 

@@ -22,7 +22,6 @@
  * dead-letters nothing.  A retryable failure spends the record's budget only
  * while the service is up.
  */
-#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,7 +36,6 @@
 #include "pg.h"
 #include "stages.h"
 
-#define FLOAT4ARRAYOID 1021
 #define EMBED_READ_AHEAD 16 /* batches whose texts one query reads */
 
 static const char *const embed_from[] = {"embedding_queued",
@@ -46,8 +44,6 @@ static const char *const embed_from[] = {"embedding_queued",
 typedef struct embed_state {
     dp_embed_client *client;
     dp_buf vec;      /* binary real[] parameter */
-    uint32_t *elems; /* one vector's elements in that format */
-    size_t elems_cap;
     dp_buf ids, shas;
 } embed_state;
 
@@ -57,12 +53,6 @@ typedef struct embed_item {
     const char **ids, **texts; /* into blob, chunk_ord order */
     int read;                  /* texts read (or their reading failed) */
 } embed_item;
-
-static void put_be32(dp_buf *b, uint32_t v)
-{
-    v = htonl(v);
-    dp_buf_append(b, &v, 4);
-}
 
 /* Sends the insert of a batch's vectors; the caller collects its result
  * (store_wait) before the connection's next query. */
@@ -75,32 +65,10 @@ static dp_err store_vectors(PGconn *db, embed_state *st, const char *doc,
     dp_buf_reset(&st->vec);
     dp_buf_reset(&st->ids);
     dp_buf_reset(&st->shas);
-    put_be32(&st->vec, 1);            /* ndim */
-    put_be32(&st->vec, 0);            /* no nulls */
-    put_be32(&st->vec, 700);          /* float4 */
-    put_be32(&st->vec, (uint32_t)(n * dim));
-    put_be32(&st->vec, 1);            /* lower bound */
-    dp_buf_append(&st->ids, "{", 1);
-    dp_buf_append(&st->shas, "{", 1);
+    dp_buf_float4_array(&st->vec, job->vectors, n * dim);
     for (size_t k = 0; k < n; k++) {
-        /* Each element: its length (4) and its bits, big-endian; one
-         * append per vector. */
-        const float *v = job->vectors + k * dim;
-        if (st->elems_cap < dim * 8) {
-            free(st->elems);
-            st->elems = malloc(dim * 8);
-            st->elems_cap = dim * 8;
-        }
-        uint32_t *w = st->elems;
-        for (size_t d = 0; d < dim; d++) {
-            uint32_t bits;
-            memcpy(&bits, &v[d], 4);
-            w[2 * d] = htonl(4);
-            w[2 * d + 1] = htonl(bits);
-        }
-        dp_buf_append(&st->vec, st->elems, dim * 8);
-        dp_buf_appendf(&st->ids, "%s%s", k ? "," : "", it->ids[k]);
-        dp_buf_appendf(&st->shas, "%s%s", k ? "," : "",
+        dp_buf_appendf(&st->ids, "%s%s", k ? "," : "{", it->ids[k]);
+        dp_buf_appendf(&st->shas, "%s%s", k ? "," : "{",
                        job->shas + k * DP_SHA256_HEX_SIZE);
     }
     dp_buf_append(&st->ids, "}", 1);
@@ -110,7 +78,7 @@ static dp_err store_vectors(PGconn *db, embed_state *st, const char *doc,
     snprintf(ds, sizeof(ds), "%zu", dim);
     const char *params[7] = {doc, model, bi, st->vec.data, ds, st->ids.data,
                              st->shas.data};
-    Oid types[7] = {0, 0, 0, FLOAT4ARRAYOID, 0, 0, 0};
+    Oid types[7] = {0, 0, 0, DP_FLOAT4_ARRAY_OID, 0, 0, 0};
     int lens[7] = {0, 0, 0, (int)st->vec.len, 0, 0, 0};
     int fmts[7] = {0, 0, 0, 1, 0, 0, 0};
     PGresult *res = dp_pg_sendp(db,
@@ -433,7 +401,6 @@ void dp_embed_close(dp_stage *stage)
         return;
     dp_embed_client_free(st->client);
     dp_buf_free(&st->vec);
-    free(st->elems);
     dp_buf_free(&st->ids);
     dp_buf_free(&st->shas);
     free(st);

@@ -5,7 +5,9 @@
  * in turn by one thread; and docpipe's sessions plan each statement for its
  * tables' current size.
  */
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -177,4 +179,38 @@ Test(pg, force_custom_plan_plans_for_the_grown_table_without_a_replan)
 {
     long scans = scans_after_growth("force_custom_plan", 0);
     cr_assert_eq(scans, 0, "%ld sequential scans of the grown table", scans);
+}
+
+/* dp_buf_float4_array: PostgreSQL reads every element back bit for bit,
+ * across more than one of the encoder's blocks, signs, zero and the
+ * smallest and largest floats included. */
+Test(pg, a_binary_float4_array_arrives_bit_for_bit)
+{
+    PGconn *db = connect_db();
+    enum { N = 1000 };
+    static float v[N];
+    for (int i = 0; i < N; i++)
+        v[i] = (float)((i % 2 ? -1.0 : 1.0) * (i + 0.5) / 7.0);
+    v[0] = 0.0f;
+    v[1] = 1.17549435e-38f;
+    v[2] = 3.40282347e+38f;
+    dp_buf b = {0};
+    dp_buf_float4_array(&b, v, N);
+    const char *p[1] = {b.data};
+    Oid types[1] = {DP_FLOAT4_ARRAY_OID};
+    int lens[1] = {(int)b.len}, fmts[1] = {1};
+    PGresult *r = PQexecParams(db, "SELECT cardinality($1), x FROM unnest($1) AS x",
+                               1, types, p, lens, fmts, 1);
+    cr_assert_eq(PQresultStatus(r), PGRES_TUPLES_OK, "%s", PQerrorMessage(db));
+    cr_assert_eq(PQntuples(r), N);
+    for (int i = 0; i < N; i++) {
+        uint32_t got, want;
+        memcpy(&got, PQgetvalue(r, i, 1), 4);
+        got = ntohl(got);
+        memcpy(&want, &v[i], 4);
+        cr_assert_eq(got, want, "element %d: %08x, sent %08x", i, got, want);
+    }
+    PQclear(r);
+    dp_buf_free(&b);
+    PQfinish(db);
 }
