@@ -50,8 +50,10 @@ int dp_doc_accept(dp_batch *b, size_t i, const char *document_id,
                   const char *status, const char *const *accepted);
 
 /* Applies a batch's transitions in one statement.  jobs_json: a JSON array
- * of {job, doc, status, progress}, one per job, with its final status and
- * the progress of all its moves merged in order; moves_json: a JSON array
+ * of {job, doc, status, progress[, parsed_path][, batches]}, one per job,
+ * with its final status, the progress of all its moves merged in order, and
+ * the columns its stage set (parsed_path, the document's too;
+ * embed_batches_total); moves_json: a JSON array
  * of {n, job, doc, from_s, to_s, stage, code, corr}, one event each,
  * written in the order of n; job_ids, doc_ids: the jobs' ids and their
  * documents' as uuid[] literals.  The caller holds the job rows locked and
