@@ -978,6 +978,22 @@ static void delete_topics(const char *prefix)
 
 /* ---- one scenario ----------------------------------------------------- */
 
+/* A scenario's folders (documents' storage, logs), topic prefix and users. */
+static void scenario_prepare(scenario *sc, const char *tmp)
+{
+    snprintf(sc->dir, sizeof(sc->dir), "%s/%s", tmp, sc->name);
+    snprintf(sc->storage, sizeof(sc->storage), "%s/storage", sc->dir);
+    snprintf(sc->logs, sizeof(sc->logs), "%s/logs", sc->dir);
+    snprintf(sc->prefix, sizeof(sc->prefix), "benchp%d_%ld_%s.", (int)getpid(),
+             (long)time(NULL) % 100000, sc->name);
+    sc->embed_url[0] = '\0';
+    dp_uuid4(sc->user);
+    dp_uuid4(sc->warm_user);
+    mkdir(sc->dir, 0755);
+    mkdir(sc->storage, 0755);
+    mkdir(sc->logs, 0755);
+}
+
 static int start_embedserver(scenario *sc)
 {
     char lat[16], out[PATH_MAX];
@@ -1041,17 +1057,7 @@ static int run_scenario(PGconn *db, scenario *sc, const char *tmp, const char *d
     res->busy = -1;
     nkids = 0;
     n_cpu_samples = 0;
-    snprintf(sc->dir, sizeof(sc->dir), "%s/%s", tmp, sc->name);
-    snprintf(sc->storage, sizeof(sc->storage), "%s/storage", sc->dir);
-    snprintf(sc->logs, sizeof(sc->logs), "%s/logs", sc->dir);
-    snprintf(sc->prefix, sizeof(sc->prefix), "benchp%d_%ld_%s.", (int)getpid(),
-             (long)time(NULL) % 100000, sc->name);
-    sc->embed_url[0] = '\0';
-    dp_uuid4(sc->user);
-    dp_uuid4(sc->warm_user);
-    mkdir(sc->dir, 0755);
-    mkdir(sc->storage, 0755);
-    mkdir(sc->logs, 0755);
+    scenario_prepare(sc, tmp);
 
     printf("\nscenario %s: embedding latency %d ms, %d embed instance(s)%s;"
            " load average %.2f\n", sc->name, sc->latency_ms, sc->instances,
@@ -1161,16 +1167,7 @@ static int run_ceiling(PGconn *db, const char *tmp, const char *docs, long n,
     memset(cr, 0, sizeof(*cr));
     nkids = 0;
     scenario sc = {.name = "ceiling"};
-    snprintf(sc.dir, sizeof(sc.dir), "%s/ceiling", tmp);
-    snprintf(sc.storage, sizeof(sc.storage), "%s/storage", sc.dir);
-    snprintf(sc.logs, sizeof(sc.logs), "%s/logs", sc.dir);
-    /* No topics, groups or offsets: a prefix no stage uses, for delete_rows. */
-    snprintf(sc.prefix, sizeof(sc.prefix), "benchp%d_ceiling.", (int)getpid());
-    dp_uuid4(sc.user);
-    dp_uuid4(sc.warm_user);
-    mkdir(sc.dir, 0755);
-    mkdir(sc.storage, 0755);
-    mkdir(sc.logs, 0755);
+    scenario_prepare(&sc, tmp); /* (its prefix names no topic: none is made) */
     printf("\nceiling: the same documents' work with no Kafka and no stages: %d worker"
            " processes, one transaction per %d documents, embedding latency 0 ms;"
            " load average %.2f\n", workers, CEILING_GROUP, load_1min());
