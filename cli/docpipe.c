@@ -7,6 +7,7 @@
  *   docpipe submit <file|dir>...    store files and publish their uploads
  *   docpipe status [<document>...]  counts by state, or one document's story
  *   docpipe wait [<document>...]    until complete or failed
+ *   docpipe retry [<document>...]   failed documents through again, after a fix
  *   docpipe demo-produce N [...]    publish demonstration records
  *   docpipe config-doc              print docs/configuration.md
  *
@@ -58,6 +59,11 @@ static void usage(FILE *out)
         "  wait [--timeout S] [<document>...]\n"
         "                           until the documents (default: all) are complete\n"
         "                           or failed; exit 0 only if all complete\n"
+        "  retry [--dry-run] [--user UUID] [<document>...]\n"
+        "                           send failed documents (default: every one,\n"
+        "                           or every one of the user)\n"
+        "                           through again from the stage that failed,\n"
+        "                           after a fix; prints document, state, stage\n"
         "  demo-produce N [--start I] [--body TEXT] [--key K] [--garbage]\n"
         "                           publish N demonstration records to the demo\n"
         "                           stage's input topic\n"
@@ -73,6 +79,7 @@ static void usage(FILE *out)
 int dp_cmd_submit(const dp_config *cfg, int argc, char **argv);
 int dp_cmd_status(const dp_config *cfg, int argc, char **argv);
 int dp_cmd_wait(const dp_config *cfg, int argc, char **argv);
+int dp_cmd_retry(const dp_config *cfg, int argc, char **argv);
 
 static int cmd_migrate(const dp_config *cfg)
 {
@@ -346,6 +353,8 @@ int main(int argc, char **argv)
         rc = dp_cmd_status(&cfg, argc - 2, argv + 2);
     else if (strcmp(cmd, "wait") == 0)
         rc = dp_cmd_wait(&cfg, argc - 2, argv + 2);
+    else if (strcmp(cmd, "retry") == 0)
+        rc = dp_cmd_retry(&cfg, argc - 2, argv + 2);
     else if (strcmp(cmd, "demo-produce") == 0)
         rc = cmd_demo_produce(&cfg, argc - 2, argv + 2);
     else if (strcmp(cmd, "config-doc") == 0) {

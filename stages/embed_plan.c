@@ -18,7 +18,8 @@
 #include "pg.h"
 #include "stages.h"
 
-static const char *const plan_from[] = {"chunks_stored", NULL};
+/* failed_embedding: `docpipe retry` plans a failed document's batches again. */
+static const char *const plan_from[] = {"chunks_stored", "failed_embedding", NULL};
 
 static dp_err plan_handle(void *state, dp_batch *b, char *err, size_t errlen)
 {

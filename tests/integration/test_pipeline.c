@@ -586,19 +586,30 @@ Test(pipeline, test_unparseable_file_ends_failed_parse_with_one_dead_letter)
                    blank[0]), 1, "parsed by parse, refused by validate");
 }
 
+/* Sets the embedding service's fault switches (POST /admin/faults). */
+static void set_faults(const char *json)
+{
+    char url[400];
+    snprintf(url, sizeof(url), "%s/admin/faults", embed_url);
+    tenv_http_post(url, json);
+}
+
+/* A folder of this test's own under /tmp. */
+static void test_dir(const char *name, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "/tmp/docpipe-%s%s", T.prefix, name);
+    mkdir(out, 0755);
+}
+
 Test(pipeline, test_embedding_outage_opens_breaker_pauses_and_everything_completes)
 {
     const char *env[] = {"DOCPIPE_BREAKER_RESET_MS=15000", "DOCPIPE_RETRY_BASE_MS=500", NULL};
     start("outage", NULL, env);
     /* The service fails every request (503) for the next 90 s. */
-    char url[400];
-    snprintf(url, sizeof(url), "%s/admin/faults", embed_url);
-    tenv_http_post(url, "{\"fail_status\": 503, \"fail_for_ms\": 90000}");
+    set_faults("{\"fail_status\": 503, \"fail_for_ms\": 90000}");
     char dir[1300], lone[1300];
-    snprintf(dir, sizeof(dir), "/tmp/docpipe-%sdocs", T.prefix);
-    snprintf(lone, sizeof(lone), "/tmp/docpipe-%slone", T.prefix);
-    mkdir(dir, 0755);
-    mkdir(lone, 0755);
+    test_dir("docs", dir, sizeof(dir));
+    test_dir("lone", lone, sizeof(lone));
     tdoc d[20];
     for (int i = 0; i < 20; i++) {
         tdoc_make(&d[i], i ? dir : lone, i % 2 ? "md" : "txt", 4000 + (size_t)i * 900,
@@ -631,4 +642,196 @@ Test(pipeline, test_embedding_outage_opens_breaker_pauses_and_everything_complet
     cr_assert(strstr(log, "embedding service unavailable (breaker open)"),
               "the embed stage waited on the open breaker");
     free(log);
+}
+
+/* One document's state. */
+static void assert_state(const char *doc, const char *state)
+{
+    char sql[300];
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM upload_pipeline.upload_jobs"
+             " WHERE document_id = '%%s' AND status = '%s'", state);
+    cr_assert_eq(q(sql, doc), 1, "%s is %s", doc, state);
+}
+
+/* Waits until doc is in state (or fails the test). */
+static void wait_state(const char *doc, const char *state, int timeout_s)
+{
+    char sql[400];
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM upload_pipeline.upload_jobs"
+             " WHERE document_id = '%.36s' AND status = '%s'", doc, state);
+    if (tenv_wait_scalar(&T, sql, 1, timeout_s * 1000) != 1)
+        report_unfinished();
+    assert_state(doc, state);
+}
+
+Test(pipeline, test_failed_documents_retried_after_the_fix_complete)
+{
+    char bad_tika[400], good_tika[400];
+    snprintf(bad_tika, sizeof(bad_tika), "DOCPIPE_TIKA_URL=%s/missing", tika_url());
+    snprintf(good_tika, sizeof(good_tika), "DOCPIPE_TIKA_URL=%s", tika_url());
+    const char *bad_env[] = {bad_tika, NULL};
+    start("retry", NULL, bad_env);
+    /* Two faults that a fix removes: the parser's URL is wrong (404, a
+     * permanent failure) and the embedding service refuses every request
+     * (400, permanent). */
+    set_faults("{\"fail_status\": 400}");
+    char dir[1300], later[1300];
+    test_dir("docs", dir, sizeof(dir));
+    test_dir("later", later, sizeof(later));
+    /* Directory order: the HTML page, a small markdown file and one large
+     * enough for several embedding batches; then one more markdown file. */
+    tdoc d[4];
+    tdoc_make(&d[0], dir, "html", 6000, 501);
+    tdoc_make(&d[1], dir, "md", 5000, 502);
+    tdoc_make(&d[2], dir, "md", 120000, 503);
+    tdoc_make(&d[3], later, "md", 7000, 504);
+    char ids[4][40];
+    cr_assert_eq(submit(dir, ids, 3), 3);
+    wait_all(180);
+    const char *html = NULL, *small = NULL, *large = NULL;
+    long want_small = -1, want_large = -1;
+    for (int i = 0; i < 3; i++) {
+        char sql[300];
+        snprintf(sql, sizeof(sql), "SELECT bytes_len FROM upload_pipeline.documents"
+                 " WHERE document_id = '%%s'");
+        long long bytes = q(sql, ids[i]);
+        for (int k = 0; k < 3; k++)
+            if ((long long)d[k].size == bytes) {
+                if (k == 0)
+                    html = ids[i];
+                else if (k == 1) {
+                    small = ids[i];
+                    want_small = tdoc_expected_chunks(&d[1]);
+                } else {
+                    large = ids[i];
+                    want_large = tdoc_expected_chunks(&d[2]);
+                }
+            }
+    }
+    cr_assert(html && small && large, "the three documents are told apart by size");
+    assert_state(html, "failed_parse");
+    assert_state(small, "failed_embedding");
+    assert_state(large, "failed_embedding");
+    cr_assert(q("SELECT embed_batches_total FROM upload_pipeline.upload_jobs"
+                " WHERE document_id = '%s'", large) >= 3, "several batches");
+
+    /* The fourth fails in chunk: its file is gone when chunk reads it. */
+    tenv_stop(pipe_pid, SIGTERM, 60000);
+    const char *upstream[] = {"run", "intake", "parse", "validate", NULL};
+    const char *good_env[8] = {good_tika, NULL};
+    int ne = 1;
+    for (int i = 0; pipe_env[i] && ne < 7; i++)
+        if (strncmp(pipe_env[i], "DOCPIPE_TIKA_URL=", 17) != 0)
+            good_env[ne++] = pipe_env[i];
+    good_env[ne] = NULL;
+    pipe_pid = tenv_spawn(&T, upstream, logf, good_env);
+    cr_assert_eq(submit(later, ids + 3, 1), 1);
+    const char *gone = ids[3];
+    wait_state(gone, "parse_validated", 180);
+    tenv_stop(pipe_pid, SIGTERM, 60000);
+    char sql[600];
+    snprintf(sql, sizeof(sql), "SELECT raw_path FROM upload_pipeline.upload_jobs"
+             " WHERE document_id = '%.36s'", gone);
+    PGresult *r = PQexec(T.db, sql);
+    cr_assert_eq(PQntuples(r), 1);
+    char file[1600], away[1700];
+    dp_storage_file(storage, PQgetvalue(r, 0, 0), file, sizeof(file));
+    PQclear(r);
+    snprintf(away, sizeof(away), "%s.away", file);
+    cr_assert_eq(rename(file, away), 0, "move %s away", file);
+    const char *all[] = {"run", "all", NULL};
+    pipe_pid = tenv_spawn(&T, all, logf, good_env);
+    wait_state(gone, "failed_chunking", 180);
+
+    /* The fix: the file is back, the service answers; the first three
+     * stay failed until asked (nothing replays them on its own). */
+    cr_assert_eq(rename(away, file), 0);
+    set_faults("{\"fail_status\": 0}");
+    sleep(2);
+    assert_state(html, "failed_parse");
+    assert_state(small, "failed_embedding");
+
+    char out[700];
+    snprintf(out, sizeof(out), "/tmp/docpipe-%sretry.out", T.prefix);
+    /* Every failed document of this test's user (the database is shared). */
+    const char *dry[] = {"retry", "--dry-run", "--user", user, NULL};
+    cr_assert_eq(tenv_docpipe_out(&T, dry, good_env, out), 0, "retry --dry-run");
+    char *listed = tenv_slurp(out);
+    char line[200];
+    snprintf(line, sizeof(line), "%.36s\tfailed_parse\tparse\n", html);
+    cr_assert(strstr(listed, line), "dry run lists %s", line);
+    free(listed);
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM upload_pipeline.upload_jobs"
+             " WHERE user_id = '%s' AND retry_count = 0 AND status LIKE 'failed_%%'", user);
+    cr_assert_eq(tenv_scalar(&T, sql), 4, "a dry run changes nothing");
+
+    const char *retry[] = {"retry", "--user", user, NULL};
+    cr_assert_eq(tenv_docpipe_out(&T, retry, good_env, out), 0, "retry");
+    listed = tenv_slurp(out);
+    const char *expect[4][3] = {{html, "failed_parse", "parse"},
+                                {small, "failed_embedding", "embed-plan"},
+                                {large, "failed_embedding", "embed-plan"},
+                                {gone, "failed_chunking", "chunk"}};
+    for (int i = 0; i < 4; i++) {
+        snprintf(line, sizeof(line), "%.36s\t%s\t%s\n", expect[i][0], expect[i][1],
+                 expect[i][2]);
+        cr_assert(strstr(listed, line), "retry printed %s in:\n%s", line, listed);
+    }
+    free(listed);
+
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM upload_pipeline.upload_jobs"
+             " WHERE user_id = '%s' AND status = 'complete'", user);
+    if (tenv_wait_scalar(&T, sql, 4, 240 * 1000) != 4)
+        report_unfinished();
+    cr_assert_eq(tenv_scalar(&T, sql), 4, "every retried document completes");
+
+    const char *docs[4] = {html, small, large, gone};
+    long want[4] = {-1, want_small, want_large, tdoc_expected_chunks(&d[3])};
+    for (int i = 0; i < 4; i++) {
+        long long chunks = q("SELECT count(*) FROM upload_pipeline.document_chunk_buffer"
+                             " WHERE document_id = '%s'", docs[i]);
+        cr_assert(chunks > 0, "%s has chunks", docs[i]);
+        if (want[i] >= 0)
+            cr_assert_eq(chunks, want[i], "%s: the chunker's chunks", docs[i]);
+        cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.document_chunks WHERE"
+                       " document_id = '%s' AND vector_dim = 1536", docs[i]), chunks,
+                     "%s: every chunk promoted with its vector", docs[i]);
+        cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.embedding_batches"
+                       " WHERE document_id = '%s'", docs[i]),
+                     q("SELECT embed_batches_total FROM upload_pipeline.upload_jobs"
+                       " WHERE document_id = '%s'", docs[i]), "%s: every batch once",
+                     docs[i]);
+        cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.upload_jobs WHERE"
+                       " document_id = '%s' AND retry_count = 1", docs[i]), 1);
+        cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.events WHERE"
+                       " document_id = '%s' AND type = 'retry'", docs[i]), 1,
+                     "%s: one retry event", docs[i]);
+    }
+    assert_vector_is_the_services(large);
+    /* Each document's transitions, its failure included, form one chain:
+     * the retried stage moved it on from its failed state. */
+    snprintf(sql, sizeof(sql),
+             "WITH e AS (SELECT e.from_status, lag(e.to_status) OVER"
+             "   (PARTITION BY e.document_id ORDER BY e.event_id) AS prev"
+             " FROM upload_pipeline.events e JOIN upload_pipeline.upload_jobs j"
+             "   USING (document_id) WHERE j.user_id = '%s'"
+             "   AND e.type IN ('stage_done', 'finalized', 'error'))"
+             " SELECT count(*) FROM e WHERE (prev IS NULL AND from_status <> 'uploaded')"
+             "   OR prev <> from_status", user);
+    cr_assert_eq(tenv_scalar(&T, sql), 0, "events out of chain");
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM upload_pipeline.events e JOIN"
+             " upload_pipeline.upload_jobs j USING (document_id) WHERE j.user_id = '%s'"
+             " AND e.from_status LIKE 'failed_%%' AND e.type = 'stage_done'", user);
+    cr_assert_eq(tenv_scalar(&T, sql), 4, "one move out of a failed state each");
+
+    /* Nothing left to retry; a complete document is not retried. */
+    cr_assert_eq(tenv_docpipe_out(&T, retry, good_env, out), 0, "second retry");
+    listed = tenv_slurp(out);
+    cr_assert_str_eq(listed, "", "nothing retried twice");
+    free(listed);
+    const char *one[] = {"retry", html, NULL};
+    cr_assert_eq(tenv_docpipe_out(&T, one, good_env, out), 1,
+                 "retrying a complete document fails");
+    for (int i = 0; i < 4; i++)
+        tdoc_free(&d[i]);
 }
