@@ -9,6 +9,12 @@
  * document and its job are inserted (uploaded → parse_queued) and a
  * ParseRequested goes to <prefix>parse-queued.  A rejected upload is
  * recorded with status failed_upload and dead-lettered.
+ *
+ * The same file submitted again after a refusal (say, renamed from .bin to
+ * .md) is the same document: its upload, now passing the checks, takes the
+ * refused document over (file name, type, path) and starts its job again
+ * (failed_upload → uploaded, a retry event, then → parse_queued), under
+ * the job's first correlation id.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,6 +76,47 @@ static dp_err record_upload(PGconn *db, avro_value_t *m, const char *status,
     return DP_OK;
 }
 
+/* Takes over the refused document of this upload (see the top); *again = 1
+ * and corr = the job's correlation id when it did. */
+static dp_err take_over_refused(PGconn *db, avro_value_t *m,
+                                char corr[DP_UUID_STR_SIZE], int *again,
+                                char *err, size_t errlen)
+{
+    const char *params[7] = {dp_msg_str(m, "document_id"), dp_msg_str(m, "user_id"),
+        dp_msg_str(m, "filename"), dp_msg_str(m, "mime"),
+        dp_msg_str(m, "raw_path"), dp_msg_str(m, "file_sha256"),
+        dp_msg_str(m, "correlation_id")};
+    PGresult *res = dp_pg_execp(db,
+        "WITH j AS (SELECT j.job_id, j.correlation_id FROM upload_pipeline.upload_jobs j"
+        "   JOIN upload_pipeline.documents d USING (document_id)"
+        "   WHERE j.document_id = $1::uuid AND j.status = 'failed_upload'"
+        "   AND d.user_id = $2::uuid AND d.file_sha256 = $6 FOR UPDATE OF j, d),"
+        " d AS (UPDATE upload_pipeline.documents SET filename = $3, mime = $4,"
+        "   raw_path = $5, processing_status = 'uploaded', updated_at = now()"
+        "   WHERE document_id = $1::uuid AND EXISTS (SELECT 1 FROM j)),"
+        " u AS (UPDATE upload_pipeline.upload_jobs u SET status = 'uploaded',"
+        "   raw_path = $5, retry_count = u.retry_count + 1, updated_at = now()"
+        "   FROM j WHERE u.job_id = j.job_id"
+        "   RETURNING u.job_id, u.correlation_id, u.retry_count),"
+        " e AS (INSERT INTO upload_pipeline.events (job_id, document_id, type,"
+        "   severity, code, stage, from_status, to_status, payload, correlation_id)"
+        "   SELECT job_id, $1::uuid, 'retry', 'info', 'UPLOAD_SUBMITTED_AGAIN',"
+        "   'intake', 'failed_upload', 'uploaded', jsonb_build_object('retry_count',"
+        "   retry_count, 'filename', $3::text, 'mime', $4::text,"
+        "   'upload_correlation_id', $7::text), correlation_id FROM u)"
+        " SELECT correlation_id FROM u",
+        7, NULL, params, NULL, NULL, 0);
+    dp_err e = dp_pg_check(db, res, PGRES_TUPLES_OK, "take over refused upload",
+                           err, errlen);
+    if (e)
+        return e;
+    *again = PQntuples(res) == 1;
+    if (*again)
+        snprintf(corr, DP_UUID_STR_SIZE, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return DP_OK;
+}
+
 static dp_err check_upload(const dp_config *cfg, avro_value_t *m, char *why,
                            size_t whylen)
 {
@@ -116,14 +163,17 @@ static dp_err intake_handle(void *state, dp_batch *b, char *err, size_t errlen)
             dp_batch_fail(b, i, v, "upload %s rejected: %s", doc, why);
             continue;
         }
-        int fresh = 0, moved = 0;
+        int fresh = 0, again = 0, moved = 0;
+        char again_corr[DP_UUID_STR_SIZE];
         dp_err e = record_upload(db, m, "uploaded", &fresh, err, errlen);
+        if (e == DP_OK && !fresh)
+            e = take_over_refused(db, m, again_corr, &again, err, errlen);
         if (e)
             return e;
-        if (!fresh)
+        if (!fresh && !again)
             continue; /* duplicate (user, sha256) or a redelivery */
         const char *from[] = {"uploaded", NULL};
-        const char *corr = dp_msg_str(m, "correlation_id");
+        const char *corr = again ? again_corr : dp_msg_str(m, "correlation_id");
         char job[DP_UUID_STR_SIZE];
         dp_job_id(doc, job);
         dp_docstage_adopt(ds, doc, job, "uploaded");

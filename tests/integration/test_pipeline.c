@@ -835,3 +835,66 @@ Test(pipeline, test_failed_documents_retried_after_the_fix_complete)
     for (int i = 0; i < 4; i++)
         tdoc_free(&d[i]);
 }
+
+Test(pipeline, test_refused_upload_submitted_again_takes_the_document_over)
+{
+    start("resubmit", NULL, NULL);
+    char dir[1300];
+    test_dir("docs", dir, sizeof(dir));
+    static tdoc d; /* static: still reachable if an assertion ends the test */
+    tdoc_make(&d, dir, "md", 6000, 4343);
+    /* The same bytes under a name submit cannot type: intake refuses it. */
+    char bin[1400];
+    snprintf(bin, sizeof(bin), "%s/notes.bin", dir);
+    FILE *f = fopen(bin, "w");
+    cr_assert(f);
+    fputs(d.text, f);
+    fclose(f);
+    char a[1][40], b[1][40];
+    cr_assert_eq(submit(bin, a, 1), 1);
+    wait_state(a[0], "failed_upload", 120);
+    cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.documents WHERE document_id"
+                   " = '%s' AND mime = 'application/octet-stream'", a[0]), 1);
+    /* docpipe retry cannot help: it says to submit the file again. */
+    char out[700];
+    snprintf(out, sizeof(out), "/tmp/docpipe-%sretry.out", T.prefix);
+    const char *one[] = {"retry", a[0], NULL};
+    cr_assert_eq(tenv_docpipe_out(&T, one, pipe_env, out), 1);
+
+    /* Renamed, submitted again: the same document completes. */
+    cr_assert_eq(submit(d.path, b, 1), 1);
+    cr_assert_str_eq(a[0], b[0], "the same bytes are the same document");
+    wait_state(a[0], "complete", 120);
+    char sql[600];
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM upload_pipeline.documents"
+             " WHERE user_id = '%s'", user);
+    cr_assert_eq(tenv_scalar(&T, sql), 1, "one document");
+    cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.documents d JOIN"
+                   " upload_pipeline.upload_jobs j USING (document_id) WHERE"
+                   " d.document_id = '%s' AND d.mime = 'text/markdown'"
+                   " AND d.filename LIKE '%%.md' AND j.retry_count = 1"
+                   " AND j.raw_path = d.raw_path", a[0]), 1,
+                 "the document took the new upload's name, type and path");
+    cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.document_chunks WHERE"
+                   " document_id = '%s' AND vector_dim = 1536", a[0]),
+                 tdoc_expected_chunks(&d));
+    /* One chain of events: refused, submitted again, then every stage,
+     * all under the job's correlation id. */
+    snprintf(sql, sizeof(sql),
+             "WITH e AS (SELECT e.from_status, e.to_status, e.type,"
+             "   e.correlation_id IS NOT DISTINCT FROM j.correlation_id AS corr_ok,"
+             "   lag(e.to_status) OVER (ORDER BY e.event_id) AS prev"
+             " FROM upload_pipeline.events e JOIN upload_pipeline.upload_jobs j"
+             "   USING (document_id) WHERE j.document_id = '%.36s')"
+             " SELECT count(*) FILTER (WHERE NOT corr_ok OR (prev IS NULL AND"
+             "   from_status <> 'uploaded') OR prev <> from_status) * 1000"
+             " + count(*) FILTER (WHERE type = 'retry' AND from_status = 'failed_upload'"
+             "   AND to_status = 'uploaded') FROM e", a[0]);
+    cr_assert_eq(tenv_scalar(&T, sql), 1, "one chain with one retry event");
+    /* A third submission is a plain duplicate again. */
+    cr_assert_eq(submit(d.path, b, 1), 1);
+    sleep(3);
+    cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.events WHERE"
+                   " document_id = '%s' AND code = 'PARSE_QUEUED'", a[0]), 1);
+    tdoc_free(&d);
+}
