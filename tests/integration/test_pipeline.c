@@ -808,6 +808,13 @@ Test(pipeline, test_failed_documents_retried_after_the_fix_complete)
                      "%s: one retry event", docs[i]);
     }
     assert_vector_is_the_services(large);
+    const char *status[] = {"status", html, NULL};
+    cr_assert_eq(tenv_docpipe_out(&T, status, good_env, out), 0);
+    listed = tenv_slurp(out);
+    cr_assert(strstr(listed, "\nstate\tcomplete\n") && strstr(listed, "\nretries\t1\n")
+              && strstr(listed, "JOB_RETRY_REQUESTED"),
+              "status shows the retry:\n%s", listed);
+    free(listed);
     /* Each document's transitions, its failure included, form one chain:
      * the retried stage moved it on from its failed state. */
     snprintf(sql, sizeof(sql),
