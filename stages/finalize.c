@@ -6,6 +6,8 @@
  * (embedding as real[]), the job moves embeddings_stored → complete with
  * processing_completed_at set (a 'finalized' event, JOB_COMPLETED), and a
  * DocumentCompleted goes to <prefix>completed for downstream consumers.
+ * Every chunk must come with its vector: if one has none, the document
+ * fails (failed_embedding) instead of completing with a chunk left out.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,15 +52,28 @@ static dp_err finalize_handle(void *state, dp_batch *b, char *err, size_t errlen
             " j AS (UPDATE upload_pipeline.upload_jobs SET"
             "   processing_completed_at = now() WHERE document_id = $1::uuid)"
             " SELECT count(*), (SELECT user_id::text FROM upload_pipeline.documents"
-            "   WHERE document_id = $1::uuid) FROM p",
+            "   WHERE document_id = $1::uuid), (SELECT count(*) FROM"
+            "   upload_pipeline.document_chunk_buffer WHERE document_id = $1::uuid)"
+            " FROM p",
             2, NULL, params, NULL, NULL, 0);
         if ((e = dp_pg_check(db, res, PGRES_TUPLES_OK, "promote chunks", err,
                              errlen)))
             return e;
         long chunks = strtol(PQgetvalue(res, 0, 0), NULL, 10);
+        long buffered = strtol(PQgetvalue(res, 0, 2), NULL, 10);
         char user[64];
         snprintf(user, sizeof(user), "%s", PQgetvalue(res, 0, 1));
         PQclear(res);
+        /* Never complete with a chunk left out: a chunk without a vector of
+         * this model (lost, or stored under another model) fails the
+         * document, and `docpipe retry` embeds it again.  The batch rolls
+         * back and re-runs without this record, promotion included. */
+        if (chunks != buffered) {
+            dp_batch_fail(b, i, DP_ERR_PERMANENT,
+                          "finalize %s: %ld of %ld chunks have a vector of %s",
+                          doc, chunks, buffered, ds->cfg->embed_model);
+            continue;
+        }
         char progress[64];
         snprintf(progress, sizeof(progress), "{\"chunks_final\": %ld}", chunks);
         int moved;

@@ -905,3 +905,54 @@ Test(pipeline, test_refused_upload_submitted_again_takes_the_document_over)
                    " document_id = '%s' AND code = 'PARSE_QUEUED'", a[0]), 1);
     tdoc_free(&d);
 }
+
+Test(pipeline, test_chunk_without_its_vector_fails_finalize_then_retry_completes)
+{
+    start("novector", NULL, NULL);
+    /* Every stage but finalize first. */
+    tenv_stop(pipe_pid, SIGTERM, 60000);
+    const char *upstream[] = {"run", "intake", "parse", "validate", "chunk",
+                              "embed-plan", "embed", "gather", NULL};
+    pipe_pid = tenv_spawn(&T, upstream, logf, pipe_env);
+    char dir[1300];
+    test_dir("docs", dir, sizeof(dir));
+    static tdoc d; /* static: still reachable if an assertion ends the test */
+    tdoc_make(&d, dir, "md", 9000, 4545);
+    char ids[1][40];
+    cr_assert_eq(submit(d.path, ids, 1), 1);
+    wait_state(ids[0], "embeddings_stored", 120);
+    /* One chunk's vector is lost. */
+    char sql[700];
+    snprintf(sql, sizeof(sql), "DELETE FROM upload_pipeline.document_vector_buffer v"
+             " USING upload_pipeline.document_chunk_buffer c WHERE v.chunk_id ="
+             " c.chunk_id AND c.document_id = '%.36s' AND c.chunk_ord = 0", ids[0]);
+    PGresult *r = PQexec(T.db, sql);
+    cr_assert_str_eq(PQcmdTuples(r), "1", "%s", PQerrorMessage(T.db));
+    PQclear(r);
+    tenv_stop(pipe_pid, SIGTERM, 60000);
+    pipe_pid = spawn_pipeline(logf);
+    wait_state(ids[0], "failed_embedding", 120);
+    long long chunks = q("SELECT count(*) FROM upload_pipeline.document_chunk_buffer"
+                         " WHERE document_id = '%s'", ids[0]);
+    cr_assert_eq(chunks, tdoc_expected_chunks(&d));
+    cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.upload_jobs WHERE"
+                   " document_id = '%s' AND last_error->>'stage' = 'finalize'"
+                   " AND last_error->>'error' LIKE '%%chunks have a vector%%'", ids[0]), 1,
+                 "finalize refused to complete with a chunk left out");
+    cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.document_chunks WHERE"
+                   " document_id = '%s'", ids[0]), 0, "nothing promoted");
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM docpipe.dp_dead_letters"
+             " WHERE group_id = '%sfinalize' AND category = 'permanent'", T.prefix);
+    cr_assert_eq(tenv_scalar(&T, sql), 1, "one dead letter");
+
+    /* docpipe retry embeds the document again, and it completes whole. */
+    char out[700];
+    snprintf(out, sizeof(out), "/tmp/docpipe-%sretry.out", T.prefix);
+    const char *retry[] = {"retry", ids[0], NULL};
+    cr_assert_eq(tenv_docpipe_out(&T, retry, pipe_env, out), 0);
+    wait_state(ids[0], "complete", 120);
+    cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.document_chunks WHERE"
+                   " document_id = '%s' AND vector_dim = 1536", ids[0]), chunks,
+                 "every chunk promoted with its vector");
+    tdoc_free(&d);
+}
