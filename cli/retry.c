@@ -16,17 +16,20 @@
  *   failed_embedding  -> chunked (ChunksStored): embed-plan plans every
  *                        batch again (embed, gather or finalize failed)
  *
- * Those stages accept their failed state as well as their usual one.  The
- * records carry no upstream stream header, so no watermark hides them (like
- * submit's uploads).  failed_upload is not retried: intake refused the
+ * The job goes back to the state that stage takes (parse_queued,
+ * parse_validated, chunks_stored), so the document's events stay one chain
+ * and a second retry finds nothing to do.  The records carry no upstream
+ * stream header, so no watermark hides them (like submit's uploads).  failed_upload is not retried: intake refused the
  * upload itself; submit the file again once it is fixed.
  *
  * The documents' job rows are locked (FOR UPDATE) for the whole command;
- * their retry_count is raised, a `retry` event recorded, and a failed
- * embedding's stored-batch rows (gather's fan-in count) removed, in one
- * transaction that commits only once Kafka has acknowledged every record.
- * A stage that receives a record early waits on the lock, then sees the
- * failed state and starts.  If a record is not delivered, the transaction
+ * their state moved back, their retry_count raised, a `retry` event
+ * recorded, and a failed embedding's stored-batch rows (gather's fan-in
+ * count) removed, in one transaction that commits only once Kafka has
+ * acknowledged every record.  A stage that receives a record early waits
+ * on the lock, then finds the state it takes.  (parse, chunk and embed-plan
+ * also take the failed state itself, so a record published by a run that
+ * died before its commit is not lost on them.)  If a record is not delivered, the transaction
  * rolls back and the command fails: run it again (a record that did reach
  * the topic only repeats work that is idempotent).
  */
@@ -49,16 +52,17 @@
 /* Where each failed state starts again. */
 typedef struct retry_route {
     const char *failed;
+    const char *queued; /* the state that stage takes: the job's, again */
     const char *stage;  /* the stage that takes the record */
     const char *topic;  /* its input topic (suffix) */
     const char *schema; /* the record's schema name */
 } retry_route;
 
 static const retry_route routes[] = {
-    {"failed_parse", "parse", "parse-queued", "ParseRequested"},
-    {"failed_chunking", "chunk", "validated", "DocumentValidated"},
-    {"failed_embedding", "embed-plan", "chunked", "ChunksStored"},
-    {NULL, NULL, NULL, NULL}};
+    {"failed_parse", "parse_queued", "parse", "parse-queued", "ParseRequested"},
+    {"failed_chunking", "parse_validated", "chunk", "validated", "DocumentValidated"},
+    {"failed_embedding", "chunks_stored", "embed-plan", "chunked", "ChunksStored"},
+    {NULL, NULL, NULL, NULL, NULL}};
 
 static const retry_route *route_of(const char *status)
 {
@@ -159,10 +163,13 @@ int dp_cmd_retry(const dp_config *cfg, int argc, char **argv)
     for (; first < argc && argv[first][0] == '-'; first++) {
         if (strcmp(argv[first], "--dry-run") == 0)
             dry = 1;
-        else if (strcmp(argv[first], "--user") == 0 && first + 1 < argc &&
-                 dp_uuid_parse(argv[first + 1], raw) == 0)
+        else if (strcmp(argv[first], "--user") == 0 && first + 1 < argc) {
             user = argv[++first];
-        else {
+            if (dp_uuid_parse(user, raw) != 0) {
+                fprintf(stderr, "docpipe retry: '%s' is not a user id\n", user);
+                return 2;
+            }
+        } else {
             fprintf(stderr, "docpipe retry: bad option '%s'\n", argv[first]);
             usage_retry();
             return 2;
@@ -199,7 +206,7 @@ int dp_cmd_retry(const dp_config *cfg, int argc, char **argv)
     int rc = 0;
     dp_publisher *pub = NULL;
     PGresult *res = NULL;
-    dp_buf docs = {0}, stages = {0}, states = {0}, embeds = {0};
+    dp_buf docs = {0}, stages = {0}, states = {0}, queued = {0}, embeds = {0};
     if (exec_cmd(db, "begin", "BEGIN", 0, NULL) || !(res = candidates(db, ids.data, named, user))) {
         rc = 1;
         goto out;
@@ -230,6 +237,7 @@ int dp_cmd_retry(const dp_config *cfg, int argc, char **argv)
     dp_buf_append(&docs, "{", 1);
     dp_buf_append(&stages, "{", 1);
     dp_buf_append(&states, "{", 1);
+    dp_buf_append(&queued, "{", 1);
     dp_buf_append(&embeds, "{", 1);
     for (int r = 0; r < PQntuples(res); r++) {
         const char *doc = PQgetvalue(res, r, C_DOC),
@@ -271,6 +279,7 @@ int dp_cmd_retry(const dp_config *cfg, int argc, char **argv)
         dp_buf_appendf(&docs, "%s%s", sep, doc);
         dp_buf_appendf(&stages, "%s\"%s\"", sep, rt->stage);
         dp_buf_appendf(&states, "%s%s", sep, status);
+        dp_buf_appendf(&queued, "%s%s", sep, rt->queued);
         if (strcmp(rt->stage, "embed-plan") == 0)
             dp_buf_appendf(&embeds, "%s%s", embeds.len > 1 ? "," : "", doc);
         sent++;
@@ -279,6 +288,7 @@ int dp_cmd_retry(const dp_config *cfg, int argc, char **argv)
     dp_buf_append(&docs, "}", 1);
     dp_buf_append(&stages, "}", 1);
     dp_buf_append(&states, "}", 1);
+    dp_buf_append(&queued, "}", 1);
     dp_buf_append(&embeds, "}", 1);
     if (dry || sent == 0) {
         fprintf(stderr, "docpipe retry: %zu document(s) %s, %zu failed at intake\n",
@@ -288,24 +298,27 @@ int dp_cmd_retry(const dp_config *cfg, int argc, char **argv)
 
     /* Recorded in the transaction that commits once every record is in. */
     const char *p_embeds[1] = {embeds.data};
-    const char *p_docs[3] = {docs.data, stages.data, states.data};
+    const char *p_docs[4] = {docs.data, stages.data, states.data, queued.data};
     if (exec_cmd(db, "forget stored batches",
                  "DELETE FROM upload_pipeline.embedding_batches"
                  " WHERE document_id = ANY ($1::uuid[])", 1, p_embeds) ||
         exec_cmd(db, "record retries",
-                 "WITH r AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[])"
-                 "   AS r(document_id, stage, status)),"
-                 " j AS (UPDATE upload_pipeline.upload_jobs j SET"
+                 "WITH r AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[],"
+                 "   $4::text[]) AS r(document_id, stage, status, queued)),"
+                 " j AS (UPDATE upload_pipeline.upload_jobs j SET status = r.queued,"
                  "   retry_count = j.retry_count + 1, updated_at = now()"
                  "   FROM r WHERE j.document_id = r.document_id"
-                 "   RETURNING j.job_id, j.document_id, j.retry_count, j.correlation_id)"
+                 "   RETURNING j.job_id, j.document_id, j.retry_count, j.correlation_id),"
+                 " d AS (UPDATE upload_pipeline.documents d SET processing_status ="
+                 "   r.queued, updated_at = now() FROM r"
+                 "   WHERE d.document_id = r.document_id)"
                  " INSERT INTO upload_pipeline.events (job_id, document_id, type,"
                  "   severity, code, stage, from_status, to_status, payload,"
                  "   correlation_id)"
                  " SELECT j.job_id, j.document_id, 'retry', 'info', 'JOB_RETRY_REQUESTED',"
-                 "   r.stage, r.status, NULL, jsonb_build_object('retry_count',"
-                 "   j.retry_count, 'from_stage', r.stage), j.correlation_id"
-                 " FROM j JOIN r USING (document_id)", 3, p_docs)) {
+                 "   'retry', r.status, r.queued, jsonb_build_object('retry_count',"
+                 "   j.retry_count, 'restart_stage', r.stage), j.correlation_id"
+                 " FROM j JOIN r USING (document_id)", 4, p_docs)) {
         rc = 1;
         goto out;
     }
@@ -332,6 +345,7 @@ out:
     dp_buf_free(&docs);
     dp_buf_free(&stages);
     dp_buf_free(&states);
+    dp_buf_free(&queued);
     dp_buf_free(&embeds);
     return rc;
 }

@@ -815,21 +815,23 @@ Test(pipeline, test_failed_documents_retried_after_the_fix_complete)
               && strstr(listed, "JOB_RETRY_REQUESTED"),
               "status shows the retry:\n%s", listed);
     free(listed);
-    /* Each document's transitions, its failure included, form one chain:
-     * the retried stage moved it on from its failed state. */
+    /* Each document's transitions, its failure and retry included, form
+     * one chain: retry moved it back to the state its stage takes. */
     snprintf(sql, sizeof(sql),
              "WITH e AS (SELECT e.from_status, lag(e.to_status) OVER"
              "   (PARTITION BY e.document_id ORDER BY e.event_id) AS prev"
              " FROM upload_pipeline.events e JOIN upload_pipeline.upload_jobs j"
              "   USING (document_id) WHERE j.user_id = '%s'"
-             "   AND e.type IN ('stage_done', 'finalized', 'error'))"
+             "   AND e.type IN ('stage_done', 'finalized', 'error', 'retry'))"
              " SELECT count(*) FROM e WHERE (prev IS NULL AND from_status <> 'uploaded')"
              "   OR prev <> from_status", user);
     cr_assert_eq(tenv_scalar(&T, sql), 0, "events out of chain");
     snprintf(sql, sizeof(sql), "SELECT count(*) FROM upload_pipeline.events e JOIN"
              " upload_pipeline.upload_jobs j USING (document_id) WHERE j.user_id = '%s'"
-             " AND e.from_status LIKE 'failed_%%' AND e.type = 'stage_done'", user);
-    cr_assert_eq(tenv_scalar(&T, sql), 4, "one move out of a failed state each");
+             " AND e.type = 'retry' AND e.from_status || '>' || e.to_status IN"
+             " ('failed_parse>parse_queued', 'failed_chunking>parse_validated',"
+             " 'failed_embedding>chunks_stored')", user);
+    cr_assert_eq(tenv_scalar(&T, sql), 4, "each moved back to its stage's state");
 
     /* Nothing left to retry; a complete document is not retried. */
     cr_assert_eq(tenv_docpipe_out(&T, retry, good_env, out), 0, "second retry");
