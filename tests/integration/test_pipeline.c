@@ -778,6 +778,12 @@ Test(pipeline, test_failed_documents_retried_after_the_fix_complete)
         cr_assert(strstr(listed, line), "retry printed %s in:\n%s", line, listed);
     }
     free(listed);
+    /* Retried documents are back in their stage's state at once: running
+     * retry again right away sends nothing twice. */
+    cr_assert_eq(tenv_docpipe_out(&T, retry, good_env, out), 0, "retry at once again");
+    listed = tenv_slurp(out);
+    cr_assert_str_eq(listed, "", "nothing sent twice");
+    free(listed);
 
     snprintf(sql, sizeof(sql), "SELECT count(*) FROM upload_pipeline.upload_jobs"
              " WHERE user_id = '%s' AND status = 'complete'", user);
