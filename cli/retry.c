@@ -16,22 +16,31 @@
  *   failed_embedding  -> chunked (ChunksStored): embed-plan plans every
  *                        batch again (embed, gather or finalize failed)
  *
+ * With --from STAGE the named documents (or a user's) start again at that
+ * stage whatever they ended in, complete included: a fix to the parser,
+ * the chunker or the embedding model then reaches documents already done.
+ * Documents still in flight are left alone.
+ *
  * The job goes back to the state that stage takes (parse_queued,
  * parse_validated, chunks_stored), so the document's events stay one chain
- * and a second retry finds nothing to do.  The records carry no upstream
- * stream header, so no watermark hides them (like submit's uploads).  failed_upload is not retried: intake refused the
- * upload itself; submit the file again once it is fixed.
+ * and a second retry finds nothing to do.  What the stages from there on
+ * wrote for the document is removed first (its final rows, vectors,
+ * stored-batch rows, and from parse or chunk its chunks), so a run that
+ * makes fewer chunks, or other vectors, leaves nothing stale behind.  The
+ * records carry no upstream stream header, so no watermark hides them
+ * (like submit's uploads).  failed_upload is not retried: intake refused
+ * the upload itself; submit the file again once it is fixed.
  *
  * The documents' job rows are locked (FOR UPDATE) for the whole command;
- * their state moved back, their retry_count raised, a `retry` event
- * recorded, and a failed embedding's stored-batch rows (gather's fan-in
- * count) removed, in one transaction that commits only once Kafka has
+ * their rows removed, state moved back, retry_count raised and a `retry`
+ * event recorded in one transaction that commits only once Kafka has
  * acknowledged every record.  A stage that receives a record early waits
  * on the lock, then finds the state it takes.  (parse, chunk and embed-plan
  * also take the failed state itself, so a record published by a run that
- * died before its commit is not lost on them.)  If a record is not delivered, the transaction
- * rolls back and the command fails: run it again (a record that did reach
- * the topic only repeats work that is idempotent).
+ * died before its commit is not lost on them.)  If a record is not
+ * delivered, the transaction rolls back and the command fails: run it
+ * again (a record that did reach the topic only repeats work that is
+ * idempotent).
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -68,6 +77,17 @@ static const retry_route *route_of(const char *status)
 {
     for (const retry_route *r = routes; r->failed; r++)
         if (strcmp(r->failed, status) == 0)
+            return r;
+    return NULL;
+}
+
+/* --from's route: a stage's name ("embed" for embed-plan). */
+static const retry_route *route_from(const char *stage)
+{
+    if (strcmp(stage, "embed") == 0)
+        stage = "embed-plan";
+    for (const retry_route *r = routes; r->failed; r++)
+        if (strcmp(r->stage, stage) == 0)
             return r;
     return NULL;
 }
@@ -123,11 +143,13 @@ static int exec_cmd(PGconn *db, const char *what, const char *sql, int n,
 }
 
 /* The documents to retry, locked: the named ones, or every failed one (of
- * user, unless user is ""). */
+ * user, unless user is ""), or with from every complete or failed one of
+ * user. */
 static PGresult *candidates(PGconn *db, const char *ids, int named,
-                            const char *user)
+                            const char *user, int from)
 {
-    const char *params[4] = {ids, DP_CHUNKER_NAME, named ? "1" : "0", user};
+    const char *params[5] = {ids, DP_CHUNKER_NAME, named ? "1" : "0", user,
+                             from ? "1" : "0"};
     PGresult *res = dp_pg_execp(db,
         "SELECT j.document_id, j.job_id, j.status, j.raw_path, d.mime,"
         "   j.parsed_path, j.parsed_sha256, j.chunks_version, j.correlation_id,"
@@ -137,10 +159,12 @@ static PGresult *candidates(PGconn *db, const char *ids, int named,
         " FROM upload_pipeline.upload_jobs j"
         " JOIN upload_pipeline.documents d USING (document_id)"
         " WHERE CASE WHEN $3::int = 1 THEN j.document_id = ANY ($1::uuid[])"
+        "   WHEN $5::int = 1 THEN j.status = 'complete'"
+        "     OR j.status LIKE 'failed\\_%'"
         "   ELSE j.status LIKE 'failed\\_%' END"
         " AND ($4 = '' OR j.user_id = nullif($4, '')::uuid)"
         " ORDER BY j.document_id FOR UPDATE OF j",
-        4, NULL, params, NULL, NULL, 0);
+        5, NULL, params, NULL, NULL, 0);
     char err[1024];
     if (dp_pg_check(db, res, PGRES_TUPLES_OK, "read failed documents", err,
                     sizeof(err))) {
@@ -152,17 +176,26 @@ static PGresult *candidates(PGconn *db, const char *ids, int named,
 
 static void usage_retry(void)
 {
-    fprintf(stderr, "usage: docpipe retry [--dry-run] [--user UUID] [<document>...]\n");
+    fprintf(stderr, "usage: docpipe retry [--dry-run] [--user UUID]"
+            " [--from parse|chunk|embed] [<document>...]\n");
 }
 
 int dp_cmd_retry(const dp_config *cfg, int argc, char **argv)
 {
     int dry = 0, first = 0;
     const char *user = "";
+    const retry_route *from = NULL;
     uint8_t raw[16];
     for (; first < argc && argv[first][0] == '-'; first++) {
         if (strcmp(argv[first], "--dry-run") == 0)
             dry = 1;
+        else if (strcmp(argv[first], "--from") == 0 && first + 1 < argc) {
+            if (!(from = route_from(argv[++first]))) {
+                fprintf(stderr, "docpipe retry: --from takes parse, chunk or"
+                        " embed, not '%s'\n", argv[first]);
+                return 2;
+            }
+        }
         else if (strcmp(argv[first], "--user") == 0 && first + 1 < argc) {
             user = argv[++first];
             if (dp_uuid_parse(user, raw) != 0) {
@@ -188,6 +221,12 @@ int dp_cmd_retry(const dp_config *cfg, int argc, char **argv)
     }
     dp_buf_append(&ids, "}", 1);
     int named = argc > first;
+    if (from && !named && !*user) {
+        fprintf(stderr, "docpipe retry: --from needs documents or --user\n");
+        usage_retry();
+        dp_buf_free(&ids);
+        return 2;
+    }
 
     char err[1024];
     PGconn *db;
@@ -206,8 +245,8 @@ int dp_cmd_retry(const dp_config *cfg, int argc, char **argv)
     int rc = 0;
     dp_publisher *pub = NULL;
     PGresult *res = NULL;
-    dp_buf docs = {0}, stages = {0}, states = {0}, queued = {0}, embeds = {0};
-    if (exec_cmd(db, "begin", "BEGIN", 0, NULL) || !(res = candidates(db, ids.data, named, user))) {
+    dp_buf docs = {0}, stages = {0}, states = {0}, queued = {0}, rechunk = {0};
+    if (exec_cmd(db, "begin", "BEGIN", 0, NULL) || !(res = candidates(db, ids.data, named, user, from != NULL))) {
         rc = 1;
         goto out;
     }
@@ -238,18 +277,21 @@ int dp_cmd_retry(const dp_config *cfg, int argc, char **argv)
     dp_buf_append(&stages, "{", 1);
     dp_buf_append(&states, "{", 1);
     dp_buf_append(&queued, "{", 1);
-    dp_buf_append(&embeds, "{", 1);
+    dp_buf_append(&rechunk, "{", 1);
     for (int r = 0; r < PQntuples(res); r++) {
         const char *doc = PQgetvalue(res, r, C_DOC),
                    *status = PQgetvalue(res, r, C_STATUS);
         const retry_route *rt = route_of(status);
+        if (from && (rt || strcmp(status, "complete") == 0))
+            rt = from;
         if (!rt) {
             if (strcmp(status, "failed_upload") == 0) {
                 fprintf(stderr, "docpipe retry: %s failed at intake (failed_upload):"
                         " submit the file again\n", doc);
                 upload++;
             } else
-                fprintf(stderr, "docpipe retry: %s is not failed (%s)\n", doc, status);
+                fprintf(stderr, "docpipe retry: %s is %s (%s)\n", doc,
+                        from ? "in flight" : "not failed", status);
             if (named)
                 rc = 1;
             continue;
@@ -280,8 +322,8 @@ int dp_cmd_retry(const dp_config *cfg, int argc, char **argv)
         dp_buf_appendf(&stages, "%s\"%s\"", sep, rt->stage);
         dp_buf_appendf(&states, "%s%s", sep, status);
         dp_buf_appendf(&queued, "%s%s", sep, rt->queued);
-        if (strcmp(rt->stage, "embed-plan") == 0)
-            dp_buf_appendf(&embeds, "%s%s", embeds.len > 1 ? "," : "", doc);
+        if (strcmp(rt->stage, "embed-plan") != 0)
+            dp_buf_appendf(&rechunk, "%s%s", rechunk.len > 1 ? "," : "", doc);
         sent++;
         printf("%s\t%s\t%s\n", doc, status, rt->stage);
     }
@@ -289,7 +331,7 @@ int dp_cmd_retry(const dp_config *cfg, int argc, char **argv)
     dp_buf_append(&stages, "}", 1);
     dp_buf_append(&states, "}", 1);
     dp_buf_append(&queued, "}", 1);
-    dp_buf_append(&embeds, "}", 1);
+    dp_buf_append(&rechunk, "}", 1);
     if (dry || sent == 0) {
         fprintf(stderr, "docpipe retry: %zu document(s) %s, %zu failed at intake\n",
                 sent, dry ? "would be sent again" : "to send again", upload);
@@ -297,16 +339,24 @@ int dp_cmd_retry(const dp_config *cfg, int argc, char **argv)
     }
 
     /* Recorded in the transaction that commits once every record is in. */
-    const char *p_embeds[1] = {embeds.data};
+    const char *p_rechunk[1] = {rechunk.data};
     const char *p_docs[4] = {docs.data, stages.data, states.data, queued.data};
-    if (exec_cmd(db, "forget stored batches",
-                 "DELETE FROM upload_pipeline.embedding_batches"
-                 " WHERE document_id = ANY ($1::uuid[])", 1, p_embeds) ||
+    if (exec_cmd(db, "remove embeddings",
+                 "WITH f AS (DELETE FROM upload_pipeline.document_chunks"
+                 "   WHERE document_id = ANY ($1::uuid[])),"
+                 " b AS (DELETE FROM upload_pipeline.embedding_batches"
+                 "   WHERE document_id = ANY ($1::uuid[]))"
+                 " DELETE FROM upload_pipeline.document_vector_buffer"
+                 " WHERE document_id = ANY ($1::uuid[])", 1, p_docs) ||
+        exec_cmd(db, "remove chunks",
+                 "DELETE FROM upload_pipeline.document_chunk_buffer"
+                 " WHERE document_id = ANY ($1::uuid[])", 1, p_rechunk) ||
         exec_cmd(db, "record retries",
                  "WITH r AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[],"
                  "   $4::text[]) AS r(document_id, stage, status, queued)),"
                  " j AS (UPDATE upload_pipeline.upload_jobs j SET status = r.queued,"
-                 "   retry_count = j.retry_count + 1, updated_at = now()"
+                 "   retry_count = j.retry_count + 1, updated_at = now(),"
+                 "   processing_completed_at = NULL"
                  "   FROM r WHERE j.document_id = r.document_id"
                  "   RETURNING j.job_id, j.document_id, j.retry_count, j.correlation_id),"
                  " d AS (UPDATE upload_pipeline.documents d SET processing_status ="
@@ -346,6 +396,6 @@ out:
     dp_buf_free(&stages);
     dp_buf_free(&states);
     dp_buf_free(&queued);
-    dp_buf_free(&embeds);
+    dp_buf_free(&rechunk);
     return rc;
 }

@@ -964,3 +964,69 @@ Test(pipeline, test_chunk_without_its_vector_fails_finalize_then_retry_completes
                  "every chunk promoted with its vector");
     tdoc_free(&d);
 }
+
+Test(pipeline, test_complete_document_reprocessed_from_chunk_leaves_nothing_stale)
+{
+    start("reprocess", NULL, NULL);
+    char dir[1300];
+    test_dir("docs", dir, sizeof(dir));
+    static tdoc d; /* static: still reachable if an assertion ends the test */
+    tdoc_make(&d, dir, "md", 8000, 4646);
+    char ids[1][40];
+    cr_assert_eq(submit(d.path, ids, 1), 1);
+    wait_state(ids[0], "complete", 120);
+    long want = tdoc_expected_chunks(&d);
+    /* As if an older chunker had made one chunk more: a stale chunk in the
+     * buffer and in the final table. */
+    char sql[1400];
+    snprintf(sql, sizeof(sql),
+             "WITH c AS (INSERT INTO upload_pipeline.document_chunk_buffer (chunk_id,"
+             "   document_id, chunk_ord, chunker_name, chunker_version, chunk_sha, text)"
+             " SELECT gen_random_uuid(), document_id, 999, chunker_name, chunker_version,"
+             "   chunk_sha, text FROM upload_pipeline.document_chunk_buffer"
+             " WHERE document_id = '%.36s' AND chunk_ord = 0 RETURNING chunk_id)"
+             " INSERT INTO upload_pipeline.document_chunks (chunk_id, document_id,"
+             "   chunker_name, chunker_version, chunk_ord, text, chunk_sha, meta,"
+             "   embed_model, embed_version, embedding, vector_dim, vector_sha)"
+             " SELECT c.chunk_id, document_id, chunker_name, chunker_version, 999, text,"
+             "   chunk_sha, meta, embed_model, embed_version, embedding, vector_dim,"
+             "   vector_sha FROM upload_pipeline.document_chunks, c"
+             " WHERE document_id = '%.36s' AND chunk_ord = 0", ids[0], ids[0]);
+    PGresult *r = PQexec(T.db, sql);
+    cr_assert_str_eq(PQcmdTuples(r), "1", "%s", PQerrorMessage(T.db));
+    PQclear(r);
+
+    char out[700];
+    snprintf(out, sizeof(out), "/tmp/docpipe-%sretry.out", T.prefix);
+    const char *bare[] = {"retry", "--from", "chunk", NULL};
+    cr_assert_eq(tenv_docpipe_out(&T, bare, pipe_env, out), 2,
+                 "--from without documents or user is a usage error");
+    const char *again[] = {"retry", "--from", "chunk", ids[0], NULL};
+    cr_assert_eq(tenv_docpipe_out(&T, again, pipe_env, out), 0);
+    char *listed = tenv_slurp(out), line[200];
+    snprintf(line, sizeof(line), "%.36s\tcomplete\tchunk\n", ids[0]);
+    cr_assert_str_eq(listed, line);
+    free(listed);
+    snprintf(sql, sizeof(sql), "SELECT count(*)::int FROM upload_pipeline.events"
+             " WHERE document_id = '%.36s' AND code = 'JOB_COMPLETED'", ids[0]);
+    cr_assert_eq(tenv_wait_scalar(&T, sql, 2, 120 * 1000), 2, "completed a second time");
+    assert_state(ids[0], "complete");
+    cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.document_chunk_buffer WHERE"
+                   " document_id = '%s'", ids[0]), want, "the chunker's chunks, no more");
+    cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.document_chunks WHERE"
+                   " document_id = '%s' AND vector_dim = 1536", ids[0]), want,
+                 "the final rows are this run's, every one with its vector");
+    cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.upload_jobs WHERE document_id"
+                   " = '%s' AND retry_count = 1 AND processing_completed_at IS NOT NULL",
+                   ids[0]), 1);
+    /* One chain: ... complete, retry back to parse_validated, ... complete. */
+    snprintf(sql, sizeof(sql),
+             "WITH e AS (SELECT e.from_status, e.to_status, lag(e.to_status) OVER"
+             "   (ORDER BY e.event_id) AS prev FROM upload_pipeline.events e"
+             " WHERE e.document_id = '%.36s')"
+             " SELECT count(*) FILTER (WHERE (prev IS NULL AND from_status <> 'uploaded')"
+             "   OR prev <> from_status) * 1000 + count(*) FILTER (WHERE"
+             "   from_status = 'complete' AND to_status = 'parse_validated') FROM e", ids[0]);
+    cr_assert_eq(tenv_scalar(&T, sql), 1, "one chain through the retry");
+    tdoc_free(&d);
+}
