@@ -128,17 +128,15 @@ static dp_err build_record(dp_msgcodec *codec, const retry_route *rt,
     return dp_msg_encode(codec, rt->schema, f, 5, buf, len, err, errlen);
 }
 
-/* Runs one statement that returns no rows; 0 on success. */
+/* dp_pg_command, its failure reported; 0 on success. */
 static int exec_cmd(PGconn *db, const char *what, const char *sql, int n,
                     const char *const *params)
 {
     char err[1024];
-    PGresult *res = dp_pg_execp(db, sql, n, NULL, params, NULL, NULL, 0);
-    if (dp_pg_check(db, res, PGRES_COMMAND_OK, what, err, sizeof(err))) {
+    if (dp_pg_command(db, sql, n, params, what, err, sizeof(err))) {
         fprintf(stderr, "docpipe retry: %s\n", err);
         return -1;
     }
-    PQclear(res);
     return 0;
 }
 

@@ -75,6 +75,17 @@ dp_err dp_pg_exec(PGconn *conn, const char *sql, char *err, size_t errlen)
     return e;
 }
 
+dp_err dp_pg_command(PGconn *conn, const char *sql, int nparams,
+                     const char *const *values, const char *what, char *err,
+                     size_t errlen)
+{
+    PGresult *res = dp_pg_execp(conn, sql, nparams, NULL, values, NULL, NULL, 0);
+    dp_err e = dp_pg_check(conn, res, PGRES_COMMAND_OK, what, err, errlen);
+    if (e == DP_OK)
+        PQclear(res);
+    return e;
+}
+
 dp_err dp_pg_replan(PGconn *conn, char *err, size_t errlen)
 {
     return dp_pg_exec(conn, "DISCARD PLANS", err, errlen);

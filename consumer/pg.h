@@ -53,6 +53,12 @@ dp_err dp_pg_replan(PGconn *conn, char *err, size_t errlen);
 /* Runs a statement with no result rows (BEGIN, COMMIT, SET ...). */
 dp_err dp_pg_exec(PGconn *conn, const char *sql, char *err, size_t errlen);
 
+/* dp_pg_execp of a statement with no result rows (text parameters), its
+ * failure in err as "what: message". */
+dp_err dp_pg_command(PGconn *conn, const char *sql, int nparams,
+                     const char *const *values, const char *what, char *err,
+                     size_t errlen);
+
 /* Classification of a failed result (or of conn when res is NULL). */
 dp_err dp_pg_classify(PGconn *conn, const PGresult *res);
 

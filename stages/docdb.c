@@ -19,7 +19,7 @@ dp_err dp_doc_fail(PGconn *db, const char *document_id, const char *failed_state
 {
     const char *params[6] = {document_id, failed_state, stage,
                              dp_err2str(category), error, correlation_id};
-    PGresult *res = dp_pg_execp(db,
+    return dp_pg_command(db,
         "WITH old AS (SELECT job_id, status FROM upload_pipeline.upload_jobs"
         "              WHERE document_id = $1::uuid FOR UPDATE),"
         " moved AS (UPDATE upload_pipeline.upload_jobs j"
@@ -39,12 +39,7 @@ dp_err dp_doc_fail(PGconn *db, const char *document_id, const char *failed_state
         " SELECT job_id, $1::uuid, 'error', 'error', 'JOB_FAILED_PERMANENTLY',"
         "   $3, from_status, $2, jsonb_build_object('error', $5::text,"
         "   'category', $4::text), nullif($6, '')::uuid FROM moved",
-        6, NULL, params, NULL, NULL, 0);
-    dp_err e = dp_pg_check(db, res, PGRES_COMMAND_OK, "record failure", err,
-                           errlen);
-    if (e == DP_OK)
-        PQclear(res);
-    return e;
+        6, params, "record failure", err, errlen);
 }
 
 dp_err dp_doc_dead_letter(const char *stage, const char *failed_state,

@@ -62,13 +62,11 @@ static dp_err gather_handle(void *state, dp_batch *b, char *err, size_t errlen)
                  vectors, vectors, done);
         if (done < total) {
             const char *p2[2] = {doc, progress};
-            res = dp_pg_execp(db, "UPDATE upload_pipeline.upload_jobs SET"
-                " progress = progress || $2::jsonb, updated_at = now()"
-                " WHERE document_id = $1::uuid", 2, NULL, p2, NULL, NULL, 0);
-            if ((e = dp_pg_check(db, res, PGRES_COMMAND_OK, "record progress",
-                                 err, errlen)))
+            if ((e = dp_pg_command(db, "UPDATE upload_pipeline.upload_jobs SET"
+                    " progress = progress || $2::jsonb, updated_at = now()"
+                    " WHERE document_id = $1::uuid", 2, p2, "record progress",
+                    err, errlen)))
                 return e;
-            PQclear(res);
             continue;
         }
         int moved;

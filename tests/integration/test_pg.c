@@ -94,6 +94,25 @@ Test(pg, a_failing_statement_reports_its_error)
     PQfinish(db);
 }
 
+Test(pg, a_command_runs_with_its_parameters_and_names_its_failure)
+{
+    PGconn *db = connect_db();
+    char err[512];
+    cr_assert_eq(dp_pg_exec(db, "CREATE TEMP TABLE cmd_t (v int)", err, sizeof(err)),
+                 DP_OK, "%s", err);
+    const char *p[1] = {"41"};
+    cr_assert_eq(dp_pg_command(db, "INSERT INTO cmd_t VALUES ($1::int + 1)", 1, p,
+                               "insert", err, sizeof(err)), DP_OK, "%s", err);
+    PGresult *r = PQexec(db, "SELECT v FROM cmd_t");
+    cr_assert_str_eq(PQgetvalue(r, 0, 0), "42");
+    PQclear(r);
+    cr_assert_neq(dp_pg_command(db, "INSERT INTO cmd_t VALUES ($1::int)", 1,
+                                (const char *[]){"not a number"}, "insert again",
+                                err, sizeof(err)), DP_OK);
+    cr_assert(strncmp(err, "insert again", 12) == 0, "%s", err);
+    dp_pg_finish(db);
+}
+
 Test(pg, a_finished_connection_leaves_nothing_to_its_successor)
 {
     PGconn *a = connect_db();
