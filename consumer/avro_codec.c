@@ -1867,8 +1867,8 @@ static dp_err decode_body(const resolution *res, const void *buf, size_t len,
 static dp_err prepare(dp_avro_registry *reg, uint64_t reader_fp, const void *buf,
                       size_t len, const resolution **res, char *err, size_t errlen)
 {
-    uint64_t wfp;
-    resolution *r;
+    uint64_t wfp = 0;  /* set on DP_OK; -O3 cannot see that dp_errf never returns DP_OK */
+    resolution *r = NULL;
     dp_err rc = dp_avro_peek_fingerprint(buf, len, &wfp, err, errlen);
     if (rc == DP_OK)
         rc = get_resolution(reg, wfp, reader_fp, &r, err, errlen);
