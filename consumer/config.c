@@ -42,6 +42,11 @@ static const dp_config_entry dp_config_table[] = {
      "Folder for content-addressed raw and parsed files."},
     {"offset_reset", CT_STR, F(offset_reset), "earliest", 0, 0,
      "Where a partition with no stored offset starts: earliest or latest."},
+    {"offset_gap", CT_STR, F(offset_gap), "earliest", 0, 0,
+     "When a stored offset is no longer in the log (retention, deleted"
+     " records, a recreated topic): earliest resumes at the earliest record"
+     " kept, logging and recording the gap (docpipe.dp_offset_gaps); fail"
+     " stops the stage with an error."},
     {"log_level", CT_STR, F(log_level), "info", 0, 0,
      "Lowest level logged: debug, info, warn or error."},
     {"topic_prefix", CT_STR, F(topic_prefix), "docpipe.", 0, 0,
@@ -323,6 +328,10 @@ dp_err dp_config_load(dp_config *cfg, char *err, size_t errlen)
                 pairs_set(list, p, eq + 1);
         }
     }
+    if (strcmp(cfg->offset_gap, "earliest") && strcmp(cfg->offset_gap, "fail"))
+        return dp_errf(DP_ERR_PERMANENT, err, errlen,
+                       "setting offset_gap: '%s' is neither earliest nor fail",
+                       cfg->offset_gap);
     if (strcmp(cfg->offset_reset, "earliest") && strcmp(cfg->offset_reset, "latest"))
         return dp_errf(DP_ERR_PERMANENT, err, errlen,
                        "setting offset_reset: '%s' is neither earliest nor "

@@ -28,6 +28,7 @@ typedef struct dp_config {
     char *schema_dir;
     char *storage_dir;
     char *offset_reset;
+    char *offset_gap;
     char *log_level;
     char *topic_prefix;
     int batch_max;

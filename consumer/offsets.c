@@ -28,7 +28,8 @@ dp_err dp_offsets_claim(PGconn *conn, const char *group, const char *topic,
         "   FROM unnest($4::int[]) AS p ORDER BY p"
         " ON CONFLICT (group_id, topic, partition) DO UPDATE"
         "   SET epoch = o.epoch + 1, owner = EXCLUDED.owner, claimed_at = now()"
-        " RETURNING partition, coalesce(next_offset, -1), epoch",
+        " RETURNING partition, coalesce(next_offset, -1), epoch,"
+        "   coalesce(replay_until, -1)",
         4, NULL, params, NULL, NULL, 0);
     dp_buf_free(&parts);
     dp_err e = dp_pg_check(conn, res, PGRES_TUPLES_OK, "claim partitions", err,
@@ -42,6 +43,7 @@ dp_err dp_offsets_claim(PGconn *conn, const char *group, const char *topic,
             if (claims[i].partition == p) {
                 claims[i].next_offset = strtoll(PQgetvalue(res, r, 1), NULL, 10);
                 claims[i].epoch = strtoll(PQgetvalue(res, r, 2), NULL, 10);
+                claims[i].replay_until = strtoll(PQgetvalue(res, r, 3), NULL, 10);
             }
         }
     }
@@ -53,8 +55,8 @@ dp_err dp_offsets_claim(PGconn *conn, const char *group, const char *topic,
 }
 
 dp_err dp_offsets_advance(PGconn *conn, const char *group, const char *topic,
-                          const dp_offset_advance *adv, int n, char *err,
-                          size_t errlen)
+                          const dp_offset_advance *adv, int n,
+                          int64_t attempt_id, char *err, size_t errlen)
 {
     if (n == 0)
         return DP_OK;
@@ -74,25 +76,32 @@ dp_err dp_offsets_advance(PGconn *conn, const char *group, const char *topic,
     dp_buf_append(&ep, "}", 1);
     dp_buf_append(&ex, "}", 1);
     dp_buf_append(&nx, "}", 1);
-    const char *params[6] = {group, topic, p.data, ep.data, ex.data, nx.data};
+    char att[32];
+    snprintf(att, sizeof(att), "%" PRId64, attempt_id);
+    const char *params[7] = {group, topic, p.data, ep.data, ex.data, nx.data, att};
+    /* The attempt's row goes in with the offsets, in the same statement:
+     * it exists if and only if this transaction commits. */
     PGresult *res = dp_pg_execp(conn,
-        "UPDATE docpipe.dp_offsets o"
+        "WITH u AS (UPDATE docpipe.dp_offsets o"
         "   SET next_offset = u.next, updated_at = now()"
         "  FROM unnest($3::int[], $4::bigint[], $5::bigint[], $6::bigint[])"
         "       AS u(p, epoch, expected, next)"
         " WHERE o.group_id = $1 AND o.topic = $2 AND o.partition = u.p"
         "   AND o.epoch = u.epoch"
-        "   AND coalesce(o.next_offset, -1) = u.expected",
-        6, NULL, params, NULL, NULL, 0);
+        "   AND coalesce(o.next_offset, -1) = u.expected RETURNING 1),"
+        " a AS (INSERT INTO docpipe.dp_attempts (attempt_id, group_id, topic)"
+        "   VALUES ($7::bigint, $1, $2))"
+        " SELECT count(*) FROM u",
+        7, NULL, params, NULL, NULL, 0);
     dp_buf_free(&p);
     dp_buf_free(&ep);
     dp_buf_free(&ex);
     dp_buf_free(&nx);
-    dp_err e = dp_pg_check(conn, res, PGRES_COMMAND_OK, "advance offsets", err,
+    dp_err e = dp_pg_check(conn, res, PGRES_TUPLES_OK, "advance offsets", err,
                            errlen);
     if (e)
         return e;
-    int rows = atoi(PQcmdTuples(res));
+    int rows = atoi(PQgetvalue(res, 0, 0));
     PQclear(res);
     if (rows != n)
         return dp_errf(DP_ERR_FENCED, err, errlen,
@@ -123,4 +132,34 @@ dp_err dp_offsets_reset(PGconn *conn, const char *group, const char *topic,
     if (e == DP_OK)
         PQclear(res);
     return e;
+}
+
+dp_err dp_offsets_epochs(PGconn *conn, const char *group, const char *topic,
+                         const int32_t *parts, int64_t *epochs, int n,
+                         char *err, size_t errlen)
+{
+    dp_buf p = {0};
+    dp_buf_append(&p, "{", 1);
+    for (int i = 0; i < n; i++) {
+        dp_buf_appendf(&p, "%s%d", i ? "," : "", parts[i]);
+        epochs[i] = -1;
+    }
+    dp_buf_append(&p, "}", 1);
+    const char *params[3] = {group, topic, p.data};
+    PGresult *res = dp_pg_execp(conn,
+        "SELECT partition, epoch FROM docpipe.dp_offsets"
+        " WHERE group_id = $1 AND topic = $2 AND partition = ANY ($3::int[])",
+        3, NULL, params, NULL, NULL, 0);
+    dp_buf_free(&p);
+    dp_err e = dp_pg_check(conn, res, PGRES_TUPLES_OK, "read epochs", err, errlen);
+    if (e)
+        return e;
+    for (int r = 0; r < PQntuples(res); r++) {
+        int32_t part = (int32_t)atoi(PQgetvalue(res, r, 0));
+        for (int i = 0; i < n; i++)
+            if (parts[i] == part)
+                epochs[i] = strtoll(PQgetvalue(res, r, 1), NULL, 10);
+    }
+    PQclear(res);
+    return DP_OK;
 }

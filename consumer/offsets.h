@@ -22,6 +22,7 @@ typedef struct dp_offset_claim {
     int32_t partition;
     int64_t next_offset; /* -1: nothing stored yet */
     int64_t epoch;
+    int64_t replay_until; /* offsets below it are replays; -1: none */
 } dp_offset_claim;
 
 typedef struct dp_offset_advance {
@@ -37,14 +38,22 @@ dp_err dp_offsets_claim(PGconn *conn, const char *group, const char *topic,
                         const char *owner, dp_offset_claim *claims, int n,
                         char *err, size_t errlen);
 
-/* Inside the caller's open transaction: advances every partition or reports
- * DP_ERR_FENCED (then the caller must roll back). */
+/* Inside the caller's open transaction: advances every partition and
+ * records attempt_id as committed with them (docpipe.dp_attempts, see
+ * attempts.h), or reports DP_ERR_FENCED (then the caller must roll back). */
 dp_err dp_offsets_advance(PGconn *conn, const char *group, const char *topic,
-                          const dp_offset_advance *adv, int n, char *err,
-                          size_t errlen);
+                          const dp_offset_advance *adv, int n,
+                          int64_t attempt_id, char *err, size_t errlen);
 
-/* Sets a partition's next offset outright, bumping its epoch (operators'
- * replay: `docpipe offsets reset`). */
+/* The epochs of the partitions of (group, topic) now; epochs[i] = -1 for a
+ * partition with no row.  For an owner to notice that a replay (or anyone)
+ * took a partition while it had nothing to commit. */
+dp_err dp_offsets_epochs(PGconn *conn, const char *group, const char *topic,
+                         const int32_t *parts, int64_t *epochs, int n,
+                         char *err, size_t errlen);
+
+/* Sets a partition's next offset outright, bumping its epoch (tests; the
+ * operators' way is `docpipe replay`, cli/replay.c). */
 dp_err dp_offsets_reset(PGconn *conn, const char *group, const char *topic,
                         int32_t partition, int64_t next_offset, char *err,
                         size_t errlen);

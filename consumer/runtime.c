@@ -27,8 +27,10 @@
 #include <unistd.h>
 
 
+#include "attempts.h"
 #include "backoff.h"
 #include "clock.h"
+#include "fault.h"
 #include "log.h"
 #include "offsets.h"
 #include "pg.h"
@@ -42,6 +44,9 @@
 #define HDR_SEQ "docpipe-seq"
 #define HDR_EVENT "docpipe-event-id"
 #define HDR_CORR "docpipe-correlation-id"
+#define HDR_GEN "docpipe-generation"
+#define UNDECIDED_DEFER_MS 300   /* an upstream attempt neither committed nor aborted */
+#define EPOCH_CHECK_MS 2000      /* idle owners look for a replay this often */
 
 typedef struct dp_output {
     char *topic;
@@ -124,6 +129,8 @@ typedef enum {
     RS_DUP,       /* already seen upstream duplicate: skip, commit offset */
     RS_DLQ,       /* dead-letter it, commit offset */
     RS_DROPPED,   /* behind a retrying record: not part of this batch */
+    RS_ABORTED,   /* published by an upstream attempt that never committed:
+                     skip, commit offset */
 } rec_state;
 
 typedef struct dp_slot {
@@ -140,8 +147,12 @@ typedef struct dp_slot {
     char corr[40];
     const char *stream;          /* NULL: no upstream identity; else the
                                     partition's mark's copy of the name */
+    int64_t src_epoch;           /* upstream epoch (docpipe-attempt), 0: none */
     int64_t src_offset;
     int32_t src_index;
+    dp_attempt_ref att;          /* att.id 0: no docpipe-attempt header */
+    char att_stream[256];        /* att.group and att.topic point here */
+    int64_t out_gen;             /* generation of the outputs */
     dp_output *outs;             /* in rt->outs, valid for one pass */
     size_t nouts, capouts;
 } dp_slot;
@@ -152,13 +163,15 @@ struct dp_batch {
     size_t n;
 };
 
+/* Per (input partition, upstream stream): the highest (epoch, offset,
+ * index) acted on and committed, and the same as the batch being settled
+ * would leave it (b_*; recomputed by every settle, see dedup_pass). */
 typedef struct dp_mark {
     char *stream;
-    int64_t offset;              /* committed high-water (offset, index) */
+    int64_t epoch, offset;
     int32_t index;
-    int64_t b_offset;            /* highest held by the batch being built */
+    int64_t b_epoch, b_offset;
     int32_t b_index;
-    int dirty;
 } dp_mark;
 
 typedef struct dp_part {
@@ -172,6 +185,7 @@ typedef struct dp_part {
     int64_t paused_until_ms;     /* 0: running; >0 to apply; <0 applied */
     int64_t first_seen;          /* first offset polled, -1: none yet */
     int64_t next_poll;           /* offset after the last one polled, -1: none */
+    int64_t replay_until;        /* offsets below are replays, -1: none */
     dp_mark *marks;
     int nmarks;
 } dp_part;
@@ -215,6 +229,11 @@ struct dp_runtime {
     int nudger_stop;
     dp_runtime_stats stats;
     unsigned int rand_state;
+    uint64_t assign_gen;         /* bumped by every assignment and revocation */
+    int producer_fatal;          /* error_cb saw a fatal producer error */
+    int consumer_fatal;          /* ... a fatal consumer error: stop */
+    char fatal_error[512];
+    int64_t last_epoch_check_ms; /* see check_epochs() */
 };
 
 static int64_t now_ms(void)
@@ -290,6 +309,11 @@ void dp_batch_retry_in(dp_batch *b, size_t i, int64_t ms)
         b->live[i]->retry_min_ms = ms;
 }
 
+void dp_batch_set_generation(dp_batch *b, size_t i, int64_t generation)
+{
+    b->live[i]->out_gen = generation;
+}
+
 void dp_batch_retry_after(dp_batch *b, int64_t ms)
 {
     if (ms > b->rt->retry_hint_ms)
@@ -351,11 +375,6 @@ static void batch_clear(dp_runtime *rt)
     rt->nslots = 0;
     arena_reset(&rt->recs);
     arena_reset(&rt->outs);
-    for (int p = 0; p < rt->nparts; p++)
-        for (int i = 0; i < rt->parts[p].nmarks; i++) {
-            rt->parts[p].marks[i].b_offset = -1;
-            rt->parts[p].marks[i].b_index = -1;
-        }
 }
 
 /* ---- partitions -------------------------------------------------------- */
@@ -372,6 +391,7 @@ static dp_part *part_get(dp_runtime *rt, int32_t p)
             rt->parts[i].committed = -1;
             rt->parts[i].first_seen = -1;
             rt->parts[i].next_poll = -1;
+            rt->parts[i].replay_until = -1;
         }
         rt->nparts = n;
     }
@@ -388,6 +408,7 @@ static void part_reset(dp_part *pt)
     pt->committed = -1;
     pt->first_seen = -1;
     pt->next_poll = -1;
+    pt->replay_until = -1;
 }
 
 static dp_mark *mark_find(dp_part *pt, const char *stream, int create)
@@ -400,15 +421,17 @@ static dp_mark *mark_find(dp_part *pt, const char *stream, int create)
     pt->marks = realloc(pt->marks, (size_t)(pt->nmarks + 1) * sizeof(dp_mark));
     dp_mark *m = &pt->marks[pt->nmarks++];
     m->stream = strdup(stream);
+    m->epoch = m->b_epoch = -1;
     m->offset = m->b_offset = -1;
     m->index = m->b_index = -1;
-    m->dirty = 0;
     return m;
 }
 
-static int seq_le(int64_t o1, int32_t i1, int64_t o2, int32_t i2)
+/* (e1, o1, i1) <= (e2, o2, i2), lexicographically. */
+static int seq_le(int64_t e1, int64_t o1, int32_t i1, int64_t e2, int64_t o2,
+                  int32_t i2)
 {
-    return o1 < o2 || (o1 == o2 && i1 <= i2);
+    return e1 < e2 || (e1 == e2 && (o1 < o2 || (o1 == o2 && i1 <= i2)));
 }
 
 static dp_err load_marks(dp_runtime *rt, int32_t p, char *err, size_t errlen)
@@ -417,7 +440,7 @@ static dp_err load_marks(dp_runtime *rt, int32_t p, char *err, size_t errlen)
     snprintf(ps, sizeof(ps), "%d", p);
     const char *params[3] = {rt->group, rt->stage->input_topic, ps};
     PGresult *res = dp_pg_execp(rt->db,
-        "SELECT stream, src_offset, src_index FROM docpipe.dp_dedup"
+        "SELECT stream, src_offset, src_index, src_epoch FROM docpipe.dp_dedup"
         " WHERE group_id = $1 AND topic = $2 AND partition = $3::int",
         3, NULL, params, NULL, NULL, 0);
     dp_err e = dp_pg_check(rt->db, res, PGRES_TUPLES_OK, "load dedup marks",
@@ -429,6 +452,7 @@ static dp_err load_marks(dp_runtime *rt, int32_t p, char *err, size_t errlen)
         dp_mark *m = mark_find(pt, PQgetvalue(res, r, 0), 1);
         m->offset = strtoll(PQgetvalue(res, r, 1), NULL, 10);
         m->index = atoi(PQgetvalue(res, r, 2));
+        m->epoch = strtoll(PQgetvalue(res, r, 3), NULL, 10);
     }
     PQclear(res);
     return DP_OK;
@@ -489,6 +513,7 @@ static void on_assign(dp_runtime *rt, rd_kafka_topic_partition_list_t *parts)
         pt->next_poll = -1;
         pt->retry_offset = -1;
         pt->paused_until_ms = 0;
+        pt->replay_until = claims[i].replay_until;
         parts->elems[i].offset =
             claims[i].next_offset >= 0 ? claims[i].next_offset
             : strcmp(rt->cfg->offset_reset, "latest") == 0 ? RD_KAFKA_OFFSET_END
@@ -501,6 +526,9 @@ static void on_assign(dp_runtime *rt, rd_kafka_topic_partition_list_t *parts)
     free(claims);
     dp_logj(DP_LOG_INFO, &ctx, json_pack("{s:o}", "partitions", assigned),
             "partitions assigned and claimed");
+    DP_FAULT(rt->stage->name, "in-claim");
+    rt->assign_gen++;
+    rt->last_epoch_check_ms = mono_ms();
     rd_kafka_assign(rt->consumer, parts);
 }
 
@@ -513,6 +541,7 @@ static void on_revoke(dp_runtime *rt)
     batch_clear(rt);
     for (int i = 0; i < rt->nparts; i++)
         part_reset(&rt->parts[i]);
+    rt->assign_gen++;
     rd_kafka_assign(rt->consumer, NULL);
 }
 
@@ -542,6 +571,28 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
     }
 }
 
+/* A fatal error leaves a client unusable: an idempotent producer whose
+ * sequence broke fails every later produce.  The producer is recreated
+ * between batches (nothing of an unacknowledged batch commits); a fatal
+ * consumer error stops the stage with the error. */
+static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    dp_runtime *rt = opaque;
+    if (err != RD_KAFKA_RESP_ERR__FATAL)
+        return; /* transient: log_cb has it, librdkafka retries */
+    char why[256];
+    rd_kafka_resp_err_t orig = rd_kafka_fatal_error(rk, why, sizeof(why));
+    snprintf(rt->fatal_error, sizeof(rt->fatal_error), "%s: %s (%s)",
+             rd_kafka_err2name(orig), why, reason);
+    if (rk == rt->producer)
+        rt->producer_fatal = 1;
+    else
+        rt->consumer_fatal = 1;
+    dp_log_ctx ctx = {rt->stage->name, NULL, NULL, -1, -1};
+    dp_log(DP_LOG_ERROR, &ctx, "fatal Kafka %s error: %s",
+           rk == rt->producer ? "producer" : "consumer", rt->fatal_error);
+}
+
 static void log_cb(const rd_kafka_t *rk, int level, const char *fac,
                    const char *buf)
 {
@@ -565,6 +616,9 @@ static dp_err kafka_conf(dp_runtime *rt, int producer, rd_kafka_conf_t **out,
         {"enable.auto.offset.store", "false"},
         {"partition.assignment.strategy", "range"},
         {"isolation.level", "read_committed"},
+        /* A position no longer in the log is reported, never jumped over
+         * silently: see offset_out_of_range(). */
+        {"auto.offset.reset", "error"},
         /* A small prefetch: nudge_fetcher() makes librdkafka refill it at
          * once instead of after its one-second backoff, so 256 KB keeps a
          * 1000-record batch fed and the process small. */
@@ -606,9 +660,41 @@ static dp_err kafka_conf(dp_runtime *rt, int producer, rd_kafka_conf_t **out,
         return e;
     }
     rd_kafka_conf_set_log_cb(conf, log_cb);
+    rd_kafka_conf_set_error_cb(conf, error_cb);
     rd_kafka_conf_set_opaque(conf, rt);
     *out = conf;
     return DP_OK;
+}
+
+static dp_err producer_new(dp_runtime *rt, char *err, size_t errlen)
+{
+    rd_kafka_conf_t *pc = NULL;
+    char kerr[512];
+    dp_err e = kafka_conf(rt, 1, &pc, err, errlen);
+    if (e)
+        return e;
+    rd_kafka_conf_set_dr_msg_cb(pc, dr_cb);
+    rt->producer = rd_kafka_new(RD_KAFKA_PRODUCER, pc, kerr, sizeof(kerr));
+    if (!rt->producer)
+        return dp_errf(DP_ERR_PERMANENT, err, errlen, "producer: %s", kerr);
+    rt->producer_fatal = 0;
+    return DP_OK;
+}
+
+/* After a fatal producer error: whatever it still holds belongs to a batch
+ * that will not commit, so it is purged and a new producer (new producer
+ * id, fresh sequences) takes over. */
+static dp_err producer_reset(dp_runtime *rt, char *err, size_t errlen)
+{
+    dp_log_ctx ctx = {rt->stage->name, NULL, NULL, -1, -1};
+    dp_log(DP_LOG_WARN, &ctx, "recreating the producer after a fatal error: %s",
+           rt->fatal_error);
+    rd_kafka_purge(rt->producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+    rd_kafka_flush(rt->producer, 1000);
+    rd_kafka_destroy(rt->producer);
+    rt->producer = NULL;
+    rt->stats.producer_resets++;
+    return producer_new(rt, err, errlen);
 }
 
 dp_err dp_runtime_new(const dp_config *cfg, const dp_stage *stage,
@@ -631,21 +717,17 @@ dp_err dp_runtime_new(const dp_config *cfg, const dp_stage *stage,
     if (e)
         goto fail;
     rd_kafka_conf_set_rebalance_cb(cc, rebalance_cb);
-    rd_kafka_conf_set_dr_msg_cb(pc, dr_cb);
+    rd_kafka_conf_destroy(pc);
     rt->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, cc, kerr, sizeof(kerr));
     if (!rt->consumer) {
-        rd_kafka_conf_destroy(pc);
         e = dp_errf(DP_ERR_PERMANENT, err, errlen, "consumer: %s", kerr);
         goto fail;
     }
     cc = NULL;
     rd_kafka_poll_set_consumer(rt->consumer);
     rt->cq = rd_kafka_queue_get_consumer(rt->consumer);
-    rt->producer = rd_kafka_new(RD_KAFKA_PRODUCER, pc, kerr, sizeof(kerr));
-    if (!rt->producer) {
-        e = dp_errf(DP_ERR_PERMANENT, err, errlen, "producer: %s", kerr);
+    if ((e = producer_new(rt, err, errlen)))
         goto fail;
-    }
     e = dp_pg_connect(cfg, cfg->instance_id, &rt->db, err, errlen);
     if (e)
         goto fail;
@@ -712,8 +794,9 @@ static void derive_corr(const char *topic, int32_t p, int64_t off, char out[40])
     *o = '\0';
 }
 
-/* Fills a slot from a polled message: identity, correlation id, dedup
- * verdict against the partition's marks (and earlier slots), decoding. */
+/* Fills a slot from a polled message: identity, correlation id, upstream
+ * attempt and position (decided and deduplicated when the batch is
+ * settled: see decide_attempts() and dedup_pass()), decoding. */
 static void slot_prepare(dp_runtime *rt, dp_slot *s, rd_kafka_message_t *m)
 {
     s->msg = m;
@@ -735,6 +818,7 @@ static void slot_prepare(dp_runtime *rt, dp_slot *s, rd_kafka_message_t *m)
     s->rec.value = m->payload ? s->data + m->key_len : NULL;
     s->rec.value_len = m->len;
     s->state = RS_PENDING;
+    s->src_epoch = 0;
     s->src_offset = -1;
     s->src_index = -1;
 
@@ -746,23 +830,25 @@ static void slot_prepare(dp_runtime *rt, dp_slot *s, rd_kafka_message_t *m)
     s->rec.correlation_id = s->corr;
     dp_part *pt = part_get(rt, m->partition);
     s->rec.attempts = pt->retry_offset == m->offset ? pt->retry_attempts + 1 : 1;
+    s->rec.replay = pt->replay_until >= 0 && m->offset < pt->replay_until;
+    s->rec.generation = header_str(h, HDR_GEN, buf, sizeof(buf))
+                            ? strtoll(buf, NULL, 10) : 0;
+    s->out_gen = s->rec.generation;
 
-    char stream[256];
+    char stream[256], att[96];
     s->stream = NULL;
     if (header_str(h, HDR_STREAM, stream, sizeof(stream)) &&
         header_str(h, HDR_SEQ, buf, sizeof(buf)) &&
         sscanf(buf, "%" SCNd64 ":%" SCNd32, &s->src_offset, &s->src_index) == 2) {
-        /* Seen if at or below the committed mark, or below what this very
-         * batch already holds from the stream (a copy earlier in it). */
-        dp_mark *mk = mark_find(pt, stream, 1);
-        s->stream = mk->stream;
-        if (seq_le(s->src_offset, s->src_index, mk->offset, mk->index) ||
-            seq_le(s->src_offset, s->src_index, mk->b_offset, mk->b_index)) {
-            s->state = RS_DUP;
-            return;
-        }
-        mk->b_offset = s->src_offset;
-        mk->b_index = s->src_index;
+        s->stream = mark_find(pt, stream, 1)->stream;
+        /* Records of releases before commit visibility carry no attempt:
+         * they are taken as committed, as they were then. */
+        memcpy(s->att_stream, stream, sizeof(s->att_stream));
+        if (header_str(h, DP_HDR_ATTEMPT, att, sizeof(att)) &&
+            dp_attempt_parse(att, s->att_stream, &s->att))
+            s->src_epoch = s->att.epoch;
+        else
+            memset(&s->att, 0, sizeof(s->att));
     }
 
     if (rt->stage->decode) {
@@ -775,6 +861,24 @@ static void slot_prepare(dp_runtime *rt, dp_slot *s, rd_kafka_message_t *m)
             s->error = strdup(*err ? err : "record cannot be decoded");
             s->first_failure_ms = s->last_failure_ms = now_ms();
         }
+    }
+}
+
+/* Record s waits ms before it is tried again, its budget unspent: its
+ * partition is paused and rewound to it, and the slots after it in the
+ * partition leave this batch. */
+static void defer_from(dp_runtime *rt, dp_slot *s, int64_t ms)
+{
+    dp_part *pt = part_get(rt, s->rec.partition);
+    if (pt->retry_offset != s->rec.offset) {
+        pt->retry_offset = s->rec.offset;
+        pt->retry_attempts = s->rec.attempts - 1;
+    }
+    pt->paused_until_ms = mono_ms() + ms;
+    for (size_t k = 0; k < rt->nslots; k++) {
+        dp_slot *o = &rt->slots[k];
+        if (o->rec.partition == s->rec.partition && o->rec.offset >= s->rec.offset)
+            o->state = RS_DROPPED;
     }
 }
 
@@ -809,15 +913,9 @@ static int settle_failures(dp_runtime *rt, dp_batch *b)
         if (s->defer_ms > 0) {
             /* Not a failure of the record: wait, keep its budget. */
             pt->retry_attempts = s->rec.attempts - 1;
-            pt->paused_until_ms = mono_ms() + s->defer_ms;
             dp_log(DP_LOG_DEBUG, &ctx, "record deferred %" PRId64 " ms: %s",
                    s->defer_ms, s->error ? s->error : "");
-            for (size_t k = 0; k < rt->nslots; k++) {
-                dp_slot *o = &rt->slots[k];
-                if (o->rec.partition == s->rec.partition &&
-                    o->rec.offset >= s->rec.offset)
-                    o->state = RS_DROPPED;
-            }
+            defer_from(rt, s, s->defer_ms);
         } else if (s->verdict == DP_ERR_RETRYABLE && s->rec.attempts <= rt->cfg->retry_max) {
             int64_t delay = dp_backoff_ms(rt->cfg->retry_base_ms,
                                           s->rec.attempts - 1,
@@ -919,32 +1017,142 @@ static dp_err dead_letter_hook(dp_runtime *rt, dp_slot *s, char *err,
     return dp_pg_exec(rt->db, "ROLLBACK TO SAVEPOINT dp_dead_letter", err, errlen);
 }
 
-static dp_err store_marks(dp_runtime *rt, char *err, size_t errlen)
+/*
+ * Commit visibility (attempts.h): every slot whose record names its
+ * upstream attempt gets that attempt decided before the batch is handled.
+ * An undecided one may belong to an attempt between its offset update and
+ * its COMMIT, so the row locks are waited for and the question asked once
+ * more; still undecided (an attempt that died with nobody to take its
+ * partition yet), the record is deferred.  Decisions are final, so a slot
+ * keeps its answer across the settle attempts of its batch.
+ */
+static dp_err decide_attempts(dp_runtime *rt, size_t from, size_t to, char *err,
+                              size_t errlen)
 {
-    for (int p = 0; p < rt->nparts; p++) {
-        dp_part *pt = &rt->parts[p];
+    size_t n = 0;
+    for (size_t i = from; i < to; i++) {
+        dp_slot *s = &rt->slots[i];
+        if (s->att.id && s->att.state != DP_ATTEMPT_COMMITTED &&
+            s->att.state != DP_ATTEMPT_ABORTED &&
+            (s->state == RS_PENDING || s->state == RS_DLQ))
+            n++;
+    }
+    if (n == 0)
+        return DP_OK;
+    dp_attempt_ref *refs = malloc(n * sizeof(*refs));
+    size_t *idx = malloc(n * sizeof(*idx));
+    size_t k = 0;
+    for (size_t i = from; i < to; i++) {
+        dp_slot *s = &rt->slots[i];
+        if (!(s->att.id && s->att.state != DP_ATTEMPT_COMMITTED &&
+              s->att.state != DP_ATTEMPT_ABORTED &&
+              (s->state == RS_PENDING || s->state == RS_DLQ)))
+            continue;
+        /* The slots may have moved (the array grows): re-point. */
+        s->att.group = s->att_stream;
+        s->att.topic = s->att_stream + strlen(s->att_stream) + 1;
+        refs[k] = s->att;
+        refs[k].state = DP_ATTEMPT_UNKNOWN;
+        idx[k++] = i;
+    }
+    dp_err e = dp_attempts_resolve(rt->db, refs, n, err, errlen);
+    int undecided = 0;
+    for (size_t j = 0; e == DP_OK && j < n; j++)
+        undecided |= refs[j].state == DP_ATTEMPT_UNDECIDED;
+    if (e == DP_OK && undecided) {
+        e = dp_attempts_wait(rt->db, refs, n, err, errlen);
+        if (e == DP_OK)
+            e = dp_attempts_resolve(rt->db, refs, n, err, errlen);
+    }
+    for (size_t j = 0; e == DP_OK && j < n; j++) {
+        dp_slot *s = &rt->slots[idx[j]];
+        s->att.state = refs[j].state;
+        if (refs[j].state != DP_ATTEMPT_UNDECIDED || s->state == RS_DROPPED)
+            continue;
+        dp_log_ctx ctx = slot_ctx(rt, s);
+        dp_log(DP_LOG_DEBUG, &ctx, "upstream attempt %" PRId64 " of %s/%s/%d is "
+               "neither committed nor aborted yet: record deferred",
+               refs[j].id, refs[j].group, refs[j].topic, refs[j].partition);
+        rt->stats.undecided++;
+        defer_from(rt, s, UNDECIDED_DEFER_MS);
+    }
+    free(refs);
+    free(idx);
+    return e;
+}
+
+/*
+ * Marks what the batch acts on.  A record of an aborted attempt is skipped
+ * (its offset moves on, nothing else happens).  Among committed records,
+ * an upstream stream's outputs reach this partition in the order their
+ * attempts committed, and (epoch, offset, index) grows along that order: a
+ * new owner or a replay of the upstream partition has a higher epoch.  So
+ * a record at or below its stream's mark (committed, or held by an earlier
+ * record of this batch) is a copy of one already acted on (a producer
+ * retry): skipped.  Recomputed by every settle from the committed marks.
+ */
+static void dedup_pass(dp_runtime *rt, size_t from, size_t to)
+{
+    for (int p = 0; p < rt->nparts; p++)
+        for (int i = 0; i < rt->parts[p].nmarks; i++) {
+            dp_mark *m = &rt->parts[p].marks[i];
+            m->b_epoch = m->epoch;
+            m->b_offset = m->offset;
+            m->b_index = m->index;
+        }
+    for (size_t i = from; i < to; i++) {
+        dp_slot *s = &rt->slots[i];
+        if (s->state != RS_PENDING && s->state != RS_DLQ)
+            continue;
+        if (s->att.id && s->att.state == DP_ATTEMPT_ABORTED) {
+            s->state = RS_ABORTED;
+            continue;
+        }
+        if (!s->stream)
+            continue;
+        dp_mark *m = mark_find(part_get(rt, s->rec.partition), s->stream, 1);
+        if (seq_le(s->src_epoch, s->src_offset, s->src_index, m->b_epoch,
+                   m->b_offset, m->b_index)) {
+            s->state = RS_DUP;
+            continue;
+        }
+        m->b_epoch = s->src_epoch;
+        m->b_offset = s->src_offset;
+        m->b_index = s->src_index;
+    }
+}
+
+/* Writes the marks this batch moves, for its own partitions only: their
+ * offsets' compare-and-set is in the same transaction, so a fenced
+ * partition's marks never commit. */
+static dp_err store_marks(dp_runtime *rt, const dp_offset_advance *adv, int nadv,
+                          char *err, size_t errlen)
+{
+    for (int k = 0; k < nadv; k++) {
+        int p = adv[k].partition;
+        dp_part *pt = part_get(rt, p);
         for (int i = 0; i < pt->nmarks; i++) {
             dp_mark *m = &pt->marks[i];
-            if (!m->dirty)
+            if (m->b_epoch == m->epoch && m->b_offset == m->offset &&
+                m->b_index == m->index)
                 continue;
-            char ps[16], os[32], is[16];
+            char ps[16], os[32], is[16], es[32];
             snprintf(ps, sizeof(ps), "%d", p);
-            snprintf(os, sizeof(os), "%" PRId64, m->offset);
-            snprintf(is, sizeof(is), "%d", m->index);
-            const char *params[6] = {rt->group, rt->stage->input_topic, ps,
-                                     m->stream, os, is};
-            PGresult *res = dp_pg_execp(rt->db,
+            snprintf(os, sizeof(os), "%" PRId64, m->b_offset);
+            snprintf(is, sizeof(is), "%d", m->b_index);
+            snprintf(es, sizeof(es), "%" PRId64, m->b_epoch);
+            const char *params[7] = {rt->group, rt->stage->input_topic, ps,
+                                     m->stream, os, is, es};
+            dp_err e = dp_pg_command(rt->db,
                 "INSERT INTO docpipe.dp_dedup AS d (group_id, topic, partition,"
-                " stream, src_offset, src_index) VALUES ($1, $2, $3::int, $4,"
-                " $5::bigint, $6::int) ON CONFLICT (group_id, topic, partition,"
-                " stream) DO UPDATE SET src_offset = EXCLUDED.src_offset,"
-                " src_index = EXCLUDED.src_index",
-                6, NULL, params, NULL, NULL, 0);
-            dp_err e = dp_pg_check(rt->db, res, PGRES_COMMAND_OK,
-                                   "store dedup marks", err, errlen);
+                " stream, src_offset, src_index, src_epoch) VALUES ($1, $2,"
+                " $3::int, $4, $5::bigint, $6::int, $7::bigint)"
+                " ON CONFLICT (group_id, topic, partition, stream) DO UPDATE"
+                " SET src_offset = EXCLUDED.src_offset,"
+                " src_index = EXCLUDED.src_index, src_epoch = EXCLUDED.src_epoch",
+                7, params, "store dedup marks", err, errlen);
             if (e)
                 return e;
-            PQclear(res);
         }
     }
     return DP_OK;
@@ -979,11 +1187,22 @@ static dp_err produce_one(dp_runtime *rt, const char *topic, const void *key,
     }
 }
 
-static dp_err produce_outputs(dp_runtime *rt, dp_slot *s, char *err,
-                              size_t errlen)
+/* The docpipe-attempt value of slot s's outputs in attempt id. */
+static void attempt_header(dp_runtime *rt, const dp_slot *s, int64_t id,
+                           char out[96])
+{
+    const dp_part *pt = part_get(rt, s->rec.partition);
+    dp_attempt_format(id, pt->epoch, pt->committed, out, 96);
+}
+
+static dp_err produce_outputs(dp_runtime *rt, dp_slot *s, int64_t attempt,
+                              char *err, size_t errlen)
 {
     if (s->nouts == 0)
         return DP_OK;
+    char att[96], gen[32];
+    attempt_header(rt, s, attempt, att);
+    snprintf(gen, sizeof(gen), "%" PRId64, s->out_gen);
     char event[600];
     int slen = snprintf(event, 300, "%s/%s/%d", rt->group, s->rec.topic,
                         s->rec.partition);
@@ -997,13 +1216,16 @@ static dp_err produce_outputs(dp_runtime *rt, dp_slot *s, char *err,
         *p++ = ':';
         p = fmt_u64(p, i);
         *p = '\0';
-        rd_kafka_headers_t *h = rd_kafka_headers_new(4);
+        rd_kafka_headers_t *h = rd_kafka_headers_new(6);
         rd_kafka_header_add(h, HDR_STREAM, -1, event, slen);
         rd_kafka_header_add(h, HDR_SEQ, -1, seq, p - seq);
         event[slen] = '/';
         rd_kafka_header_add(h, HDR_EVENT, -1, event, p - event);
         event[slen] = '\0';
         rd_kafka_header_add(h, HDR_CORR, -1, s->corr, -1);
+        rd_kafka_header_add(h, DP_HDR_ATTEMPT, -1, att, -1);
+        if (s->out_gen)
+            rd_kafka_header_add(h, HDR_GEN, -1, gen, -1);
         dp_err e = produce_one(rt, o->topic, o->key, o->key_len, o->value,
                                o->value_len, h, err, errlen);
         if (e)
@@ -1022,11 +1244,18 @@ static void iso_time(int64_t ms, char out[64])
              (int)(ms % 1000));
 }
 
-static dp_err produce_dead_letter(dp_runtime *rt, dp_slot *s, char *err,
-                                  size_t errlen)
+static dp_err produce_dead_letter(dp_runtime *rt, dp_slot *s, int64_t attempt,
+                                  char *err, size_t errlen)
 {
-    char buf[64], ff[64], lf[64], ts[64], event[400];
-    rd_kafka_headers_t *h = rd_kafka_headers_new(16);
+    char buf[64], ff[64], lf[64], ts[64], event[400], att[96];
+    rd_kafka_headers_t *h = rd_kafka_headers_new(18);
+    /* Like an output, a dead letter counts only if its attempt committed
+     * (it is a row of dp_dead_letters then); its stream names the input. */
+    attempt_header(rt, s, attempt, att);
+    add_header(h, DP_HDR_ATTEMPT, att);
+    snprintf(event, sizeof(event), "%s/%s/%d", rt->group, s->rec.topic,
+             s->rec.partition);
+    add_header(h, HDR_STREAM, event);
     snprintf(event, sizeof(event), "%s/%s/%d/%" PRId64 ":dlq", rt->group,
              s->rec.topic, s->rec.partition, s->rec.offset);
     add_header(h, HDR_EVENT, event);
@@ -1059,8 +1288,139 @@ static dp_err produce_dead_letter(dp_runtime *rt, dp_slot *s, char *err,
 
 typedef enum { BATCH_DONE, BATCH_RETRY, BATCH_SPLIT, BATCH_FENCED } batch_result;
 
-/* One attempt to settle slots[from, to): handler passes until every live
- * record is ok, then the commit sequence.  See runtime.h for the order. */
+/* The offset moves of slots [from, to): per partition, from the committed
+ * position (under the claimed epoch) to after its last settled record. */
+static dp_err plan_advance(dp_runtime *rt, size_t from, size_t to,
+                           dp_offset_advance *adv, int cap, int *nadv,
+                           char *err, size_t errlen)
+{
+    *nadv = 0;
+    for (size_t i = from; i < to; i++) {
+        dp_slot *s = &rt->slots[i];
+        if (s->state == RS_DROPPED)
+            continue;
+        int k;
+        for (k = 0; k < *nadv && adv[k].partition != s->rec.partition; k++)
+            ;
+        if (k == *nadv) {
+            if (*nadv == cap)
+                return dp_errf(DP_ERR_PERMANENT, err, errlen,
+                               "more than %d partitions in one batch", cap);
+            dp_part *pt = part_get(rt, s->rec.partition);
+            adv[k].partition = s->rec.partition;
+            adv[k].epoch = pt->epoch;
+            adv[k].expected = pt->committed;
+            (*nadv)++;
+        }
+        adv[k].next_offset = s->rec.offset + 1;
+    }
+    return DP_OK;
+}
+
+/* Handler passes over the live slots of [from, to) until every one is ok
+ * (failed records leave the pass, see settle_failures), inside an open
+ * transaction on return (DP_OK), or the transaction rolled back. */
+static dp_err handle_passes(dp_runtime *rt, dp_batch *b, size_t from, size_t to,
+                            batch_result *result, char *err, size_t errlen)
+{
+    dp_err e;
+    for (;;) {
+        /* A pass starts afresh: outputs of an earlier pass (rolled back)
+         * and of slots already settled (acknowledged) are not needed. */
+        arena_reset(&rt->outs);
+        b->n = 0;
+        for (size_t i = from; i < to; i++) {
+            dp_slot *s = &rt->slots[i];
+            slot_clear_outputs(s);
+            s->verdict = DP_OK;
+            if (s->state == RS_PENDING)
+                b->live[b->n++] = s;
+        }
+        if ((e = dp_pg_exec(rt->db, "BEGIN", err, errlen)))
+            return e;
+        if (b->n == 0)
+            return DP_OK;
+        int64_t t_h = mono_ms();
+        e = DP_FAULT(rt->stage->name, "batch-retry")
+                ? dp_errf(DP_ERR_RETRYABLE, err, errlen, "fault point batch-retry")
+                : rt->stage->handle(rt->stage->state, b, err, errlen);
+        rt->t_handler += mono_ms() - t_h;
+        if (e != DP_OK) {
+            PQclear(PQexec(rt->db, "ROLLBACK"));
+            rt->stats.rollbacks++;
+            if (e == DP_ERR_RETRYABLE)
+                return e;
+            if (b->n > 1) {
+                dp_log_ctx ctx = {rt->stage->name, NULL, rt->stage->input_topic, -1, -1};
+                dp_log(DP_LOG_WARN, &ctx, "batch of %zu failed (%s); "
+                       "retrying its records one at a time", b->n, err);
+                *result = BATCH_SPLIT;
+                return e;
+            }
+            dp_batch_fail(b, 0, DP_ERR_PERMANENT, "%s", err);
+        }
+        if (!settle_failures(rt, b))
+            return DP_OK;
+        if (e == DP_OK) {
+            PQclear(PQexec(rt->db, "ROLLBACK"));
+            rt->stats.rollbacks++;
+        }
+    }
+}
+
+/* Once committed: our view of the partitions and their marks moves on. */
+static void settled(dp_runtime *rt, size_t from, size_t to,
+                    const dp_offset_advance *adv, int nadv)
+{
+    for (int k = 0; k < nadv; k++) {
+        dp_part *pt = part_get(rt, adv[k].partition);
+        pt->committed = adv[k].next_offset;
+        if (pt->retry_offset >= 0 && pt->retry_offset < pt->committed) {
+            pt->retry_offset = -1;
+            pt->retry_attempts = 0;
+        }
+        for (int i = 0; i < pt->nmarks; i++) {
+            dp_mark *m = &pt->marks[i];
+            m->epoch = m->b_epoch;
+            m->offset = m->b_offset;
+            m->index = m->b_index;
+        }
+    }
+    uint64_t dlq = 0, done = 0, dups = 0, aborted = 0;
+    for (size_t i = from; i < to; i++) {
+        dp_slot *s = &rt->slots[i];
+        done += s->state == RS_PENDING;
+        dups += s->state == RS_DUP;
+        aborted += s->state == RS_ABORTED;
+        if (s->state != RS_DLQ)
+            continue;
+        dlq++;
+        dp_log_ctx c = slot_ctx(rt, s);
+        dp_logj(DP_LOG_WARN, &c, json_pack("{s:s,s:i,s:s,s:s}", "category",
+                dp_err2str(s->dlq_category), "attempts", s->rec.attempts,
+                "error", s->error ? s->error : "", "dlq_topic",
+                rt->stage->dlq_topic), "record dead-lettered");
+    }
+    rt->stats.batches++;
+    rt->stats.records += done;
+    rt->stats.dead_letters += dlq;
+    rt->stats.duplicates += dups;
+    rt->stats.aborted += aborted;
+    rt->batch_failures = 0;
+}
+
+/*
+ * One attempt to settle slots[from, to) (docs/design.md, "One transaction
+ * per batch", lists these steps):
+ *   1. decide the upstream attempts of the records; 2. skip duplicates and
+ *   records of aborted attempts; 3. handler passes until every live record
+ *   is ok; 4. dead-letter rows; 5. dedup marks; 6. the fenced offset move
+ *   with this attempt's row (it now holds the partitions' row locks);
+ *   7. outputs and dead letters handed to the producer, with this attempt's
+ *   id; 8. every acknowledgement awaited; 9. COMMIT.
+ * Outputs go out only after step 6, so a consumer that sees one while the
+ * attempt is still open finds the lock held and waits for the outcome.
+ */
 static batch_result settle(dp_runtime *rt, size_t from, size_t to)
 {
     char err[1024] = "";
@@ -1068,10 +1428,14 @@ static batch_result settle(dp_runtime *rt, size_t from, size_t to)
     dp_log_ctx ctx = {rt->stage->name, NULL, rt->stage->input_topic, -1, -1};
     dp_batch b = {rt, calloc(to - from + 1, sizeof(dp_slot *)), 0};
     batch_result result = BATCH_RETRY;
+    dp_offset_advance adv[64];
+    int nadv = 0;
 
     /* Slots may have moved (the array grows): re-point into them. */
     for (size_t i = from; i < to; i++)
         rt->slots[i].rec.correlation_id = rt->slots[i].corr;
+    if (rt->producer_fatal && (e = producer_reset(rt, err, sizeof(err))))
+        goto retry;
     if ((e = db_ensure(rt, err, sizeof(err))))
         goto retry;
     /* Plans cached while the tables were small are made again now and
@@ -1082,135 +1446,82 @@ static batch_result settle(dp_runtime *rt, size_t from, size_t to)
             goto retry;
         rt->last_replan_ms = now;
     }
-    for (;;) {
-        /* A pass starts afresh: outputs of an earlier pass (rolled back)
-         * and of slots already settled (acknowledged) are not needed. */
-        arena_reset(&rt->outs);
-        b.n = 0;
-        for (size_t i = from; i < to; i++) {
-            dp_slot *s = &rt->slots[i];
-            slot_clear_outputs(s);
-            s->verdict = DP_OK;
-            if (s->state == RS_PENDING)
-                b.live[b.n++] = s;
-        }
-        if ((e = dp_pg_exec(rt->db, "BEGIN", err, sizeof(err))))
-            goto retry;
-        if (b.n) {
-            int64_t t_h = mono_ms();
-            e = rt->stage->handle(rt->stage->state, &b, err, sizeof(err));
-            rt->t_handler += mono_ms() - t_h;
-            if (e != DP_OK) {
-                PQclear(PQexec(rt->db, "ROLLBACK"));
-                rt->stats.rollbacks++;
-                if (e == DP_ERR_RETRYABLE)
-                    goto retry;
-                if (b.n > 1) {
-                    dp_log(DP_LOG_WARN, &ctx, "batch of %zu failed (%s); "
-                           "retrying its records one at a time", b.n, err);
-                    result = BATCH_SPLIT;
-                    goto out;
-                }
-                dp_batch_fail(&b, 0, DP_ERR_PERMANENT, "%s", err);
-            }
-            if (settle_failures(rt, &b)) {
-                if (e == DP_OK) {
-                    PQclear(PQexec(rt->db, "ROLLBACK"));
-                    rt->stats.rollbacks++;
-                }
-                continue;
-            }
-        }
-        break;
+    if ((e = decide_attempts(rt, from, to, err, sizeof(err))))
+        goto retry;
+    dedup_pass(rt, from, to);
+    if ((e = handle_passes(rt, &b, from, to, &result, err, sizeof(err)))) {
+        if (result == BATCH_SPLIT)
+            goto out;
+        goto retry;
+    }
+    if (DP_FAULT(rt->stage->name, "after-handler")) {
+        e = dp_errf(DP_ERR_RETRYABLE, err, sizeof(err), "fault point after-handler");
+        goto rollback;
     }
 
-    /* Every live record is ok.  Outputs and dead letters are handed to the
-     * producer first, so Kafka's acknowledgements travel while PostgreSQL
-     * records the dead letters, the marks and the fenced offsets; the acks
-     * are awaited before COMMIT.  (A fenced instance rolls back; what it
-     * published is a re-publication that downstream drops by event id.) */
-    rt->delivery_failures = 0;
-    uint64_t dlq = 0, done = 0, dups = 0;
+    /* Every live record is ok. */
+    int64_t attempt = dp_attempt_new_id();
+    if ((e = plan_advance(rt, from, to, adv, 64, &nadv, err, sizeof(err))))
+        goto rollback;
     for (size_t i = from; i < to; i++) {
         dp_slot *s = &rt->slots[i];
-        if (s->state == RS_PENDING) {
-            e = produce_outputs(rt, s, err, sizeof(err));
-            done++;
-        } else if (s->state == RS_DLQ) {
-            e = produce_dead_letter(rt, s, err, sizeof(err));
-            dlq++;
-        } else if (s->state == RS_DUP) {
-            dups++;
-        }
-        if (e)
+        if (s->state != RS_DLQ)
+            continue;
+        if ((e = insert_dead_letter(rt, s, err, sizeof(err))))
+            goto rollback;
+        if (rt->stage->dead_letter && (e = dead_letter_hook(rt, s, err, sizeof(err))))
             goto rollback;
     }
-    dp_offset_advance adv[64];
-    int nadv = 0;
-    for (size_t i = from; i < to; i++) {
-        dp_slot *s = &rt->slots[i];
-        if (s->state == RS_DROPPED)
-            continue;
-        if (s->state == RS_DLQ) {
-            if ((e = insert_dead_letter(rt, s, err, sizeof(err))))
-                goto rollback;
-            if (rt->stage->dead_letter &&
-                (e = dead_letter_hook(rt, s, err, sizeof(err))))
-                goto rollback;
-        }
-        dp_part *pt = part_get(rt, s->rec.partition);
-        if (s->stream && s->state != RS_DUP) {
-            dp_mark *m = mark_find(pt, s->stream, 1);
-            if (!seq_le(s->src_offset, s->src_index, m->offset, m->index)) {
-                m->offset = s->src_offset;
-                m->index = s->src_index;
-                m->dirty = 1;
-            }
-        }
-        int k;
-        for (k = 0; k < nadv && adv[k].partition != s->rec.partition; k++)
-            ;
-        if (k == nadv) {
-            if (nadv == (int)(sizeof(adv) / sizeof(adv[0]))) {
-                e = dp_errf(DP_ERR_PERMANENT, err, sizeof(err),
-                            "more than 64 partitions in one batch");
-                goto rollback;
-            }
-            adv[k].partition = s->rec.partition;
-            adv[k].epoch = pt->epoch;
-            adv[k].expected = pt->committed;
-            nadv++;
-        }
-        adv[k].next_offset = s->rec.offset + 1;
-    }
-    if ((e = store_marks(rt, err, sizeof(err))))
+    if ((e = store_marks(rt, adv, nadv, err, sizeof(err))))
         goto rollback;
     e = dp_offsets_advance(rt->db, rt->group, rt->stage->input_topic, adv,
-                           nadv, err, sizeof(err));
+                           nadv, attempt, err, sizeof(err));
     if (e == DP_ERR_FENCED) {
         PQclear(PQexec(rt->db, "ROLLBACK"));
         rt->stats.fenced++;
         rt->stats.rollbacks++;
         dp_log(DP_LOG_ERROR, &ctx, "commit refused, batch rolled back: %s",
                err);
+        rt->rejoin = 1;
         result = BATCH_FENCED;
         goto out;
     }
     if (e)
         goto rollback;
 
+    /* Outputs and dead letters out, with the attempt's id; their
+     * acknowledgements are awaited before COMMIT. */
+    rt->delivery_failures = 0;
+    if (DP_FAULT(rt->stage->name, "producer-fatal"))
+        rd_kafka_test_fatal_error(rt->producer,
+                                  RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                  "fault point producer-fatal");
+    for (size_t i = from; i < to; i++) {
+        dp_slot *s = &rt->slots[i];
+        if (s->state == RS_PENDING)
+            e = produce_outputs(rt, s, attempt, err, sizeof(err));
+        else if (s->state == RS_DLQ)
+            e = produce_dead_letter(rt, s, attempt, err, sizeof(err));
+        if (e)
+            goto rollback;
+    }
     int64_t t_flush = mono_ms();
     rd_kafka_resp_err_t fe = rd_kafka_flush(rt->producer, rt->cfg->produce_timeout_ms);
     rt->t_flush += mono_ms() - t_flush;
-    if (fe != RD_KAFKA_RESP_ERR_NO_ERROR || rt->delivery_failures) {
+    if (fe != RD_KAFKA_RESP_ERR_NO_ERROR || rt->delivery_failures || rt->producer_fatal) {
         e = dp_errf(DP_ERR_RETRYABLE, err, sizeof(err),
                     "outputs not acknowledged by Kafka: %s",
-                    rt->delivery_failures ? rt->delivery_error : "timed out");
+                    rt->producer_fatal ? rt->fatal_error
+                    : rt->delivery_failures ? rt->delivery_error : "timed out");
         goto rollback;
     }
+    DP_FAULT(rt->stage->name, "after-produce");
     int64_t t_c = mono_ms();
     e = dp_pg_exec(rt->db, "COMMIT", err, sizeof(err));
     rt->t_commit += mono_ms() - t_c;
+    if (e == DP_OK && DP_FAULT(rt->stage->name, "commit-lost"))
+        e = dp_errf(DP_ERR_RETRYABLE, err, sizeof(err),
+                    "fault point commit-lost: COMMIT's reply taken as lost");
     if (e) {
         /* The commit may or may not have happened: re-claim to find out. */
         dp_log(DP_LOG_ERROR, &ctx, "commit outcome unknown: %s", err);
@@ -1218,33 +1529,8 @@ static batch_result settle(dp_runtime *rt, size_t from, size_t to)
         result = BATCH_FENCED;
         goto out;
     }
-
-    /* Committed: move our view of the partitions forward. */
-    for (int k = 0; k < nadv; k++) {
-        dp_part *pt = part_get(rt, adv[k].partition);
-        pt->committed = adv[k].next_offset;
-        if (pt->retry_offset >= 0 && pt->retry_offset < pt->committed) {
-            pt->retry_offset = -1;
-            pt->retry_attempts = 0;
-        }
-        for (int i = 0; i < pt->nmarks; i++)
-            pt->marks[i].dirty = 0;
-    }
-    for (size_t i = from; i < to; i++) {
-        dp_slot *s = &rt->slots[i];
-        if (s->state == RS_DLQ) {
-            dp_log_ctx c = slot_ctx(rt, s);
-            dp_logj(DP_LOG_WARN, &c, json_pack("{s:s,s:i,s:s,s:s}", "category",
-                    dp_err2str(s->dlq_category), "attempts", s->rec.attempts,
-                    "error", s->error ? s->error : "", "dlq_topic",
-                    rt->stage->dlq_topic), "record dead-lettered");
-        }
-    }
-    rt->stats.batches++;
-    rt->stats.records += done;
-    rt->stats.dead_letters += dlq;
-    rt->stats.duplicates += dups;
-    rt->batch_failures = 0;
+    DP_FAULT(rt->stage->name, "after-commit");
+    settled(rt, from, to, adv, nadv);
     result = BATCH_DONE;
     goto out;
 
@@ -1252,11 +1538,6 @@ rollback:
     PQclear(PQexec(rt->db, "ROLLBACK"));
     rt->stats.rollbacks++;
 retry:
-    /* Marks touched by this attempt are reloaded from the database. */
-    for (int p = 0; p < rt->nparts; p++)
-        for (int i = 0; i < rt->parts[p].nmarks; i++)
-            if (rt->parts[p].marks[i].dirty)
-                rt->rejoin = 1;
     rt->batch_failures++;
     dp_log(DP_LOG_WARN, &ctx, "batch failed (%s), will retry: %s",
            dp_err2str(e), err);
@@ -1385,25 +1666,32 @@ static void resume_due(dp_runtime *rt)
     }
 }
 
+static void take_message(dp_runtime *rt, rd_kafka_message_t *m);
+
+/* Split mode: a batch-wide permanent error that no record was blamed for;
+ * each record is settled alone, which finds the culprit.  A fence ends it
+ * (the partitions are no longer ours: nothing after may commit). */
+static void settle_one_by_one(dp_runtime *rt, volatile sig_atomic_t *stop)
+{
+    for (size_t i = 0; i < rt->nslots && !rt->rejoin && !*stop; i++) {
+        while (rt->slots[i].state != RS_DROPPED) {
+            batch_result ri = settle(rt, i, i + 1);
+            if (ri == BATCH_DONE || ri == BATCH_FENCED || *stop || rt->rejoin)
+                break;
+            usleep(200 * 1000);
+        }
+        DP_FAULT(rt->stage->name, "split-record");
+    }
+}
+
 static void process_batch(dp_runtime *rt, volatile sig_atomic_t *stop)
 {
     int64_t t0 = mono_ms();
     while (rt->nslots) {
         batch_result r = settle(rt, 0, rt->nslots);
         if (r == BATCH_SPLIT) {
-            for (size_t i = 0; i < rt->nslots; i++) {
-                while (rt->slots[i].state != RS_DROPPED) {
-                    batch_result ri = settle(rt, i, i + 1);
-                    if (ri == BATCH_DONE || ri == BATCH_FENCED)
-                        break;
-                    if (*stop || rt->rejoin)
-                        break;
-                    usleep(200 * 1000);
-                }
-                if (rt->rejoin)
-                    break;
-            }
-            r = BATCH_DONE;
+            settle_one_by_one(rt, stop);
+            r = rt->rejoin ? BATCH_FENCED : BATCH_DONE;
         }
         if (r == BATCH_FENCED)
             rt->rejoin = 1;
@@ -1424,15 +1712,24 @@ static void process_batch(dp_runtime *rt, volatile sig_atomic_t *stop)
         rd_kafka_topic_partition_list_t *l = running_partitions(rt, -1);
         rd_kafka_pause_partitions(rt->consumer, l);
         int64_t until = mono_ms() + delay;
-        size_t before = rt->nslots;
-        while (mono_ms() < until && !*stop && rt->nslots == before) {
+        uint64_t gen = rt->assign_gen;
+        DP_FAULT(rt->stage->name, "in-retry-wait");
+        while (mono_ms() < until && !*stop && rt->assign_gen == gen) {
             rd_kafka_message_t *m = rd_kafka_consumer_poll(rt->consumer, 100);
-            if (m)
-                rd_kafka_message_destroy(m); /* paused: stale prefetch */
+            if (!m)
+                continue;
+            if (rt->assign_gen != gen) {
+                /* A rebalance inside this poll dropped the batch, and m is
+                 * the first record of the new assignment: it is kept. */
+                take_message(rt, m);
+                break;
+            }
+            rd_kafka_message_destroy(m); /* paused: stale prefetch */
         }
-        if (rt->nslots != before) {
+        if (rt->assign_gen != gen) {
             rd_kafka_topic_partition_list_destroy(l);
-            return; /* a revocation dropped the batch (and the partitions) */
+            rt->t_settle += mono_ms() - t0;
+            return; /* the batch went with the old assignment */
         }
         resume_at(rt, l);
         rd_kafka_topic_partition_list_destroy(l);
@@ -1576,6 +1873,154 @@ static void nudger_join(dp_runtime *rt)
     pthread_cond_destroy(&rt->nudge_cv);
 }
 
+/*
+ * A partition's position is no longer in the log (auto.offset.reset is
+ * "error", so librdkafka reports it instead of jumping): records were
+ * deleted before this stage read them (retention, DeleteRecords), or the
+ * topic was recreated shorter.  With offset_gap "earliest" the stage
+ * resumes at the earliest record kept, logs the gap at WARN and writes it
+ * into docpipe.dp_offset_gaps; with "fail" it stops with the error.
+ */
+static void offset_out_of_range(dp_runtime *rt, int32_t p, const char *why)
+{
+    dp_part *pt = part_get(rt, p);
+    dp_log_ctx ctx = {rt->stage->name, NULL, rt->stage->input_topic, p, -1};
+    if (!pt->assigned)
+        return;
+    int64_t from = pt->next_poll >= 0 ? pt->next_poll : pt->committed;
+    int64_t lo = -1, hi = -1;
+    rd_kafka_resp_err_t ke = rd_kafka_query_watermark_offsets(
+        rt->consumer, rt->stage->input_topic, p, &lo, &hi, 10000);
+    if (ke) {
+        dp_log(DP_LOG_WARN, &ctx, "offset %" PRId64 " is out of range (%s) and "
+               "the log's bounds are unknown (%s); rejoining the group", from,
+               why, rd_kafka_err2str(ke));
+        rt->rejoin = 1;
+        return;
+    }
+    if (strcmp(rt->cfg->offset_gap, "fail") == 0) {
+        snprintf(rt->fatal_error, sizeof(rt->fatal_error),
+                 "%s partition %d: stored offset %" PRId64 " is no longer in the"
+                 " log (it holds %" PRId64 "..%" PRId64 "); records were deleted"
+                 " before this stage read them (offset_gap=fail)",
+                 rt->stage->input_topic, p, from, lo, hi - 1);
+        rt->consumer_fatal = 1;
+        return;
+    }
+    int64_t lost = from >= 0 && from < lo ? lo - from : 0;
+    rt->stats.gaps += (uint64_t)lost;
+    dp_logj(DP_LOG_WARN, &ctx, json_pack("{s:I,s:I,s:I,s:I}", "from",
+            (json_int_t)from, "resume_at", (json_int_t)lo, "log_end",
+            (json_int_t)hi, "lost", (json_int_t)lost),
+            "stored offset no longer in the log: resuming at the earliest record"
+            " kept; the offsets between were never processed");
+    char ps[16], fs[32], ts[32], err[512];
+    snprintf(ps, sizeof(ps), "%d", p);
+    snprintf(fs, sizeof(fs), "%" PRId64, from);
+    snprintf(ts, sizeof(ts), "%" PRId64, lo);
+    const char *params[6] = {rt->group, rt->stage->input_topic, ps, fs, ts,
+                             rt->cfg->instance_id};
+    if (db_ensure(rt, err, sizeof(err)) ||
+        dp_pg_command(rt->db, "INSERT INTO docpipe.dp_offset_gaps (group_id,"
+            " topic, partition, from_offset, to_offset, owner) VALUES ($1, $2,"
+            " $3::int, $4::bigint, $5::bigint, $6)", 6, params,
+            "record offset gap", err, sizeof(err)))
+        dp_log(DP_LOG_WARN, &ctx, "the gap could not be recorded: %s", err);
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, rt->stage->input_topic, p)->offset = lo;
+    rd_kafka_error_t *se = rd_kafka_seek_partitions(rt->consumer, l, 5000);
+    if (se || l->elems[0].err) {
+        dp_log(DP_LOG_WARN, &ctx, "seeking to %" PRId64 " failed; rejoining", lo);
+        if (se)
+            rd_kafka_error_destroy(se);
+        rt->rejoin = 1;
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+    pt->next_poll = lo;
+    if (pt->first_seen < 0)
+        pt->first_seen = lo;
+}
+
+/* Takes one polled message into the batch being built, or drops it (an
+ * error, or a partition paused on our side, rewound to be fetched again). */
+static void take_message(dp_runtime *rt, rd_kafka_message_t *m)
+{
+    if (m->err) {
+        if (m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET ||
+            m->err == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE) {
+            offset_out_of_range(rt, m->partition, rd_kafka_message_errstr(m));
+        } else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+            dp_log_ctx ctx = {rt->stage->name, NULL, rt->stage->input_topic, -1, -1};
+            dp_log(DP_LOG_WARN, &ctx, "consumer: %s", rd_kafka_message_errstr(m));
+        }
+        rd_kafka_message_destroy(m);
+        return;
+    }
+    dp_part *pt = part_get(rt, m->partition);
+    if (pt->first_seen < 0)
+        pt->first_seen = m->offset;
+    /* Offsets are dense in topics written without transactions (and
+     * not compacted): a jump means a record was never polled. */
+    int64_t expect = pt->next_poll >= 0 ? pt->next_poll : pt->committed;
+    if (expect >= 0 && m->offset > expect) {
+        rt->stats.gaps++;
+        dp_log_ctx gc = {rt->stage->name, NULL, rt->stage->input_topic,
+                         m->partition, m->offset};
+        dp_log(DP_LOG_WARN, &gc, "offsets %" PRId64 "..%" PRId64
+               " were never polled", expect, m->offset - 1);
+    }
+    pt->next_poll = m->offset + 1;
+    if (!pt->assigned || pt->paused_until_ms) {
+        rd_kafka_message_destroy(m); /* rewound: refetched later */
+        return;
+    }
+    if (rt->nslots == rt->capslots) {
+        /* One batch's worth at once: no copies while it fills. */
+        rt->capslots = rt->capslots ? rt->capslots * 2
+                       : rt->batch_max < 4096 ? (size_t)rt->batch_max : 4096;
+        rt->slots = realloc(rt->slots, rt->capslots * sizeof(dp_slot));
+    }
+    if (rt->nslots == 0)
+        rt->batch_deadline_ms = mono_ms() + rt->cfg->batch_wait_ms;
+    dp_slot *s = &rt->slots[rt->nslots++];
+    memset(s, 0, sizeof(*s));
+    slot_prepare(rt, s, m);
+    rd_kafka_message_destroy(m);
+    s->msg = NULL;
+}
+
+/* An owner with nothing to commit would never notice that `docpipe
+ * replay` (or anyone) took its partitions: while idle it compares its
+ * epochs with the stored ones now and then, and rejoins if one moved. */
+static void check_epochs(dp_runtime *rt)
+{
+    int64_t t = mono_ms();
+    if (rt->nslots || t - rt->last_epoch_check_ms < EPOCH_CHECK_MS)
+        return;
+    rt->last_epoch_check_ms = t;
+    int32_t parts[256];
+    int64_t epochs[256];
+    int n = 0;
+    for (int p = 0; p < rt->nparts && n < 256; p++)
+        if (rt->parts[p].assigned)
+            parts[n++] = p;
+    char err[512];
+    if (n == 0 || db_ensure(rt, err, sizeof(err)) ||
+        dp_offsets_epochs(rt->db, rt->group, rt->stage->input_topic, parts,
+                          epochs, n, err, sizeof(err)))
+        return;
+    for (int i = 0; i < n; i++)
+        if (epochs[i] != rt->parts[parts[i]].epoch) {
+            dp_log_ctx ctx = {rt->stage->name, NULL, rt->stage->input_topic,
+                              parts[i], -1};
+            dp_log(DP_LOG_INFO, &ctx, "partition taken (epoch %" PRId64 " now, "
+                   "ours %" PRId64 "): rejoining to claim it again", epochs[i],
+                   rt->parts[parts[i]].epoch);
+            rt->rejoin = 1;
+            return;
+        }
+}
+
 dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
                       size_t errlen)
 {
@@ -1608,6 +2053,8 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
     nudger_start(rt);
 
     while (!*stop) {
+        if (rt->consumer_fatal)
+            break;
         if (rt->rejoin)
             rejoin_group(rt);
         resume_due(rt);
@@ -1639,49 +2086,12 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
             }
         }
         rt->polled += nm;
-        if (nm == 0)
+        if (nm == 0) {
             nudge_fetcher(rt);
-        for (size_t k = 0; k < nm; k++) {
-            m = ms[k];
-            if (m->err) {
-                if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-                    dp_log(DP_LOG_WARN, &ctx, "consumer: %s",
-                           rd_kafka_message_errstr(m));
-                rd_kafka_message_destroy(m);
-                continue;
-            }
-            dp_part *pt = part_get(rt, m->partition);
-            if (pt->first_seen < 0)
-                pt->first_seen = m->offset;
-            /* Offsets are dense in topics written without transactions (and
-             * not compacted): a jump means a record was never polled. */
-            int64_t expect = pt->next_poll >= 0 ? pt->next_poll : pt->committed;
-            if (expect >= 0 && m->offset > expect) {
-                rt->stats.gaps++;
-                dp_log_ctx gc = {rt->stage->name, NULL, rt->stage->input_topic,
-                                 m->partition, m->offset};
-                dp_log(DP_LOG_DEBUG, &gc, "offsets %" PRId64 "..%" PRId64
-                       " were never polled", expect, m->offset - 1);
-            }
-            pt->next_poll = m->offset + 1;
-            if (!pt->assigned || pt->paused_until_ms) {
-                rd_kafka_message_destroy(m); /* rewound: refetched later */
-                continue;
-            }
-            if (rt->nslots == rt->capslots) {
-                /* One batch's worth at once: no copies while it fills. */
-                rt->capslots = rt->capslots ? rt->capslots * 2
-                               : rt->batch_max < 4096 ? (size_t)rt->batch_max : 4096;
-                rt->slots = realloc(rt->slots, rt->capslots * sizeof(dp_slot));
-            }
-            if (rt->nslots == 0)
-                rt->batch_deadline_ms = mono_ms() + rt->cfg->batch_wait_ms;
-            dp_slot *s = &rt->slots[rt->nslots++];
-            memset(s, 0, sizeof(*s));
-            slot_prepare(rt, s, m);
-            rd_kafka_message_destroy(m);
-            s->msg = NULL;
+            check_epochs(rt);
         }
+        for (size_t k = 0; k < nm; k++)
+            take_message(rt, ms[k]);
         if (rt->nslots && ((int)rt->nslots >= rt->batch_max ||
                            mono_ms() >= rt->batch_deadline_ms)) {
             nudge_early(rt);
@@ -1689,7 +2099,7 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
         }
     }
     /* Stopping: settle what we hold, then leave the group cleanly. */
-    if (rt->nslots && !rt->rejoin)
+    if (rt->nslots && !rt->rejoin && !rt->consumer_fatal)
         process_batch(rt, stop);
     batch_clear(rt);
     nudger_join(rt);
@@ -1703,12 +2113,16 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
             (json_int_t)rt->t_commit, "nudges", (json_int_t)rt->nudges,
             "early_nudges", (json_int_t)rt->early_nudges),
             "time spent settling batches");
-    dp_logj(DP_LOG_INFO, &ctx, json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I}",
+    dp_logj(DP_LOG_INFO, &ctx, json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}",
             "batches", (json_int_t)s.batches, "records", (json_int_t)s.records,
             "duplicates", (json_int_t)s.duplicates, "dead_letters",
             (json_int_t)s.dead_letters, "retries", (json_int_t)s.retries,
-            "fenced", (json_int_t)s.fenced, "offset_gaps", (json_int_t)s.gaps),
-            "stage stopped");
+            "fenced", (json_int_t)s.fenced, "offset_gaps", (json_int_t)s.gaps,
+            "aborted_upstream", (json_int_t)s.aborted, "undecided_deferrals",
+            (json_int_t)s.undecided, "producer_resets",
+            (json_int_t)s.producer_resets), "stage stopped");
+    if (rt->consumer_fatal)
+        return dp_errf(DP_ERR_PERMANENT, err, errlen, "%s", rt->fatal_error);
     return DP_OK;
 }
 

@@ -30,7 +30,10 @@ typedef struct dp_runtime_stats {
     uint64_t retries;        /* record attempts that failed retryably */
     uint64_t fenced;         /* commits refused because of fencing */
     uint64_t rollbacks;
-    uint64_t gaps;           /* records that followed an offset never polled */
+    uint64_t gaps;           /* offsets never read (deleted from the log) */
+    uint64_t aborted;        /* records of upstream attempts that never committed */
+    uint64_t undecided;      /* records deferred: their attempt still open */
+    uint64_t producer_resets; /* producers recreated after a fatal error */
 } dp_runtime_stats;
 
 dp_err dp_runtime_new(const dp_config *cfg, const dp_stage *stage,

@@ -41,6 +41,10 @@ typedef struct dp_record {
     size_t value_len;
     const char *correlation_id;  /* header docpipe-correlation-id, or derived */
     int attempts;                /* 1 on the first attempt */
+    int replay;                  /* 1: offset below the partition's
+                                    replay_until (docpipe replay moved the
+                                    partition back over it) */
+    int64_t generation;          /* header docpipe-generation, 0 if none */
     void *decoded;               /* stage->decode's result */
 } dp_record;
 
@@ -70,6 +74,12 @@ void dp_batch_defer(dp_batch *b, size_t i, int64_t ms, const char *fmt, ...)
  * source and a deterministic event id. */
 void dp_batch_emit(dp_batch *b, size_t i, const char *topic, const void *key,
                    size_t key_len, const void *value, size_t value_len);
+
+/* Record i's outputs carry this generation (header docpipe-generation)
+ * instead of the record's own: a stage that starts a document's work over
+ * (a replay) hands the new generation down, and stages below discard work
+ * of older generations still in flight. */
+void dp_batch_set_generation(dp_batch *b, size_t i, int64_t generation);
 
 /* A batch-wide DP_ERR_RETRYABLE from the handler (e.g. a circuit breaker is
  * open) waits at least ms before the batch is tried again. */

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "migrate.h"
+#include "attempts.h"
 #include "offsets.h"
 
 static PGconn *db;
@@ -35,7 +36,8 @@ static dp_err advance(int64_t epoch, int64_t expected, int64_t next)
     char err[512];
     PQclear(PQexec(db, "BEGIN"));
     dp_offset_advance a = {0, epoch, expected, next};
-    dp_err e = dp_offsets_advance(db, group, "topic", &a, 1, err, sizeof(err));
+    dp_err e = dp_offsets_advance(db, group, "topic", &a, 1, dp_attempt_new_id(),
+                                  err, sizeof(err));
     PQclear(PQexec(db, e == DP_OK ? "COMMIT" : "ROLLBACK"));
     return e;
 }
