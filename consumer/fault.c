@@ -57,7 +57,7 @@ int dp_fault_hit(const char *stage, const char *point)
             strcmp(r->point, point))
             continue;
         long hit = atomic_fetch_add(&r->hits, 1) + 1;
-        if (r->nth > 0 && hit != r->nth)
+        if ((r->nth > 0 && hit != r->nth) || (r->nth < 0 && hit > -r->nth))
             continue;
         dp_log_ctx ctx = {stage, NULL, NULL, -1, -1};
         dp_log(DP_LOG_WARN, &ctx, "fault point %s: %s (hit %ld)", point,

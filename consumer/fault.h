@@ -10,7 +10,7 @@
  * action is kill (SIGKILL at once), stall (sleep DOCPIPE_FAULT_STALL_MS,
  * default 60000, then go on) or fail (the caller treats the step as failed
  * the way it would fail for real).  nth (default 1) picks the one hit that
- * fires; 0 fires on every hit.  stage "*" matches any stage.  Points are named
+ * fires; 0 fires on every hit, -N on the first N.  stage "*" matches any stage.  Points are named
  * where DP_FAULT is called (docs/design.md lists them).
  *
  * Release builds define neither DOCPIPE_FAULTS nor the code: DP_FAULT is 0.

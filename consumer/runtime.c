@@ -530,6 +530,9 @@ static void on_assign(dp_runtime *rt, rd_kafka_topic_partition_list_t *parts)
     rt->assign_gen++;
     rt->last_epoch_check_ms = mono_ms();
     rd_kafka_assign(rt->consumer, parts);
+    /* A pause outlives the assignment in librdkafka: partitions paused for
+     * a batch-wide wait that a rebalance ended would never fetch again. */
+    rd_kafka_resume_partitions(rt->consumer, parts);
 }
 
 static void on_revoke(dp_runtime *rt)
@@ -679,6 +682,22 @@ static dp_err producer_new(dp_runtime *rt, char *err, size_t errlen)
         return dp_errf(DP_ERR_PERMANENT, err, errlen, "producer: %s", kerr);
     rt->producer_fatal = 0;
     return DP_OK;
+}
+
+/* Whether the producer is in a fatal state: error_cb reports it only when
+ * the producer is polled, while produce calls fail with __FATAL at once. */
+static int producer_is_fatal(dp_runtime *rt)
+{
+    if (rt->producer_fatal)
+        return 1;
+    char why[256];
+    rd_kafka_resp_err_t fe = rd_kafka_fatal_error(rt->producer, why, sizeof(why));
+    if (fe == RD_KAFKA_RESP_ERR_NO_ERROR)
+        return 0;
+    snprintf(rt->fatal_error, sizeof(rt->fatal_error), "%s: %s",
+             rd_kafka_err2name(fe), why);
+    rt->producer_fatal = 1;
+    return 1;
 }
 
 /* After a fatal producer error: whatever it still holds belongs to a batch
@@ -1434,7 +1453,7 @@ static batch_result settle(dp_runtime *rt, size_t from, size_t to)
     /* Slots may have moved (the array grows): re-point into them. */
     for (size_t i = from; i < to; i++)
         rt->slots[i].rec.correlation_id = rt->slots[i].corr;
-    if (rt->producer_fatal && (e = producer_reset(rt, err, sizeof(err))))
+    if (producer_is_fatal(rt) && (e = producer_reset(rt, err, sizeof(err))))
         goto retry;
     if ((e = db_ensure(rt, err, sizeof(err))))
         goto retry;
@@ -1508,7 +1527,8 @@ static batch_result settle(dp_runtime *rt, size_t from, size_t to)
     int64_t t_flush = mono_ms();
     rd_kafka_resp_err_t fe = rd_kafka_flush(rt->producer, rt->cfg->produce_timeout_ms);
     rt->t_flush += mono_ms() - t_flush;
-    if (fe != RD_KAFKA_RESP_ERR_NO_ERROR || rt->delivery_failures || rt->producer_fatal) {
+    if (fe != RD_KAFKA_RESP_ERR_NO_ERROR || rt->delivery_failures ||
+        producer_is_fatal(rt)) {
         e = dp_errf(DP_ERR_RETRYABLE, err, sizeof(err),
                     "outputs not acknowledged by Kafka: %s",
                     rt->producer_fatal ? rt->fatal_error
@@ -1926,16 +1946,36 @@ static void offset_out_of_range(dp_runtime *rt, int32_t p, const char *why)
             " $3::int, $4::bigint, $5::bigint, $6)", 6, params,
             "record offset gap", err, sizeof(err)))
         dp_log(DP_LOG_WARN, &ctx, "the gap could not be recorded: %s", err);
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
-    rd_kafka_topic_partition_list_add(l, rt->stage->input_topic, p)->offset = lo;
-    rd_kafka_error_t *se = rd_kafka_seek_partitions(rt->consumer, l, 5000);
-    if (se || l->elems[0].err) {
-        dp_log(DP_LOG_WARN, &ctx, "seeking to %" PRId64 " failed; rejoining", lo);
-        if (se)
-            rd_kafka_error_destroy(se);
+    /* A partition whose fetch stopped on the error is not seekable in
+     * librdkafka 2.0.2: the assignment is made again, this partition at lo
+     * and every other at the offset it expects next (paused ones paused
+     * again), which also restarts the fetch. */
+    rd_kafka_topic_partition_list_t *all = rd_kafka_topic_partition_list_new(rt->nparts);
+    rd_kafka_topic_partition_list_t *paused = rd_kafka_topic_partition_list_new(rt->nparts);
+    for (int q = 0; q < rt->nparts; q++) {
+        dp_part *o = &rt->parts[q];
+        if (!o->assigned)
+            continue;
+        int64_t at = q == p ? lo
+                     : o->paused_until_ms && o->retry_offset >= 0 ? o->retry_offset
+                     : o->next_poll >= 0 ? o->next_poll
+                     : o->committed >= 0 ? o->committed
+                     : strcmp(rt->cfg->offset_reset, "latest") == 0 ? RD_KAFKA_OFFSET_END
+                                                                  : RD_KAFKA_OFFSET_BEGINNING;
+        rd_kafka_topic_partition_list_add(all, rt->stage->input_topic, q)->offset = at;
+        if (o->paused_until_ms)
+            rd_kafka_topic_partition_list_add(paused, rt->stage->input_topic, q);
+    }
+    rd_kafka_resp_err_t ae = rd_kafka_assign(rt->consumer, all);
+    if (ae == RD_KAFKA_RESP_ERR_NO_ERROR && paused->cnt)
+        ae = rd_kafka_pause_partitions(rt->consumer, paused);
+    if (ae) {
+        dp_log(DP_LOG_WARN, &ctx, "resuming at %" PRId64 " failed (%s); rejoining",
+               lo, rd_kafka_err2str(ae));
         rt->rejoin = 1;
     }
-    rd_kafka_topic_partition_list_destroy(l);
+    rd_kafka_topic_partition_list_destroy(all);
+    rd_kafka_topic_partition_list_destroy(paused);
     pt->next_poll = lo;
     if (pt->first_seen < 0)
         pt->first_seen = lo;

@@ -7,6 +7,9 @@
  * <prefix>demo.out (unless demo_publish is 0: a sink, rows only).  It exists to show and test the runtime, so its body
  * text may carry fault directives:
  *   "fail:permanent"        the record fails permanently;
+ *   "fail:batch"            the whole batch fails with an error no record is
+ *                           blamed for (so the runtime settles its records
+ *                           one at a time, where this one fails permanently);
  *   "fail:retry-until:N"    it fails retryably until its N-th attempt;
  *   "stall-once:MS:PATH"    the handler sleeps MS ms unless the file PATH
  *                           exists, creating it first: only one process
@@ -135,7 +138,10 @@ static dp_err demo_handle(void *state, dp_batch *batch, char *err,
         int until;
         long ms;
         char path[512];
-        if (strcmp(r->body, "fail:permanent") == 0) {
+        if (strcmp(r->body, "fail:batch") == 0 && n > 1)
+            return dp_errf(DP_ERR_PERMANENT, err, errlen,
+                           "demo record %s fails its whole batch", r->id);
+        if (strcmp(r->body, "fail:permanent") == 0 || strcmp(r->body, "fail:batch") == 0) {
             dp_batch_fail(batch, i, DP_ERR_PERMANENT,
                           "demo record %s asks to fail permanently", r->id);
             continue;

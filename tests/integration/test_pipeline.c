@@ -851,6 +851,75 @@ Test(pipeline, test_failed_documents_retried_after_the_fix_complete)
         tdoc_free(&d[i]);
 }
 
+/* embed dies after Kafka acknowledged its outputs and before its COMMIT;
+ * when it comes back the service rejects the batch for good.  The batch
+ * gather received never committed, so gather must never count it: the
+ * documents fail in embed (one dead letter each), not later for missing
+ * vectors, and complete once retried. */
+Test(pipeline, test_embed_killed_before_commit_rolled_back_batch_is_never_gathered)
+{
+    const char *fault[] = {"DOCPIPE_FAULT=embed:after-produce:kill", NULL};
+    start("embedkill", NULL, fault);
+    char dir[1300];
+    test_dir("docs", dir, sizeof(dir));
+    tdoc d[3];
+    for (int i = 0; i < 3; i++)
+        tdoc_make(&d[i], dir, "md", 3000, 611 + i);
+    char ids[3][40];
+    cr_assert_eq(submit(dir, ids, 3), 3);
+    /* The fault point kills the whole `run all` process. */
+    cr_assert_eq(tenv_stop(pipe_pid, 0, 180000), 128 + SIGKILL,
+                 "the pipeline was killed at embed's fault point");
+    pipe_pid = 0;
+    char sql[700];
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM docpipe.dp_attempts a"
+             " WHERE a.group_id = '%sembed'", T.prefix);
+    cr_assert_eq(tenv_scalar(&T, sql), 0, "embed never committed a batch");
+
+    set_faults("{\"fail_status\": 400}");
+    const char *nofault[24];
+    int n = 0;
+    for (int i = 0; pipe_env[i] && n < 23; i++)
+        if (strncmp(pipe_env[i], "DOCPIPE_FAULT=", 14) != 0)
+            nofault[n++] = pipe_env[i];
+    nofault[n] = NULL;
+    memcpy(pipe_env, nofault, sizeof(nofault));
+    pipe_pid = spawn_pipeline(logf);
+    for (int i = 0; i < 3; i++)
+        wait_state(ids[i], "failed_embedding", 180);
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.embedding_batches"
+                       " WHERE document_id = '%s'", ids[i]), 0,
+                     "%s: no batch of the rolled-back attempt was gathered", ids[i]);
+        cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.events WHERE"
+                       " document_id = '%s' AND to_status = 'embeddings_stored'", ids[i]),
+                     0, "%s: never embeddings_stored", ids[i]);
+        snprintf(sql, sizeof(sql), "SELECT count(*) FROM docpipe.dp_dead_letters"
+                 " WHERE group_id LIKE '%s%%' AND record_key = convert_to('%.36s',"
+                 " 'UTF8')", T.prefix, ids[i]);
+        cr_assert_eq(tenv_scalar(&T, sql), 1, "%s: exactly one dead letter", ids[i]);
+        snprintf(sql, sizeof(sql), "SELECT count(*) FROM docpipe.dp_dead_letters"
+                 " WHERE group_id = '%sembed' AND record_key = convert_to('%.36s',"
+                 " 'UTF8')", T.prefix, ids[i]);
+        cr_assert_eq(tenv_scalar(&T, sql), 1, "%s: dead-lettered by embed", ids[i]);
+    }
+    set_faults("{\"fail_status\": 0}");
+    char out[700];
+    snprintf(out, sizeof(out), "/tmp/docpipe-%sretry.out", T.prefix);
+    const char *retry[] = {"retry", "--user", user, NULL};
+    cr_assert_eq(tenv_docpipe_out(&T, retry, pipe_env, out), 0, "retry");
+    for (int i = 0; i < 3; i++) {
+        wait_state(ids[i], "complete", 180);
+        long long chunks = q("SELECT count(*) FROM upload_pipeline.document_chunk_buffer"
+                             " WHERE document_id = '%s'", ids[i]);
+        cr_assert_eq(chunks, tdoc_expected_chunks(&d[i]));
+        cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.document_chunks WHERE"
+                       " document_id = '%s' AND vector_dim = 1536", ids[i]), chunks,
+                     "%s: every chunk with its vector", ids[i]);
+        tdoc_free(&d[i]);
+    }
+}
+
 Test(pipeline, test_refused_upload_submitted_again_takes_the_document_over)
 {
     start("resubmit", NULL, NULL);
