@@ -5,6 +5,7 @@
  *
  *   list [--stage S] [--since T] [--unresolved|--all] [--json]
  *   show [--json] ID
+ *   redrive [--dry-run] [--batch N] ID... | --all | --stage S [--since T]
  *   purge --older-than DURATION|T [--include-unresolved] [--dry-run]
  *
  * A dead letter is named by its id (a number given by the database, shown
@@ -777,6 +778,9 @@ static void usage_dlq(FILE *out)
         "  list [--stage S] [--since T] [--unresolved|--all] [--json]\n"
         "                      dead letters: id, stage, source, error, state\n"
         "  show [--json] ID    every fact of one, its headers, its value as JSON\n"
+        "  redrive [--dry-run] [--batch N] ID... | --all | --stage S [--since T]\n"
+        "                      send the original records back to their stage's\n"
+        "                      input topic, each exactly once, and resolve them\n"
         "  purge --older-than DURATION|T [--include-unresolved] [--dry-run]\n"
         "                      delete old (by default resolved) dead letters\n"
         "Dead letters of the configured topic prefix only (DOCPIPE_TOPIC_PREFIX).\n");
@@ -805,7 +809,8 @@ int dp_cmd_dlq(const dp_config *cfg, volatile sig_atomic_t *stop, int argc, char
         return cmd_list(cfg, argc, argv);
     if (strcmp(sub, "show") == 0)
         return cmd_show(cfg, argc, argv);
-    (void)stop;
+    if (strcmp(sub, "redrive") == 0)
+        return dp_dlq_redrive(cfg, stop, argc, argv);
     if (strcmp(sub, "purge") == 0)
         return cmd_purge(cfg, argc, argv);
     fprintf(stderr, "docpipe dlq: unknown command '%s'\n", sub);

@@ -36,4 +36,9 @@ int dp_dlq_lock(PGconn *db, const char *cmd, const char *prefix);
 /* A dead letter's id as given on the command line: a positive integer. */
 int dp_dlq_parse_id(const char *text);
 
+/* `docpipe dlq redrive`; argv[0] is the subcommand's name.  stop is set by
+ * SIGINT/SIGTERM. */
+int dp_dlq_redrive(const dp_config *cfg, volatile sig_atomic_t *stop,
+                   int argc, char **argv);
+
 #endif

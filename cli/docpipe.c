@@ -8,7 +8,7 @@
  *   docpipe status [<document>...]  counts by state, or one document's story
  *   docpipe wait [<document>...]    until complete or failed
  *   docpipe retry [<document>...]   failed documents through again, after a fix
- *   docpipe dlq <command>           dead letters: list, show, purge
+ *   docpipe dlq <command>           dead letters: list, show, redrive, purge
  *   docpipe demo-produce N [...]    publish demonstration records
  *   docpipe config-doc              print docs/configuration.md
  *
@@ -72,6 +72,10 @@ static void usage(FILE *out)
         "                           source, category, attempts, state, error\n"
         "  dlq show [--json] ID     one dead letter: its facts, the headers it was\n"
         "                           sent with, its value decoded from Avro\n"
+        "  dlq redrive [--dry-run] [--batch N] ID... | --all | --stage S [--since T]\n"
+        "                           send the original records back to their stage's\n"
+        "                           input topic, each exactly once (even if\n"
+        "                           interrupted and run again), and resolve them\n"
         "  dlq purge --older-than DURATION|T [--include-unresolved] [--dry-run]\n"
         "                           delete old dead letters (by default resolved\n"
         "                           ones only); prints how many\n"
