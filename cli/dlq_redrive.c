@@ -40,6 +40,7 @@
 
 #include <getopt.h>
 #include <inttypes.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,6 +81,8 @@ typedef struct redrive {
     rd_kafka_t *producer;      /* transactional */
     rd_kafka_t *reader;        /* end offsets, and the scans that settle */
     volatile sig_atomic_t *stop;
+    rd_item *items;            /* the batch being sent (NULL between batches) */
+    size_t nitems;
     int fatal;                 /* the producer can do nothing more */
     size_t acked;              /* records acknowledged with an offset */
     size_t sent, found, lost, failed, pending;
@@ -115,7 +118,13 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaqu
 {
     (void)rk;
     redrive *r = opaque;
-    rd_item *it = m->_private;
+    /* The message's opaque is its index in the batch, plus one.  A report
+     * that comes after its batch (the purge of a producer that failed) is
+     * of no more use. */
+    size_t i = (size_t)(uintptr_t)m->_private;
+    if (!r->items || i == 0 || i > r->nitems)
+        return;
+    rd_item *it = &r->items[i - 1];
     it->reported = 1;
     it->err = m->err;
     if (dp_delivery_confirmed(m)) {
@@ -215,16 +224,24 @@ static void close_kafka(redrive *r)
     }
 }
 
-static int end_offset(redrive *r, const char *topic, int32_t partition,
-                      int64_t *lo, int64_t *hi)
+static rd_kafka_resp_err_t end_offset(redrive *r, const char *topic,
+                                      int32_t partition, int64_t *lo, int64_t *hi)
 {
     rd_kafka_resp_err_t ke = rd_kafka_query_watermark_offsets(
         r->reader, topic, partition, lo, hi, r->cfg->produce_timeout_ms);
-    if (ke == RD_KAFKA_RESP_ERR_NO_ERROR)
-        return 0;
-    fprintf(stderr, "docpipe dlq redrive: end offset of %s/%d: %s\n", topic,
-            (int)partition, rd_kafka_err2str(ke));
-    return -1;
+    if (ke != RD_KAFKA_RESP_ERR_NO_ERROR)
+        fprintf(stderr, "docpipe dlq redrive: end offset of %s/%d: %s\n", topic,
+                (int)partition, rd_kafka_err2str(ke));
+    return ke;
+}
+
+/* The partition is not there (its topic deleted, or fewer partitions than
+ * when the record was read): no use asking again. */
+static int no_such_partition(rd_kafka_resp_err_t ke)
+{
+    return ke == RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION ||
+           ke == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC ||
+           ke == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -247,7 +264,7 @@ static int scan_partition(redrive *r, const char *topic, int32_t partition,
     for (size_t i = 0; i < n; i++)
         offsets[i] = -1;
     if (end_offset(r, topic, partition, &lo, &hi))
-        return -1;
+        return -1; /* gone or unreachable: the rows stay 'sending', in doubt */
     if (from >= hi)
         return 0; /* nothing was written after the row */
     if (from < lo) {
@@ -468,8 +485,9 @@ static int settle_sending(redrive *r)
 
 /* ---- sending -------------------------------------------------------------- */
 
-static int produce(redrive *r, rd_item *it)
+static int produce(redrive *r, size_t i)
 {
+    rd_item *it = &r->items[i];
     rd_kafka_headers_t *h = rd_kafka_headers_new(3);
     if (it->corr)
         rd_kafka_header_add(h, HDR_CORR, -1, it->corr, -1);
@@ -481,7 +499,7 @@ static int produce(redrive *r, rd_item *it)
                 RD_KAFKA_V_KEY((void *)it->key, it->key_len),
                 RD_KAFKA_V_VALUE((void *)it->value, it->value_len),
                 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_OPAQUE(it),
+                RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_OPAQUE((void *)(uintptr_t)(i + 1)),
                 RD_KAFKA_V_END)) == RD_KAFKA_RESP_ERR__QUEUE_FULL)
         rd_kafka_poll(r->producer, 10);
     if (ke == RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -544,26 +562,43 @@ static int send_batch(redrive *r, rd_item *items, size_t n)
     int64_t *offsets = malloc(n * sizeof(int64_t));
     dp_buf a_id = {0}, a_dl = {0}, a_topic = {0}, a_part = {0}, a_from = {0};
     int rc = -1;
+    size_t kept = 0;
     for (size_t i = 0; i < n; i++) {
         rd_item *it = &items[i];
         size_t j = 0;
-        while (j < i && (items[j].partition != it->partition ||
-                         strcmp(items[j].topic, it->topic) != 0))
+        while (j < kept && (items[j].partition != it->partition ||
+                            strcmp(items[j].topic, it->topic) != 0))
             j++;
         int64_t lo;
-        if (j < i)
+        rd_kafka_resp_err_t ke = RD_KAFKA_RESP_ERR_NO_ERROR;
+        if (j < kept)
             it->scan_from = items[j].scan_from;
-        else if (end_offset(r, it->topic, it->partition, &lo, &it->scan_from))
-            goto out;
+        else if ((ke = end_offset(r, it->topic, it->partition, &lo, &it->scan_from))) {
+            if (!no_such_partition(ke))
+                goto out; /* Kafka unavailable: the batch waits for another run */
+            fprintf(stderr, "docpipe dlq redrive: dead letter %s is not sent: %s/%d"
+                    " does not exist\n", it->id, it->topic, (int)it->partition);
+            r->failed++;
+            continue;
+        }
+        it = &items[kept];
+        if (kept != i)
+            *it = items[i];
+        kept++;
         dp_uuid4(it->redrive_id);
-        ids[i] = it->redrive_id;
-        const char *sep = i ? "," : "{";
+        ids[kept - 1] = it->redrive_id;
+        const char *sep = kept > 1 ? "," : "{";
         dp_buf_appendf(&a_id, "%s%s", sep, it->redrive_id);
         dp_buf_appendf(&a_dl, "%s%s", sep, it->id);
         dp_buf_append(&a_topic, sep, 1);
         dp_buf_array_text(&a_topic, it->topic, strlen(it->topic));
         dp_buf_appendf(&a_part, "%s%d", sep, (int)it->partition);
         dp_buf_appendf(&a_from, "%s%" PRId64, sep, it->scan_from);
+    }
+    n = kept;
+    if (n == 0) {
+        rc = 0;
+        goto out;
     }
     dp_buf_append(&a_id, "}", 1);
     dp_buf_append(&a_dl, "}", 1);
@@ -592,8 +627,10 @@ static int send_batch(redrive *r, rd_item *items, size_t n)
         goto out;
     }
     int bad = 0;
+    r->items = items;
+    r->nitems = n;
     for (size_t i = 0; i < n && !bad; i++)
-        bad = produce(r, &items[i]);
+        bad = produce(r, i);
     if (!bad && rd_kafka_flush(r->producer, r->cfg->produce_timeout_ms)) {
         fprintf(stderr, "docpipe dlq redrive: records not acknowledged within %d ms\n",
                 r->cfg->produce_timeout_ms);
@@ -632,6 +669,8 @@ static int send_batch(redrive *r, rd_item *items, size_t n)
     }
     rc = 0;
 out:
+    r->items = NULL;
+    r->nitems = 0;
     dp_buf_free(&a_id);
     dp_buf_free(&a_dl);
     dp_buf_free(&a_topic);
@@ -817,25 +856,28 @@ int dp_dlq_redrive(const dp_config *cfg, volatile sig_atomic_t *stop, int argc,
             fprintf(stderr, "docpipe dlq redrive: %s send(s) of an interrupted run to"
                     " settle first (found sent, or sent again)\n", PQgetvalue(res, 0, 0));
         PQclear(res);
-    } else if (open_kafka(&r) || settle_sending(&r)) {
+    } else if (open_kafka(&r)) {
         rc = 1;
         goto out;
+    } else if (settle_sending(&r)) {
+        rc = 1; /* rows in doubt stay so, their dead letters unselected; the rest go */
     }
     if (named && check_named(&r, ids.data, argc, argv, optind))
         rc = 1;
 
     size_t would = 0;
+    int cut_short = 0; /* dead letters may be left unselected */
     while (!r.fatal) {
         if (*stop) {
             fprintf(stderr, "docpipe dlq redrive: interrupted; what was sent is"
-                    " recorded, run again for the rest\n");
-            rc = 1;
+                    " recorded\n");
+            rc = cut_short = 1;
             break;
         }
         PGresult *page = next_page(&r, after, named ? ids.data : NULL, stage,
                                    since ? since_ts : NULL, limit);
         if (!page) {
-            rc = 1;
+            rc = cut_short = 1;
             break;
         }
         int n = PQntuples(page);
@@ -860,15 +902,19 @@ int dp_dlq_redrive(const dp_config *cfg, volatile sig_atomic_t *stop, int argc,
                        (int)it->partition);
         }
         snprintf(after, sizeof(after), "%s", items[n - 1].id);
+        int failed = 0;
         if (dry)
             would += (size_t)n;
-        else if (send_batch(&r, items, (size_t)n))
-            rc = 1;
+        else
+            failed = send_batch(&r, items, (size_t)n) != 0;
         free(items);
         PQclear(page);
-        if (rc)
-            break; /* Kafka or PostgreSQL failing: run again later */
+        if (failed) { /* Kafka or PostgreSQL failing: run again later */
+            rc = cut_short = 1;
+            break;
+        }
     }
+    cut_short |= r.fatal;
     size_t lost_before = r.lost;
     if (!dry && r.pending && !r.fatal && settle_sending(&r))
         rc = 1;
@@ -876,13 +922,15 @@ int dp_dlq_redrive(const dp_config *cfg, volatile sig_atomic_t *stop, int argc,
         r.failed += r.lost - lost_before;
         rc = 1;
     }
+    if (r.failed)
+        rc = 1;
     if (dry)
         fprintf(stderr, "docpipe dlq redrive: %zu dead letter(s) would be sent back\n",
                 would);
     else
         fprintf(stderr, "docpipe dlq redrive: %zu sent back, %zu found sent by an"
-                " earlier run, %zu not delivered%s\n", r.sent, r.found, r.failed,
-                rc ? "; run again to finish" : "");
+                " earlier run, %zu not sent%s\n", r.sent, r.found, r.failed,
+                cut_short ? "; run again for the rest" : "");
 out:
     if (fflush(stdout) != 0)
         rc = 1;
