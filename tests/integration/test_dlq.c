@@ -474,6 +474,40 @@ Test(dlq, test_redrive_killed_inside_its_kafka_transaction_sends_those_records_o
     redrive_killed_then_run_again("dlqkillu", ":uncommitted", 2);
 }
 
+Test(dlq, test_redrive_interrupted_by_sigint_stops_between_transactions_and_resumes)
+{
+    tenv_setup(&T, "dlqint");
+    produce(300, 0, "fail:permanent");
+    run_stage_until(300, 0);
+    char log[512];
+    snprintf(log, sizeof(log), "/tmp/docpipe-%sredrive.log", T.prefix);
+    unlink(log);
+    const char *args[] = {"dlq", "redrive", "--all", "--batch", "1", NULL};
+    pid_t pid = tenv_spawn(&T, args, log, NULL);
+    char sql[512];
+    snprintf(sql, sizeof(sql), "SELECT (count(*) >= 5)::int FROM docpipe.dp_dead_letters"
+             " WHERE topic = '%sdemo.in' AND resolved_at IS NOT NULL", T.prefix);
+    cr_assert_eq(tenv_wait_scalar(&T, sql, 1, 60000), 1, "the redrive is under way");
+    int status = tenv_stop(pid, SIGINT, 30000);
+    char *text = tenv_slurp(log);
+    cr_assert_eq(status, 1, "interrupted: exit status 1 (%d); its output:\n%s", status, text);
+    cr_assert(strstr(text, "interrupted"), "%s", text);
+    free(text);
+    long long done = q("SELECT count(*) FROM docpipe.dp_dead_letters WHERE topic = '%s'"
+                       " AND resolved_at IS NOT NULL");
+    cr_assert_lt(done, 300, "stopped before the end");
+    cr_assert_eq(q("SELECT count(*) FROM docpipe.dp_dlq_redrives WHERE topic = '%s'"
+                   " AND state <> 'sent'"), 0, "stopped between transactions: nothing in doubt");
+
+    char *out;
+    const char *again[] = {"redrive", "--all", NULL};
+    cr_assert_eq(dlq(&out, again), 0);
+    cr_assert_eq(lines(out), 300 - done, "the rest sent:\n%s", out);
+    free(out);
+    assert_each_redriven_once(300);
+    unlink(log);
+}
+
 Test(dlq, test_purge_removes_old_resolved_dead_letters_only)
 {
     tenv_setup(&T, "dlqpurge");
