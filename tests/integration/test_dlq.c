@@ -72,6 +72,7 @@ static void run_stage_until(long long dead, long long rows)
              " WHERE topic = '%sdemo.in'", T.prefix);
     cr_assert_eq(tenv_wait_scalar(&T, sql, rows, 60000), rows, "records processed");
     cr_assert_eq(tenv_stop(pid, SIGTERM, 30000), 0, "the stage stopped cleanly");
+    unlink(log); /* kept when an assertion failed */
 }
 
 /* `docpipe dlq ARGS...` with extra environment; its stdout in *out (freed by
