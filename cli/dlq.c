@@ -786,7 +786,6 @@ static void usage_dlq(FILE *out)
         "Dead letters of the configured topic prefix only (DOCPIPE_TOPIC_PREFIX).\n");
 }
 
-int dp_cmd_dlq(const dp_config *cfg, volatile sig_atomic_t *stop, int argc, char **argv);
 int dp_cmd_dlq(const dp_config *cfg, volatile sig_atomic_t *stop, int argc, char **argv)
 {
     if (argc < 1) {
