@@ -8,6 +8,7 @@
  *   docpipe status [<document>...]  counts by state, or one document's story
  *   docpipe wait [<document>...]    until complete or failed
  *   docpipe retry [<document>...]   failed documents through again, after a fix
+ *   docpipe dlq <command>           dead letters: list, show, redrive, purge
  *   docpipe demo-produce N [...]    publish demonstration records
  *   docpipe config-doc              print docs/configuration.md
  *
@@ -66,6 +67,18 @@ static void usage(FILE *out)
         "                           --from: these documents (or the user's),\n"
         "                           complete ones too, from that stage;\n"
         "                           prints document, state, stage\n"
+        "  dlq list [--stage S] [--since T] [--unresolved|--all] [--json]\n"
+        "                           dead letters of the topic prefix: id, stage,\n"
+        "                           source, category, attempts, state, error\n"
+        "  dlq show [--json] ID     one dead letter: its facts, the headers it was\n"
+        "                           sent with, its value decoded from Avro\n"
+        "  dlq redrive [--dry-run] [--batch N] ID... | --all | --stage S [--since T]\n"
+        "                           send the original records back to their stage's\n"
+        "                           input topic, each exactly once (even if\n"
+        "                           interrupted and run again), and resolve them\n"
+        "  dlq purge --older-than DURATION|T [--include-unresolved] [--dry-run]\n"
+        "                           delete old dead letters (by default resolved\n"
+        "                           ones only); prints how many\n"
         "  demo-produce N [--start I] [--body TEXT] [--key K] [--garbage]\n"
         "                           publish N demonstration records to the demo\n"
         "                           stage's input topic\n"
@@ -82,6 +95,7 @@ int dp_cmd_submit(const dp_config *cfg, int argc, char **argv);
 int dp_cmd_status(const dp_config *cfg, int argc, char **argv);
 int dp_cmd_wait(const dp_config *cfg, int argc, char **argv);
 int dp_cmd_retry(const dp_config *cfg, int argc, char **argv);
+int dp_cmd_dlq(const dp_config *cfg, volatile sig_atomic_t *stop, int argc, char **argv);
 
 static int cmd_migrate(const dp_config *cfg)
 {
@@ -321,7 +335,8 @@ int main(int argc, char **argv)
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? EXIT_USAGE : 0;
     }
-    for (int i = 2; i < argc; i++)
+    /* dlq's subcommands answer --help themselves. */
+    for (int i = 2; i < argc && strcmp(argv[1], "dlq") != 0; i++)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
             return 0;
@@ -357,6 +372,8 @@ int main(int argc, char **argv)
         rc = dp_cmd_wait(&cfg, argc - 2, argv + 2);
     else if (strcmp(cmd, "retry") == 0)
         rc = dp_cmd_retry(&cfg, argc - 2, argv + 2);
+    else if (strcmp(cmd, "dlq") == 0)
+        rc = dp_cmd_dlq(&cfg, &dp_stop, argc - 2, argv + 2);
     else if (strcmp(cmd, "demo-produce") == 0)
         rc = cmd_demo_produce(&cfg, argc - 2, argv + 2);
     else if (strcmp(cmd, "config-doc") == 0) {

@@ -11,6 +11,10 @@
  *                           blamed for (so the runtime settles its records
  *                           one at a time, where this one fails permanently);
  *   "fail:retry-until:N"    it fails retryably until its N-th attempt;
+ *   "fail:until-file:PATH"  it fails permanently while the file PATH does
+ *                           not exist: a cause fixed outside the record,
+ *                           after which the same record succeeds (tests
+ *                           of `docpipe dlq redrive`);
  *   "stall-once:MS:PATH"    the handler sleeps MS ms unless the file PATH
  *                           exists, creating it first: only one process
  *                           ever stalls on it (a stalled zombie in tests).
@@ -144,6 +148,12 @@ static dp_err demo_handle(void *state, dp_batch *batch, char *err,
         if (strcmp(r->body, "fail:permanent") == 0 || strcmp(r->body, "fail:batch") == 0) {
             dp_batch_fail(batch, i, DP_ERR_PERMANENT,
                           "demo record %s asks to fail permanently", r->id);
+            continue;
+        }
+        if (strncmp(r->body, "fail:until-file:", 16) == 0 &&
+            access(r->body + 16, F_OK) != 0) {
+            dp_batch_fail(batch, i, DP_ERR_PERMANENT,
+                          "demo record %s fails until %s exists", r->id, r->body + 16);
             continue;
         }
         if (r->body[0] == 'f' && sscanf(r->body, "fail:retry-until:%d", &until) == 1 &&
