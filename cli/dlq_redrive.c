@@ -88,7 +88,7 @@ typedef struct redrive {
     size_t sent, found, lost, failed, pending;
 } redrive;
 
-#ifdef DOCPIPE_TESTING
+#ifdef DOCPIPE_FAULTS
 /* DOCPIPE_TEST_DLQ_KILL_AFTER=N[:uncommitted] (test builds only; the
  * window tests/integration/test_dlq.c kills the command in): SIGKILL once
  * N records were acknowledged.  By default after their Kafka transaction
