@@ -67,6 +67,12 @@ static void usage(FILE *out)
         "                           --from: these documents (or the user's),\n"
         "                           complete ones too, from that stage;\n"
         "                           prints document, state, stage\n"
+        "  replay <stage> (--to-earliest | --to-latest | --to-datetime T |\n"
+        "         --to-offset N | --shift-by N) [--partition P]... [--execute]\n"
+        "                           move a stage back (or on) in its input topic:\n"
+        "                           its records are processed again, documents\n"
+        "                           past it start over there; a dry run unless\n"
+        "                           --execute (docpipe replay --help)\n"
         "  dlq list [--stage S] [--since T] [--unresolved|--all] [--json]\n"
         "                           dead letters of the topic prefix: id, stage,\n"
         "                           source, category, attempts, state, error\n"
@@ -95,6 +101,7 @@ int dp_cmd_submit(const dp_config *cfg, int argc, char **argv);
 int dp_cmd_status(const dp_config *cfg, int argc, char **argv);
 int dp_cmd_wait(const dp_config *cfg, int argc, char **argv);
 int dp_cmd_retry(const dp_config *cfg, int argc, char **argv);
+int dp_cmd_replay(const dp_config *cfg, int argc, char **argv);
 int dp_cmd_dlq(const dp_config *cfg, volatile sig_atomic_t *stop, int argc, char **argv);
 
 static int cmd_migrate(const dp_config *cfg)
@@ -335,8 +342,9 @@ int main(int argc, char **argv)
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? EXIT_USAGE : 0;
     }
-    /* dlq's subcommands answer --help themselves. */
-    for (int i = 2; i < argc && strcmp(argv[1], "dlq") != 0; i++)
+    /* dlq and replay answer --help themselves. */
+    for (int i = 2; i < argc && strcmp(argv[1], "dlq") != 0 &&
+                    strcmp(argv[1], "replay") != 0; i++)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
             return 0;
@@ -372,6 +380,8 @@ int main(int argc, char **argv)
         rc = dp_cmd_wait(&cfg, argc - 2, argv + 2);
     else if (strcmp(cmd, "retry") == 0)
         rc = dp_cmd_retry(&cfg, argc - 2, argv + 2);
+    else if (strcmp(cmd, "replay") == 0)
+        rc = dp_cmd_replay(&cfg, argc - 2, argv + 2);
     else if (strcmp(cmd, "dlq") == 0)
         rc = dp_cmd_dlq(&cfg, &dp_stop, argc - 2, argv + 2);
     else if (strcmp(cmd, "demo-produce") == 0)

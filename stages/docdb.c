@@ -267,12 +267,68 @@ static const char *const state_order[] = {
     "chunks_stored", "embedding_queued", "embedding_in_progress",
     "embeddings_stored", "complete", NULL};
 
+/* A state's place in the pipeline, times two: a failed state sits just
+ * after the last state its stages take (failed_parse after parsed, ...). */
 static int state_rank(const char *status)
 {
     for (int i = 0; state_order[i]; i++)
         if (strcmp(status, state_order[i]) == 0)
-            return i;
-    return *status ? 100 : -1; /* failed_*: terminal; "": no job yet */
+            return 2 * i;
+    static const struct { const char *failed, *after; } failed[] = {
+        {"failed_parse", "parsed"}, {"failed_chunking", "chunking"},
+        {"failed_embedding", "embeddings_stored"}, {NULL, NULL}};
+    for (int i = 0; failed[i].failed; i++)
+        if (strcmp(status, failed[i].failed) == 0)
+            return state_rank(failed[i].after) + 1;
+    return *status ? 1000 : -1; /* failed_upload, unknown: terminal; "": no job */
+}
+
+static int lowest_rank(const char *const *accepted)
+{
+    int lowest = 1000;
+    for (int k = 0; accepted[k]; k++) {
+        int r = state_rank(accepted[k]);
+        if (r < lowest)
+            lowest = r;
+    }
+    return lowest;
+}
+
+const char *dp_doc_entry_state(const char *const *accepted)
+{
+    const char *best = accepted[0];
+    for (int k = 0; accepted[k]; k++)
+        if (state_rank(accepted[k]) < state_rank(best))
+            best = accepted[k];
+    return best;
+}
+
+int dp_doc_replay_restarts(const char *status, const char *const *accepted)
+{
+    if (!*status || dp_status_in(status, accepted))
+        return 0;
+    int r = state_rank(status);
+    return r > lowest_rank(accepted) && r < 1000;
+}
+
+dp_err dp_doc_clear_from(PGconn *db, const char *ids, const char *to_state,
+                         char *err, size_t errlen)
+{
+    const char *params[1] = {ids};
+    dp_err e = DP_OK;
+    if (state_rank(to_state) <= state_rank("chunks_stored"))
+        e = dp_pg_command(db,
+            "WITH b AS (DELETE FROM upload_pipeline.embedding_batches"
+            "   WHERE document_id = ANY ($1::uuid[]))"
+            " DELETE FROM upload_pipeline.document_vector_buffer"
+            " WHERE document_id = ANY ($1::uuid[])", 1, params,
+            "remove the embeddings of an earlier generation", err, errlen);
+    if (e == DP_OK && state_rank(to_state) <= state_rank("parse_validated"))
+        e = dp_pg_command(db,
+            "DELETE FROM upload_pipeline.document_chunk_buffer"
+            " WHERE document_id = ANY ($1::uuid[])", 1, params,
+            "remove the chunks of an earlier generation", err, errlen);
+    return e;
 }
 
 int dp_doc_accept(dp_batch *b, size_t i, const char *document_id,
@@ -280,13 +336,7 @@ int dp_doc_accept(dp_batch *b, size_t i, const char *document_id,
 {
     if (dp_status_in(status, accepted))
         return 1;
-    int lowest = 100;
-    for (int k = 0; accepted[k]; k++) {
-        int r = state_rank(accepted[k]);
-        if (r < lowest)
-            lowest = r;
-    }
-    if (state_rank(status) < lowest)
+    if (state_rank(status) < lowest_rank(accepted))
         dp_batch_defer(b, i, 500, "document %s is still '%s': waiting for the"
                        " upstream stage's commit", document_id,
                        *status ? status : "unknown");
@@ -307,9 +357,10 @@ dp_err dp_doc_transitions_apply(PGconn *db, const char *jobs_json,
         "       progress = j.progress || t.progress,"
         "       processing_started_at = coalesce(j.processing_started_at, now()),"
         "       parsed_path = coalesce(t.parsed_path, j.parsed_path),"
-        "       embed_batches_total = coalesce(t.batches, j.embed_batches_total)"
+        "       embed_batches_total = coalesce(t.batches, j.embed_batches_total),"
+        "       generation = coalesce(t.generation, j.generation)"
         "   FROM jsonb_to_recordset($1::jsonb) AS t(job uuid, status text,"
-        "     progress jsonb, parsed_path text, batches int)"
+        "     progress jsonb, parsed_path text, batches int, generation int)"
         "   WHERE j.job_id = t.job AND j.job_id = ANY ($3::uuid[])),"
         " d AS (UPDATE upload_pipeline.documents o SET processing_status = t.status,"
         "   updated_at = now(), parsed_path = coalesce(t.parsed_path, o.parsed_path)"
@@ -318,11 +369,11 @@ dp_err dp_doc_transitions_apply(PGconn *db, const char *jobs_json,
         "   WHERE o.document_id = t.doc AND o.document_id = ANY ($4::uuid[]))"
         " INSERT INTO upload_pipeline.events (job_id, document_id, type,"
         "   severity, code, stage, from_status, to_status, correlation_id)"
-        " SELECT m.job, m.doc, CASE WHEN m.to_s = 'complete' THEN 'finalized'"
-        "   ELSE 'stage_done' END, 'info', m.code, m.stage, m.from_s, m.to_s,"
-        "   nullif(m.corr, '')::uuid"
+        " SELECT m.job, m.doc, coalesce(m.type, CASE WHEN m.to_s = 'complete'"
+        "   THEN 'finalized' ELSE 'stage_done' END), 'info', m.code, m.stage,"
+        "   m.from_s, m.to_s, nullif(m.corr, '')::uuid"
         " FROM jsonb_to_recordset($2::jsonb) AS m(n int, job uuid, doc uuid,"
-        "   from_s text, to_s text, stage text, code text, corr text)"
+        "   from_s text, to_s text, stage text, code text, corr text, type text)"
         " ORDER BY m.n",
         4, NULL, params, NULL, NULL, 0);
     dp_err e = dp_pg_check(db, res, PGRES_COMMAND_OK, "state transitions", err,

@@ -49,12 +49,29 @@ int dp_status_in(const char *status, const char *const *states);
 int dp_doc_accept(dp_batch *b, size_t i, const char *document_id,
                   const char *status, const char *const *accepted);
 
+/* The earliest of the states a stage takes: where a replay moves a job. */
+const char *dp_doc_entry_state(const char *const *accepted);
+
+/* Whether a replayed record of a document in `status` starts its work over
+ * at a stage taking `accepted`: the document went past the stage (or
+ * failed at it or after it).  One still before it, or in it, is not moved. */
+int dp_doc_replay_restarts(const char *status, const char *const *accepted);
+
+/* Removes what the stages from the one taking to_state on wrote for the
+ * documents (ids: a uuid[] literal), before their work starts over there:
+ * from embed-plan on, the stored batches and vectors; from chunk on, the
+ * chunks too.  The final rows (document_chunks) stay until finalize
+ * replaces them in one statement, so a document is searchable under one
+ * generation at every moment.  Shared by replay (docstage.c) and retry. */
+dp_err dp_doc_clear_from(PGconn *db, const char *ids, const char *to_state,
+                         char *err, size_t errlen);
+
 /* Applies a batch's transitions in one statement.  jobs_json: a JSON array
  * of {job, doc, status, progress[, parsed_path][, batches]}, one per job,
  * with its final status, the progress of all its moves merged in order, and
  * the columns its stage set (parsed_path, the document's too;
- * embed_batches_total); moves_json: a JSON array
- * of {n, job, doc, from_s, to_s, stage, code, corr}, one event each,
+ * embed_batches_total; generation); moves_json: a JSON array
+ * of {n, job, doc, from_s, to_s, stage, code, corr[, type]}, one event each,
  * written in the order of n; job_ids, doc_ids: the jobs' ids and their
  * documents' as uuid[] literals.  The caller holds the job rows locked and
  * knows their statuses (see dp_docstage_transition). */

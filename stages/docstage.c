@@ -22,6 +22,8 @@ typedef struct ds_doc {
     int moved;                /* has moves to write */
     char parsed_path[DP_STORAGE_PATH_SIZE]; /* to write with them, "" none */
     long batches_total;       /* embed_batches_total to write, -1 none */
+    long generation;          /* the job's, as the pass left it */
+    int generation_set;       /* a replay started a new one: write it */
 } ds_doc;
 
 /* Document ids as PostgreSQL prints them: a record may spell one in
@@ -118,7 +120,7 @@ static dp_err docs_load(dp_docstage *ds, PGconn *db, char *err, size_t errlen)
     }
     const char *params[1] = {ids.data};
     PGresult *res = dp_pg_execp(db,
-        "SELECT document_id, job_id, status FROM upload_pipeline.upload_jobs"
+        "SELECT document_id, job_id, status, generation FROM upload_pipeline.upload_jobs"
         " WHERE document_id = ANY ($1::uuid[]) ORDER BY document_id FOR UPDATE",
         1, NULL, params, NULL, NULL, 0);
     dp_buf_free(&ids);
@@ -132,6 +134,7 @@ static dp_err docs_load(dp_docstage *ds, PGconn *db, char *err, size_t errlen)
             continue;
         snprintf(d->job, sizeof(d->job), "%s", PQgetvalue(res, r, 1));
         snprintf(d->status, sizeof(d->status), "%s", PQgetvalue(res, r, 2));
+        d->generation = strtol(PQgetvalue(res, r, 3), NULL, 10);
     }
     PQclear(res);
     return DP_OK;
@@ -154,6 +157,31 @@ static dp_err doc_get(dp_docstage *ds, dp_batch *b, const char *document_id,
     return DP_OK;
 }
 
+/* A replayed record of a document past the stage: what the stages from
+ * here on wrote is removed (final rows excepted), the job moves back to
+ * `to` with a `replay` event, and its generation grows. */
+static dp_err replay_restart(dp_docstage *ds, dp_batch *b, ds_doc *d,
+                             const char *to, const char *corr, char *err,
+                             size_t errlen)
+{
+    char ids[DP_UUID_STR_SIZE + 2];
+    snprintf(ids, sizeof(ids), "{%s}", d->id);
+    dp_err e = dp_doc_clear_from(dp_batch_db(b), ids, to, err, errlen);
+    if (e)
+        return e;
+    if (!ds->moves)
+        ds->moves = json_array();
+    json_array_append_new(ds->moves, json_pack("{s:I,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:s}",
+        "n", (json_int_t)json_array_size(ds->moves), "job", d->job, "doc", d->id,
+        "from_s", d->status, "to_s", to, "stage", ds->name, "code", "JOB_REPLAYED",
+        "corr", corr ? corr : "", "type", "replay"));
+    snprintf(d->status, sizeof(d->status), "%s", to);
+    d->generation++;
+    d->generation_set = 1;
+    d->moved = 1;
+    return DP_OK;
+}
+
 dp_err dp_docstage_ready(dp_docstage *ds, dp_batch *b, size_t i,
                          const char *document_id, const char *const *accepted,
                          int *go, char *err, size_t errlen)
@@ -171,7 +199,32 @@ dp_err dp_docstage_ready(dp_docstage *ds, dp_batch *b, size_t i,
     dp_err e = doc_get(ds, b, document_id, &d, err, errlen);
     if (e)
         return e;
+    const dp_record *rec = dp_batch_record(b, i);
+    if (rec->replay && *d->job) {
+        /* `docpipe replay` moved this stage back over the record: a
+         * document that went past the stage starts over here, under a new
+         * generation; one still upstream will come by on its own. */
+        if (dp_doc_replay_restarts(d->status, accepted)) {
+            if ((e = replay_restart(ds, b, d, dp_doc_entry_state(accepted),
+                                    rec->correlation_id,
+                                    err, errlen)))
+                return e;
+        } else if (!dp_status_in(d->status, accepted)) {
+            return DP_OK;
+        }
+    } else if (*d->job && rec->generation < d->generation) {
+        /* Work of an earlier generation, still in flight when a replay or
+         * a retry started the document over: discarded. */
+        return DP_OK;
+    } else if (*d->job && rec->generation > d->generation) {
+        dp_batch_defer(b, i, 500, "document %s is at generation %ld, the record"
+                       " at %lld: waiting for the commit that started it over",
+                       document_id, d->generation, (long long)rec->generation);
+        return DP_OK;
+    }
     *go = dp_doc_accept(b, i, document_id, d->status, accepted);
+    if (*go)
+        dp_batch_set_generation(b, i, d->generation);
     return DP_OK;
 }
 
@@ -259,6 +312,8 @@ static dp_err moves_write(dp_docstage *ds, PGconn *db, char *err, size_t errlen)
             json_object_set_new(row, "parsed_path", json_string(d->parsed_path));
         if (d->batches_total >= 0)
             json_object_set_new(row, "batches", json_integer(d->batches_total));
+        if (d->generation_set)
+            json_object_set_new(row, "generation", json_integer(d->generation));
         json_array_append_new(jobs, row);
     }
     char *j = json_dumps(jobs, JSON_COMPACT);

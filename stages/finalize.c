@@ -44,10 +44,22 @@ static dp_err finalize_handle(void *state, dp_batch *b, char *err, size_t errlen
          * statistics were young: 8 of 11 ms per document on a used
          * database, more on a new one as the buffer grew. */
         PGresult *res = dp_pg_execp(db,
-            "WITH p AS (" DP_SQL_PROMOTE_CHUNKS
+            /* The document's final rows are replaced in this one statement
+             * (a replay or a retry may make other chunks or other vectors):
+             * a reader sees the old set or the new one, never a mix. */
+            "WITH gone AS (DELETE FROM upload_pipeline.document_chunks f"
+            "   WHERE f.document_id = $1::uuid AND NOT EXISTS (SELECT 1 FROM"
+            "   upload_pipeline.document_chunk_buffer c WHERE c.document_id = $1::uuid"
+            "   AND c.chunk_id = f.chunk_id)),"
+            " p AS (" DP_SQL_PROMOTE_CHUNKS
             " WHERE c.document_id = $1::uuid"
             " ON CONFLICT (chunk_id) DO UPDATE SET embedding = EXCLUDED.embedding,"
-            "   vector_sha = EXCLUDED.vector_sha, embed_model = EXCLUDED.embed_model"
+            "   vector_sha = EXCLUDED.vector_sha, embed_model = EXCLUDED.embed_model,"
+            "   embed_version = EXCLUDED.embed_version, vector_dim = EXCLUDED.vector_dim,"
+            "   text = EXCLUDED.text, chunk_sha = EXCLUDED.chunk_sha,"
+            "   chunk_ord = EXCLUDED.chunk_ord, meta = EXCLUDED.meta,"
+            "   chunker_name = EXCLUDED.chunker_name,"
+            "   chunker_version = EXCLUDED.chunker_version"
             " RETURNING 1),"
             " j AS (UPDATE upload_pipeline.upload_jobs SET"
             "   processing_completed_at = now() WHERE document_id = $1::uuid)"

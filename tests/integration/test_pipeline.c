@@ -1099,3 +1099,225 @@ Test(pipeline, test_complete_document_reprocessed_from_chunk_leaves_nothing_stal
     cr_assert_eq(tenv_scalar(&T, sql), 1, "one chain through the retry");
     tdoc_free(&d);
 }
+
+/* Runs `docpipe replay` with args (NULL-terminated, after "replay"); its
+ * table goes to a file, returned (malloc'd). */
+static char *replay(const char *const *args, int want_status)
+{
+    const char *argv[16] = {"replay"};
+    int n = 1;
+    for (int i = 0; args[i] && n < 15; i++)
+        argv[n++] = args[i];
+    argv[n] = NULL;
+    char out[700];
+    snprintf(out, sizeof(out), "/tmp/docpipe-%sreplay.out", T.prefix);
+    cr_assert_eq(tenv_docpipe_out(&T, argv, pipe_env, out), want_status,
+                 "docpipe replay %s", args[0]);
+    return tenv_slurp(out);
+}
+
+/* Documents of this test's user that went through a replay and are
+ * complete again since. */
+static long long replayed_and_complete(void)
+{
+    char sql[900];
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM upload_pipeline.upload_jobs j WHERE j.user_id = '%s'"
+             " AND j.status = 'complete' AND EXISTS (SELECT 1 FROM"
+             "   upload_pipeline.events r WHERE r.document_id = j.document_id AND"
+             "   r.type = 'replay' AND EXISTS (SELECT 1 FROM upload_pipeline.events f"
+             "   WHERE f.document_id = j.document_id AND f.type = 'finalized'"
+             "   AND f.event_id > r.event_id))", user);
+    return tenv_scalar(&T, sql);
+}
+
+/* The chunk ids of the user's documents, in one digest. */
+static long long chunk_id_digest(const char *table)
+{
+    char sql[700];
+    snprintf(sql, sizeof(sql),
+             "SELECT ('x' || substr(md5(coalesce(string_agg(c.chunk_id::text, ','"
+             " ORDER BY c.chunk_id), '')), 1, 15))::bit(60)::bigint FROM"
+             " upload_pipeline.%s c JOIN upload_pipeline.upload_jobs j USING"
+             " (document_id) WHERE j.user_id = '%s'", table, user);
+    return tenv_scalar(&T, sql);
+}
+
+/* Events of the user's documents still one chain, replays included. */
+static void assert_events_one_chain(void)
+{
+    char sql[900];
+    snprintf(sql, sizeof(sql),
+             "WITH e AS (SELECT e.from_status, lag(e.to_status) OVER"
+             "   (PARTITION BY e.document_id ORDER BY e.event_id) AS prev"
+             " FROM upload_pipeline.events e JOIN upload_pipeline.upload_jobs j"
+             "   USING (document_id) WHERE j.user_id = '%s'"
+             "   AND e.type IN ('stage_done', 'finalized', 'error', 'retry', 'replay'))"
+             " SELECT count(*) FROM e WHERE (prev IS NULL AND from_status <> 'uploaded')"
+             "   OR prev <> from_status", user);
+    cr_assert_eq(tenv_scalar(&T, sql), 0, "events out of chain");
+}
+
+/* 50 documents complete; then chunk is replayed from the start of its
+ * topic while `run all` runs.  Every document is chunked and embedded
+ * again: the same chunk ids, one row set each, one more chain of events
+ * that shows the replay, nothing dead-lettered. */
+Test(pipeline, test_replay_chunk_to_earliest_reprocesses_every_document_while_running)
+{
+    start("replay", NULL, NULL);
+    char dir[1300];
+    test_dir("docs", dir, sizeof(dir));
+    static tdoc d[50];
+    for (int i = 0; i < 50; i++)
+        tdoc_make(&d[i], dir, "md", 2500 + 300 * (size_t)i, 7000 + i);
+    static char ids[50][40];
+    cr_assert_eq(submit(dir, ids, 50), 50);
+    wait_all(240);
+    assert_all_complete(d, ids, 50);
+    long long chunks_before = chunk_id_digest("document_chunk_buffer");
+    long long final_before = chunk_id_digest("document_chunks");
+    cr_assert_eq(chunks_before, final_before);
+
+    const char *dry[] = {"chunk", "--to-earliest", NULL};
+    char *table = replay(dry, 0);
+    cr_assert(strstr(table, "STAGE\tPARTITION\tCURRENT\tNEW\tLOG-START\tLOG-END\n"),
+              "a table:\n%s", table);
+    cr_assert(strstr(table, "chunk\t0\t"), "partition 0 listed:\n%s", table);
+    free(table);
+    sleep(2);
+    cr_assert_eq(replayed_and_complete(), 0, "a dry run changes nothing");
+
+    const char *run[] = {"chunk", "--to-earliest", "--execute", NULL};
+    free(replay(run, 0));
+    char sql[700];
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM upload_pipeline.upload_jobs j"
+             " WHERE j.user_id = '%s' AND j.status = 'complete' AND EXISTS (SELECT 1"
+             " FROM upload_pipeline.events r WHERE r.document_id = j.document_id AND"
+             " r.type = 'replay' AND r.stage = 'chunk' AND r.from_status = 'complete'"
+             " AND r.to_status = 'parse_validated')", user);
+    if (tenv_wait_scalar(&T, sql, 50, 240 * 1000) != 50)
+        report_unfinished();
+    cr_assert_eq(replayed_and_complete(), 50, "every document replayed and complete");
+    for (int i = 0; i < 50; i++) {
+        long want = tdoc_expected_chunks(&d[i]);
+        cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.document_chunks WHERE"
+                       " document_id = '%s' AND vector_dim = 1536", ids[i]), want,
+                     "%s: one row set", ids[i]);
+        cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.document_chunk_buffer"
+                       " WHERE document_id = '%s'", ids[i]), want);
+        cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.embedding_batches"
+                       " WHERE document_id = '%s'", ids[i]),
+                     q("SELECT embed_batches_total FROM upload_pipeline.upload_jobs"
+                       " WHERE document_id = '%s'", ids[i]), "%s: every batch once", ids[i]);
+        cr_assert_eq(q("SELECT generation FROM upload_pipeline.upload_jobs"
+                       " WHERE document_id = '%s'", ids[i]), 1, "one replay, one generation");
+        cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.events WHERE"
+                       " document_id = '%s' AND type = 'finalized'", ids[i]), 2,
+                     "%s: completed twice", ids[i]);
+    }
+    cr_assert_eq(chunk_id_digest("document_chunks"), final_before, "the same chunk ids");
+    cr_assert_eq(chunk_id_digest("document_chunk_buffer"), chunks_before);
+    assert_events_one_chain();
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM docpipe.dp_dead_letters"
+             " WHERE group_id LIKE '%s%%'", T.prefix);
+    cr_assert_eq(tenv_scalar(&T, sql), 0, "nothing dead-lettered");
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM docpipe.dp_replays"
+             " WHERE group_id = '%schunk'", T.prefix);
+    cr_assert(tenv_scalar(&T, sql) >= 1, "the replay is in the history");
+    for (int i = 0; i < 50; i++)
+        tdoc_free(&d[i]);
+}
+
+/* --to-datetime replays only the records after that time; a replay of
+ * embed-plan after the embedding model changed embeds everything again with
+ * the new model, and no document ever has rows of two models. */
+Test(pipeline, test_replay_to_datetime_and_after_a_model_change)
+{
+    start("replaytime", NULL, NULL);
+    char early[1300], late[1300];
+    test_dir("early", early, sizeof(early));
+    test_dir("late", late, sizeof(late));
+    static tdoc a[8], b[4];
+    for (int i = 0; i < 8; i++)
+        tdoc_make(&a[i], early, "md", 3000, 8100 + i);
+    for (int i = 0; i < 4; i++)
+        tdoc_make(&b[i], late, "md", 9000, 8200 + i);
+    static char ids_a[8][40], ids_b[4][40];
+    cr_assert_eq(submit(early, ids_a, 8), 8);
+    wait_all(180);
+    sleep(2);
+    PGresult *r = PQexec(T.db, "SELECT to_char(now() AT TIME ZONE 'UTC',"
+                               " 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')");
+    char when[64];
+    snprintf(when, sizeof(when), "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    sleep(1);
+    cr_assert_eq(submit(late, ids_b, 4), 4);
+    for (int i = 0; i < 4; i++)
+        wait_state(ids_b[i], "complete", 180);
+
+    const char *run[] = {"chunk", "--to-datetime", when, "--execute", NULL};
+    free(replay(run, 0));
+    char sql[900];
+    for (int i = 0; i < 4; i++) {
+        snprintf(sql, sizeof(sql), "SELECT count(*) FROM upload_pipeline.events r"
+                 " WHERE r.document_id = '%.36s' AND r.type = 'finalized'", ids_b[i]);
+        if (tenv_wait_scalar(&T, sql, 2, 180 * 1000) != 2)
+            report_unfinished();
+        cr_assert_eq(tenv_scalar(&T, sql), 2, "a later document is replayed");
+    }
+    sleep(3);
+    for (int i = 0; i < 8; i++)
+        cr_assert_eq(q("SELECT count(*) FROM upload_pipeline.events WHERE"
+                       " document_id = '%s' AND type = 'replay'", ids_a[i]), 0,
+                     "an earlier document is not replayed");
+
+    /* The embedding model changes: the pipeline restarts with it and
+     * embed-plan is replayed; document_chunks is watched all along. */
+    tenv_stop(pipe_pid, SIGTERM, 60000);
+    int n = 0;
+    while (pipe_env[n])
+        n++;
+    pipe_env[n++] = "DOCPIPE_EMBED_MODEL=docpipe-test-model-2";
+    pipe_env[n] = NULL;
+    pipe_pid = spawn_pipeline(logf);
+    const char *again[] = {"embed-plan", "--to-earliest", "--execute", NULL};
+    free(replay(again, 0));
+    snprintf(sql, sizeof(sql),
+             "SELECT count(*) FROM upload_pipeline.document_chunks c JOIN"
+             " upload_pipeline.upload_jobs j USING (document_id) WHERE j.user_id = '%s'"
+             " AND c.embed_model = 'docpipe-test-model-2'", user);
+    char mixed[700];
+    snprintf(mixed, sizeof(mixed),
+             "SELECT count(*) FROM (SELECT c.document_id FROM"
+             " upload_pipeline.document_chunks c JOIN upload_pipeline.upload_jobs j"
+             " USING (document_id) WHERE j.user_id = '%s' GROUP BY c.document_id"
+             " HAVING count(DISTINCT c.embed_model) > 1) x", user);
+    long long total = 0;
+    for (int i = 0; i < 8; i++)
+        total += tdoc_expected_chunks(&a[i]);
+    for (int i = 0; i < 4; i++)
+        total += tdoc_expected_chunks(&b[i]);
+    long long done = 0;
+    for (int k = 0; k < 1800 && done != total; k++) {
+        cr_assert_eq(tenv_scalar(&T, mixed), 0, "a document with two models' rows");
+        done = tenv_scalar(&T, sql);
+        usleep(100 * 1000);
+    }
+    if (done != total)
+        report_unfinished();
+    cr_assert_eq(done, total, "every chunk re-embedded with the new model");
+    wait_all(120);
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM upload_pipeline.document_chunks c"
+             " JOIN upload_pipeline.upload_jobs j USING (document_id) WHERE"
+             " j.user_id = '%s'", user);
+    cr_assert_eq(tenv_scalar(&T, sql), total, "one row per chunk, no duplicates");
+    assert_events_one_chain();
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM docpipe.dp_dead_letters"
+             " WHERE group_id LIKE '%s%%'", T.prefix);
+    cr_assert_eq(tenv_scalar(&T, sql), 0, "nothing dead-lettered");
+    for (int i = 0; i < 8; i++)
+        tdoc_free(&a[i]);
+    for (int i = 0; i < 4; i++)
+        tdoc_free(&b[i]);
+}
