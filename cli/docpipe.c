@@ -7,7 +7,7 @@
  *   docpipe submit <file|dir>...    store files and publish their uploads
  *   docpipe status [<document>...]  counts by state, or one document's story
  *   docpipe wait [<document>...]    until complete or failed
- *   docpipe retry [<document>...]   failed documents through again, after a fix
+ *   docpipe retry <selection>       failed documents through again, after a fix
  *   docpipe demo-produce N [...]    publish demonstration records
  *   docpipe config-doc              print docs/configuration.md
  *
@@ -59,13 +59,14 @@ static void usage(FILE *out)
         "  wait [--timeout S] [<document>...]\n"
         "                           until the documents (default: all) are complete\n"
         "                           or failed; exit 0 only if all complete\n"
-        "  retry [--dry-run] [--user UUID] [--from parse|chunk|embed]\n"
-        "        [<document>...]    send failed documents (default: every one,\n"
-        "                           or every one of the user) through again\n"
-        "                           from the stage that failed, after a fix;\n"
-        "                           --from: these documents (or the user's),\n"
-        "                           complete ones too, from that stage;\n"
-        "                           prints document, state, stage\n"
+        "  retry [--from parse|chunk|embed] [--dry-run] [--batch N] [--restart]\n"
+        "        <document>... | - | --all | --user UUID | --state S |\n"
+        "        --since T | --until T\n"
+        "                           send the chosen failed documents through\n"
+        "                           again from the stage that failed, after a\n"
+        "                           fix; --from: complete ones too, from that\n"
+        "                           stage; in chunks of N, resumable; prints\n"
+        "                           document, state, stage (docpipe retry --help)\n"
         "  demo-produce N [--start I] [--body TEXT] [--key K] [--garbage]\n"
         "                           publish N demonstration records to the demo\n"
         "                           stage's input topic\n"
@@ -81,7 +82,9 @@ static void usage(FILE *out)
 int dp_cmd_submit(const dp_config *cfg, int argc, char **argv);
 int dp_cmd_status(const dp_config *cfg, int argc, char **argv);
 int dp_cmd_wait(const dp_config *cfg, int argc, char **argv);
-int dp_cmd_retry(const dp_config *cfg, int argc, char **argv);
+int dp_cmd_retry(const dp_config *cfg, int argc, char **argv,
+                 volatile sig_atomic_t *stop);
+void dp_retry_usage(FILE *out);
 
 static int cmd_migrate(const dp_config *cfg)
 {
@@ -323,7 +326,10 @@ int main(int argc, char **argv)
     }
     for (int i = 2; i < argc; i++)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
+            if (strcmp(argv[1], "retry") == 0)
+                dp_retry_usage(stdout);
+            else
+                usage(stdout);
             return 0;
         }
     dp_config cfg;
@@ -356,7 +362,7 @@ int main(int argc, char **argv)
     else if (strcmp(cmd, "wait") == 0)
         rc = dp_cmd_wait(&cfg, argc - 2, argv + 2);
     else if (strcmp(cmd, "retry") == 0)
-        rc = dp_cmd_retry(&cfg, argc - 2, argv + 2);
+        rc = dp_cmd_retry(&cfg, argc - 2, argv + 2, &dp_stop);
     else if (strcmp(cmd, "demo-produce") == 0)
         rc = cmd_demo_produce(&cfg, argc - 2, argv + 2);
     else if (strcmp(cmd, "config-doc") == 0) {
