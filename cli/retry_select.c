@@ -196,7 +196,8 @@ int dp_retry_sel_parse(dp_retry_sel *s, int argc, char **argv, FILE *in)
     if (s->restart && s->dry_run)
         return usage_error("%s changes nothing: --restart does not go with it",
                            "--dry-run");
-    qsort(s->ids, s->nids, sizeof(*s->ids), cmp_id);
+    if (s->nids)
+        qsort(s->ids, s->nids, sizeof(*s->ids), cmp_id);
     size_t n = 0;
     for (size_t i = 0; i < s->nids; i++)
         if (n == 0 || strcmp(s->ids[n - 1], s->ids[i]) != 0)
@@ -233,7 +234,8 @@ void dp_retry_sel_key(const dp_retry_sel *s, dp_buf *out)
         dp_buf_appendf(out, " until=%s", s->until);
     if (s->named) {
         char sha[DP_SHA256_HEX_SIZE] = "";
-        dp_sha256_hex(s->ids, s->nids * sizeof(*s->ids), sha);
+        dp_sha256_hex(s->nids ? (const void *)s->ids : "", s->nids * sizeof(*s->ids),
+                      sha);
         dp_buf_appendf(out, " ids=%zu:%s", s->nids, sha);
     }
 }

@@ -138,12 +138,18 @@ static int retry(const char *const *args, const char *infile)
     return tenv_wait(tenv_spawn_io(&T, args, NULL, infile, out_path, err_path));
 }
 
-static long count_lines(const char *text, const char *needle)
+/* How often needle occurs in text (not strstr in a loop: the sanitizer's
+ * strstr measures the whole rest of the text at every call). */
+static long count_of(const char *text, const char *needle)
 {
-    long n = 0;
-    for (const char *p = text; (p = strstr(p, needle)); p += strlen(needle))
-        n++;
-    return n;
+    size_t n = strlen(text), m = strlen(needle);
+    long count = 0;
+    for (size_t i = 0; m && i + m <= n; i++)
+        if (text[i] == needle[0] && memcmp(text + i, needle, m) == 0) {
+            count++;
+            i += m - 1;
+        }
+    return count;
 }
 
 static long long sql_count(const char *fmt, const char *arg)
@@ -240,11 +246,11 @@ Test(retry, test_all_sends_every_failed_document_once_in_chunks_with_progress)
             t1 - t0, t2 - t1, (double)n / (t2 - t1));
 
     char *out = tenv_slurp(out_path), *err = tenv_slurp(err_path);
-    cr_assert_eq(count_lines(out, "\n"), n, "one line per document sent");
-    cr_assert_eq(count_lines(out, "\tfailed_parse\tparse\n") +
-                 count_lines(out, "\tfailed_chunking\tchunk\n") +
-                 count_lines(out, "\tfailed_embedding\tembed-plan\n"), n);
-    cr_assert(count_lines(err, " documents done (") >= 2, "progress on stderr:\n%s", err);
+    cr_assert_eq(count_of(out, "\n"), n, "one line per document sent");
+    cr_assert_eq(count_of(out, "\tfailed_parse\tparse\n") +
+                 count_of(out, "\tfailed_chunking\tchunk\n") +
+                 count_of(out, "\tfailed_embedding\tembed-plan\n"), n);
+    cr_assert(count_of(err, " documents done (") >= 2, "progress on stderr:\n%s", err);
     char summary[100];
     snprintf(summary, sizeof(summary), "docpipe retry: %ld document(s) sent again", n);
     cr_assert(strstr(err, summary), "summary line in:\n%s", err);
@@ -303,7 +309,7 @@ static void assert_sent_exactly_expected(long want)
         " WHERE sent.document_id IS NULL OR expect.document_id IS NULL"), 0,
         "sent exactly the selected documents");
     char *out = tenv_slurp(out_path);
-    cr_assert_eq(count_lines(out, "\n"), want, "%s", out);
+    cr_assert_eq(count_of(out, "\n"), want, "%s", out);
     free(out);
 }
 
@@ -423,7 +429,7 @@ Test(retry, test_state_since_until_user_and_ids_on_stdin_select_exactly_their_do
     const char *dry[] = {"retry", "--all", "--dry-run", "--batch", "128", NULL};
     cr_assert_eq(retry(dry, NULL), 0);
     char *out = tenv_slurp(out_path);
-    cr_assert_eq(count_lines(out, "\n"), left);
+    cr_assert_eq(count_of(out, "\n"), left);
     free(out);
     cr_assert_eq(tenv_scalar(&T, "SELECT count(*) FROM upload_pipeline.upload_jobs"
                  " WHERE status LIKE 'failed_%'"), left, "a dry run changes nothing");
@@ -436,6 +442,11 @@ Test(retry, test_state_since_until_user_and_ids_on_stdin_select_exactly_their_do
                  " upload_pipeline.upload_jobs WHERE retry_count = 1"));
     dp_buf_free(&t.repeated);
 }
+
+/* The tests below hold rows that retry waits for; it waits longer than
+ * its default lock_timeout_ms, so that a slow machine does not end the
+ * wait before the test does. */
+static const char *const patient[] = {"DOCPIPE_LOCK_TIMEOUT_MS=120000", NULL};
 
 /* A second connection holding a lock until told. */
 static PGconn *locker(int i, const char *lock_sql)
@@ -506,12 +517,13 @@ static char *append_file(char *all, const char *path)
 /* Lines of text that occur more than once. */
 static long repeated_lines(char *text)
 {
-    long n = count_lines(text, "\n"), rep = 0;
+    long n = count_of(text, "\n"), rep = 0;
     char **lines = malloc((size_t)(n + 1) * sizeof(*lines));
     long k = 0;
-    for (char *save = NULL, *l = strtok_r(text, "\n", &save); l;
-         l = strtok_r(NULL, "\n", &save))
+    for (char *l = text, *nl; *l && (nl = strchr(l, '\n')); l = nl + 1) {
+        *nl = '\0';
         lines[k++] = l;
+    }
     qsort(lines, (size_t)k, sizeof(*lines), cmp_str);
     for (long i = 1; i < k; i++)
         rep += strcmp(lines[i - 1], lines[i]) == 0;
@@ -536,7 +548,7 @@ Test(retry, test_interrupted_runs_continue_and_send_each_document_once)
     /* 1. SIGINT while the fifth chunk waits on a lock: the chunk is
      *    finished, then the command stops. */
     lock_document(0, 5000);
-    pid_t a = tenv_spawn_io(&T, args, NULL, NULL, outs[0], errs[0]);
+    pid_t a = tenv_spawn_io(&T, args, patient, NULL, outs[0], errs[0]);
     wait_blocked_at(4000);
     /* Meanwhile a second process on the same selection is refused. */
     cr_assert_eq(retry(args, NULL), 1);
@@ -558,7 +570,7 @@ Test(retry, test_interrupted_runs_continue_and_send_each_document_once)
     /* 2. SIGKILL while the ninth chunk waits for its rows: nothing of it
      *    was sent. */
     lock_document(0, 9000);
-    pid_t b = tenv_spawn_io(&T, args, NULL, NULL, outs[1], errs[1]);
+    pid_t b = tenv_spawn_io(&T, args, patient, NULL, outs[1], errs[1]);
     wait_blocked_at(8000);
     kill(b, SIGKILL);
     cr_assert_eq(tenv_wait(b), 128 + SIGKILL);
@@ -573,7 +585,7 @@ Test(retry, test_interrupted_runs_continue_and_send_each_document_once)
     /* 3. SIGKILL after the thirteenth chunk's records were acknowledged,
      *    before its transaction committed (held at the run's cursor). */
     lock_document(0, 13000);
-    pid_t c = tenv_spawn_io(&T, args, NULL, NULL, outs[2], errs[2]);
+    pid_t c = tenv_spawn_io(&T, args, patient, NULL, outs[2], errs[2]);
     wait_blocked_at(12000);
     locker(1, "SELECT 1 FROM upload_pipeline.retry_runs FOR UPDATE");
     exec_ok(extra[0], "COMMIT");
@@ -600,7 +612,7 @@ Test(retry, test_interrupted_runs_continue_and_send_each_document_once)
     pipeline_completes_them();
 
     /* 4. The same command finishes the rest. */
-    cr_assert_eq(tenv_wait(tenv_spawn_io(&T, args, NULL, NULL, outs[3], errs[3])), 0);
+    cr_assert_eq(tenv_wait(tenv_spawn_io(&T, args, patient, NULL, outs[3], errs[3])), 0);
     err = tenv_slurp(errs[3]);
     cr_assert(strstr(err, "continuing run"), "%s", err);
     free(err);
@@ -616,7 +628,7 @@ Test(retry, test_interrupted_runs_continue_and_send_each_document_once)
     char *all = strdup("");
     for (int i = 0; i < 4; i++)
         all = append_file(all, outs[i]);
-    cr_assert_eq(count_lines(all, "\n"), n);
+    cr_assert_eq(count_of(all, "\n"), n);
     cr_assert_eq(repeated_lines(all), 0);
     free(all);
     cr_assert_eq(tenv_scalar(&T, "SELECT count(*) FROM upload_pipeline.retry_runs"
@@ -643,7 +655,7 @@ Test(retry, test_restart_abandons_the_unfinished_run_and_starts_over)
     insert_docs(3000, "complete");
     const char *args[] = {"retry", "--from", "chunk", "--all", "--batch", "500", NULL};
     lock_document(0, 1000);
-    pid_t a = tenv_spawn_io(&T, args, NULL, NULL, out_path, err_path);
+    pid_t a = tenv_spawn_io(&T, args, patient, NULL, out_path, err_path);
     wait_blocked_at(500);
     kill(a, SIGTERM);
     usleep(200000);
@@ -655,7 +667,7 @@ Test(retry, test_restart_abandons_the_unfinished_run_and_starts_over)
                          "--dry-run", NULL};
     cr_assert_eq(retry(dry, NULL), 0);
     char *out = tenv_slurp(out_path), *err = tenv_slurp(err_path);
-    cr_assert_eq(count_lines(out, "\n"), 2000);
+    cr_assert_eq(count_of(out, "\n"), 2000);
     cr_assert(strstr(err, "would continue run"), "%s", err);
     free(out);
     free(err);
@@ -666,7 +678,7 @@ Test(retry, test_restart_abandons_the_unfinished_run_and_starts_over)
     cr_assert(strstr(err, "abandoned"), "%s", err);
     free(err);
     out = tenv_slurp(out_path);
-    cr_assert_eq(count_lines(out, "\n"), 3000, "every document, from the start");
+    cr_assert_eq(count_of(out, "\n"), 3000, "every document, from the start");
     free(out);
     cr_assert_eq(tenv_scalar(&T, "SELECT count(*) FROM upload_pipeline.upload_jobs"
                  " WHERE retry_count = 2"), 1000);
