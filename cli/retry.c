@@ -384,8 +384,8 @@ out:
     return rc;
 }
 
-/* Checks --from and --state against the routes; fills in the states the
- * filters take when none are named. 0, or 2 after a usage error. */
+/* Checks --from and --state against the routes: 0, or 2 after a usage
+ * error. */
 static int check_selection(retry_cmd *c)
 {
     dp_retry_sel *s = c->sel;
