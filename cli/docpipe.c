@@ -7,7 +7,8 @@
  *   docpipe submit <file|dir>...    store files and publish their uploads
  *   docpipe status [<document>...]  counts by state, or one document's story
  *   docpipe wait [<document>...]    until complete or failed
- *   docpipe retry [<document>...]   failed documents through again, after a fix
+ *   docpipe retry <selection>       failed documents through again, after a fix
+ *   docpipe replay <stage> ...      a stage's records processed again
  *   docpipe dlq <command>           dead letters: list, show, redrive, purge
  *   docpipe demo-produce N [...]    publish demonstration records
  *   docpipe config-doc              print docs/configuration.md
@@ -60,13 +61,14 @@ static void usage(FILE *out)
         "  wait [--timeout S] [<document>...]\n"
         "                           until the documents (default: all) are complete\n"
         "                           or failed; exit 0 only if all complete\n"
-        "  retry [--dry-run] [--user UUID] [--from parse|chunk|embed]\n"
-        "        [<document>...]    send failed documents (default: every one,\n"
-        "                           or every one of the user) through again\n"
-        "                           from the stage that failed, after a fix;\n"
-        "                           --from: these documents (or the user's),\n"
-        "                           complete ones too, from that stage;\n"
-        "                           prints document, state, stage\n"
+        "  retry [--from parse|chunk|embed] [--dry-run] [--batch N] [--restart]\n"
+        "        <document>... | - | --all | --user UUID | --state S |\n"
+        "        --since T | --until T\n"
+        "                           send the chosen failed documents through\n"
+        "                           again from the stage that failed, after a\n"
+        "                           fix; --from: complete ones too, from that\n"
+        "                           stage; in chunks of N, resumable; prints\n"
+        "                           document, state, stage (docpipe retry --help)\n"
         "  replay <stage> (--to-earliest | --to-latest | --to-datetime T |\n"
         "         --to-offset N | --shift-by N) [--partition P]... [--execute]\n"
         "                           move a stage back (or on) in its input topic:\n"
@@ -100,7 +102,9 @@ static void usage(FILE *out)
 int dp_cmd_submit(const dp_config *cfg, int argc, char **argv);
 int dp_cmd_status(const dp_config *cfg, int argc, char **argv);
 int dp_cmd_wait(const dp_config *cfg, int argc, char **argv);
-int dp_cmd_retry(const dp_config *cfg, int argc, char **argv);
+int dp_cmd_retry(const dp_config *cfg, int argc, char **argv,
+                 volatile sig_atomic_t *stop);
+void dp_retry_usage(FILE *out);
 int dp_cmd_replay(const dp_config *cfg, int argc, char **argv);
 int dp_cmd_dlq(const dp_config *cfg, volatile sig_atomic_t *stop, int argc, char **argv);
 
@@ -346,7 +350,10 @@ int main(int argc, char **argv)
     for (int i = 2; i < argc && strcmp(argv[1], "dlq") != 0 &&
                     strcmp(argv[1], "replay") != 0; i++)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage(stdout);
+            if (strcmp(argv[1], "retry") == 0)
+                dp_retry_usage(stdout);
+            else
+                usage(stdout);
             return 0;
         }
     dp_config cfg;
@@ -379,7 +386,7 @@ int main(int argc, char **argv)
     else if (strcmp(cmd, "wait") == 0)
         rc = dp_cmd_wait(&cfg, argc - 2, argv + 2);
     else if (strcmp(cmd, "retry") == 0)
-        rc = dp_cmd_retry(&cfg, argc - 2, argv + 2);
+        rc = dp_cmd_retry(&cfg, argc - 2, argv + 2, &dp_stop);
     else if (strcmp(cmd, "replay") == 0)
         rc = dp_cmd_replay(&cfg, argc - 2, argv + 2);
     else if (strcmp(cmd, "dlq") == 0)

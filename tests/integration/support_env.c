@@ -92,8 +92,21 @@ static void child_env(tenv *t, const char *const *env)
         putenv((char *)env[i]);
 }
 
-static pid_t spawn(tenv *t, const char *const *args, const char *const *env,
-                   const char *logfile, const char *outfile)
+/* Redirects fd to path (opened with flags); nothing when path is NULL. */
+static void redirect(int fd, const char *path, int flags)
+{
+    if (!path)
+        return;
+    int f = open(path, flags, 0644);
+    if (f >= 0) {
+        dup2(f, fd);
+        close(f);
+    }
+}
+
+static pid_t spawn_io(tenv *t, const char *const *args, const char *const *env,
+                      const char *logfile, const char *infile, const char *outfile,
+                      const char *errfile)
 {
     int argc = 0;
     while (args[argc])
@@ -115,19 +128,21 @@ static pid_t spawn(tenv *t, const char *const *args, const char *const *env,
                 close(fd);
             }
         }
-        if (outfile) {
-            int fd = open(outfile, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-            if (fd >= 0) {
-                dup2(fd, STDOUT_FILENO);
-                close(fd);
-            }
-        }
+        redirect(STDIN_FILENO, infile, O_RDONLY);
+        redirect(STDOUT_FILENO, outfile, O_WRONLY | O_CREAT | O_TRUNC);
+        redirect(STDERR_FILENO, errfile, O_WRONLY | O_CREAT | O_TRUNC);
         execv(t->bin, (char *const *)argv);
         fprintf(stderr, "exec %s: %s\n", t->bin, strerror(errno));
         _exit(127);
     }
     free(argv);
     return pid;
+}
+
+static pid_t spawn(tenv *t, const char *const *args, const char *const *env,
+                   const char *logfile, const char *outfile)
+{
+    return spawn_io(t, args, env, logfile, NULL, outfile, NULL);
 }
 
 int tenv_docpipe(tenv *t, const char *const *args, const char *const *env)
@@ -172,6 +187,20 @@ pid_t tenv_spawn(tenv *t, const char *const *args, const char *logfile,
                  const char *const *env)
 {
     return keep_running(spawn(t, args, env, logfile, NULL));
+}
+
+pid_t tenv_spawn_io(tenv *t, const char *const *args, const char *const *env,
+                    const char *infile, const char *outfile, const char *errfile)
+{
+    return keep_running(spawn_io(t, args, env, NULL, infile, outfile, errfile));
+}
+
+int tenv_wait(pid_t pid)
+{
+    forget_running(pid);
+    int st;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
 int tenv_stop(pid_t pid, int sig, int timeout_ms)

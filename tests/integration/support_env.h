@@ -38,6 +38,13 @@ int tenv_docpipe_out(tenv *t, const char *const *args, const char *const *env,
 pid_t tenv_spawn(tenv *t, const char *const *args, const char *logfile,
                  const char *const *env);
 
+/* Starts docpipe with args in the background, standard input, output and
+ * error from and to the files named (each may be NULL: inherited). */
+pid_t tenv_spawn_io(tenv *t, const char *const *args, const char *const *env,
+                    const char *infile, const char *outfile, const char *errfile);
+/* Waits for a child started by tenv_spawn*: its exit status, or 128+signal. */
+int tenv_wait(pid_t pid);
+
 /* Starts `docpipe run <stage>` in the background; stderr goes to logfile. */
 pid_t tenv_spawn_stage(tenv *t, const char *stage, const char *logfile,
                        const char *const *env);
