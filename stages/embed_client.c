@@ -447,12 +447,28 @@ static void reply_message(const struct buf *b, char *out, size_t outlen)
             *p = ' ';
 }
 
+static int is_base64_char(char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+           c == '+' || c == '/';
+}
+
 /* base64 of little-endian float32s into dim doubles; returns the count
  * decoded, or -1 if the text is not base64. */
 static long decode_base64_floats(const char *text, size_t len, double *out, int dim)
 {
     if (len % 4)
         return -1;
+    /* EVP_DecodeBlock skips whitespace at both ends and takes an '=' in the
+     * middle for zero bits, so "\t\t\t\tAAAAAAAAAAAAAAAA" or "AAA=AAAA..."
+     * would pass for a vector (tests/fuzz/regressions/embed_reply): only
+     * the base64 alphabet, padded by at most two final '=', is one. */
+    size_t pad = 0;
+    while (pad < 2 && pad < len && text[len - 1 - pad] == '=')
+        pad++;
+    for (size_t i = 0; i < len - pad; i++)
+        if (!is_base64_char(text[i]))
+            return -1;
     unsigned char *bytes = malloc(len / 4 * 3 + 1);
     if (!bytes)
         return -1;
