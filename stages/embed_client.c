@@ -529,6 +529,14 @@ static const char *string_end(const char *p, const char *end, int *escaped)
     return NULL;
 }
 
+static int only_base64(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!is_base64_char(p[i]) && p[i] != '=')
+            return 0;
+    return 1;
+}
+
 static int cut_embeddings(const char *reply, size_t len, struct slices *sl)
 {
     memset(sl, 0, sizeof(*sl));
@@ -551,7 +559,12 @@ static int cut_embeddings(const char *reply, size_t len, struct slices *sl)
         if (!close)
             break;            /* unterminated: let jansson report it */
         size_t n = (size_t)(close - p - 1);
-        if (after_key && !escaped && n >= 24) { /* "#k" never outgrows it */
+        /* Only a plain base64 string is cut: one with any other byte (a
+         * control character, invalid UTF-8) makes the reply invalid JSON,
+         * which jansson must see to call it so (retryable), rather than a
+         * bad vector (permanent).  Found by tests/fuzz/fuzz_embed_reply.c. */
+        if (after_key && !escaped && n >= 24 && only_base64(p + 1, n)) {
+            /* "#k" never outgrows it */
             if (sl->count == sl->cap) {
                 size_t cap = sl->cap ? sl->cap * 2 : 64;
                 struct slice *cut = realloc(sl->cut, cap * sizeof(*cut));
