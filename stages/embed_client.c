@@ -498,11 +498,18 @@ static long decode_base64_floats(const char *text, size_t len, double *out, int 
  * base64 string of ~8 KB per input; jansson lexes, checks and copies each one
  * byte by byte, which was half of the embed stage's CPU.  So before parsing,
  * the reply is copied with every string value of an "embedding" key replaced
- * by "#<k>" and its text remembered as slice k (a pointer into the reply):
- * jansson then parses the small rest, and the vectors are decoded straight
- * from the reply.  String boundaries are found honouring escapes, so a key
- * spelled inside another string is not mistaken for one; a value with an
- * escape in it is left to jansson ("\/" is legal JSON for "/").
+ * by "\u0000<k>" and its text remembered as slice k (a pointer into the
+ * reply): jansson then parses the small rest, and the vectors are decoded
+ * straight from the reply.  String boundaries are found honouring escapes,
+ * so a key spelled inside another string is not mistaken for one; a value
+ * with an escape in it is left to jansson ("\/" is legal JSON for "/").
+ *
+ * The mark starts with a NUL so that no string of the reply can pass for
+ * one: the copy is parsed with JSON_ALLOW_NUL, and a reply that itself
+ * holds a \u0000 is parsed as it is, without the flag, which refuses it as
+ * jansson always did.  (The mark used to be "#<k>": a reply whose second
+ * embedding was the string "#0" got the first one's vector;
+ * tests/fuzz/regressions/embed_reply.)
  */
 struct slices {
     char *skeleton;          /* the reply, embedding strings cut out */
@@ -512,15 +519,18 @@ struct slices {
         size_t n;
     } *cut;
     size_t count, cap;
+    int nul;                 /* a string of the reply holds \u0000 */
 };
 
-static const char *string_end(const char *p, const char *end, int *escaped)
+static const char *string_end(const char *p, const char *end, int *escaped, int *nul)
 {
     /* p is just past an opening quote; returns the closing quote or NULL. */
     *escaped = 0;
     for (; p < end; p++) {
         if (*p == '\\') {
             *escaped = 1;
+            if (end - p >= 6 && memcmp(p + 1, "u0000", 5) == 0)
+                *nul = 1;
             p++;
         } else if (*p == '"') {
             return p;
@@ -555,7 +565,7 @@ static int cut_embeddings(const char *reply, size_t len, struct slices *sl)
             continue;
         }
         int escaped;
-        const char *close = string_end(p + 1, end, &escaped);
+        const char *close = string_end(p + 1, end, &escaped, &sl->nul);
         if (!close)
             break;            /* unterminated: let jansson report it */
         size_t n = (size_t)(close - p - 1);
@@ -564,7 +574,7 @@ static int cut_embeddings(const char *reply, size_t len, struct slices *sl)
          * which jansson must see to call it so (retryable), rather than a
          * bad vector (permanent).  Found by tests/fuzz/fuzz_embed_reply.c. */
         if (after_key && !escaped && n >= 24 && only_base64(p + 1, n)) {
-            /* "#k" never outgrows it */
+            /* The mark (8 bytes and the digits of k) never outgrows it. */
             if (sl->count == sl->cap) {
                 size_t cap = sl->cap ? sl->cap * 2 : 64;
                 struct slice *cut = realloc(sl->cut, cap * sizeof(*cut));
@@ -574,7 +584,7 @@ static int cut_embeddings(const char *reply, size_t len, struct slices *sl)
                 sl->cap = cap;
             }
             sl->cut[sl->count] = (struct slice){p + 1, n};
-            o += sprintf(o, "\"#%zu\"", sl->count++);
+            o += sprintf(o, "\"\\u0000%zu\"", sl->count++);
             after_key = 0;
         } else {
             after_key = !escaped && n == 9 && memcmp(p + 1, "embedding", 9) == 0;
@@ -607,7 +617,7 @@ static dp_err parse_reply(dp_embed_client *c, dp_embed_job *job, const struct bu
         slices_free(&sl);
         return dp_errf(DP_ERR_RETRYABLE, err, errlen, "embeddings: out of memory");
     }
-    json_t *root = json_loadb(sl.skeleton, sl.len, 0, &je);
+    json_t *root = sl.nul ? NULL : json_loadb(sl.skeleton, sl.len, JSON_ALLOW_NUL, &je);
     if (!root) {
         /* Report where the reply itself breaks, not where its copy does. */
         json_t *again = json_loadb(b->p ? b->p : "", b->len, 0, &je);
@@ -680,7 +690,7 @@ static dp_err parse_reply(dp_embed_client *c, dp_embed_job *job, const struct bu
             size_t tlen = json_string_length(emb);
             size_t k;
             char tail;
-            if (tlen > 1 && text[0] == '#' && sscanf(text + 1, "%zu%c", &k, &tail) == 1 &&
+            if (tlen > 1 && text[0] == '\0' && sscanf(text + 1, "%zu%c", &k, &tail) == 1 &&
                 k < sl.count) {
                 text = sl.cut[k].at;   /* cut out by cut_embeddings */
                 tlen = sl.cut[k].n;
