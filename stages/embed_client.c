@@ -437,14 +437,17 @@ static void reply_message(const struct buf *b, char *out, size_t outlen)
                                                         "message"));
     if (!msg)
         msg = json_string_value(json_object_get(root, "error"));
-    if (msg)
-        snprintf(out, outlen, ": %s", msg);
-    else
-        snprintf(out, outlen, ": %.*s", (int)(b->len < 200 ? b->len : 200), b->p);
+    /* Quoted as valid UTF-8 on one line: 200 bytes of the body, or a
+     * message cut at outlen, could end inside a character, and the message
+     * goes to PostgreSQL (as in the Tika client). */
+    if (outlen > 2) {
+        memcpy(out, ": ", 3);
+        if (msg)
+            dp_err_quote(out + 2, outlen - 2, msg, strlen(msg));
+        else
+            dp_err_quote(out + 2, outlen - 2, b->p, b->len < 200 ? b->len : 200);
+    }
     json_decref(root);
-    for (char *p = out; *p; p++)
-        if (*p == '\n' || *p == '\r')
-            *p = ' ';
 }
 
 static int is_base64_char(char c)
@@ -623,9 +626,11 @@ static dp_err parse_reply(dp_embed_client *c, dp_embed_job *job, const struct bu
         json_t *again = json_loadb(b->p ? b->p : "", b->len, 0, &je);
         json_decref(again);
         slices_free(&sl);
+        char why[sizeof(je.text)];
+        dp_err_quote(why, sizeof(why), je.text, strlen(je.text)); /* it quotes the reply */
         return dp_errf(DP_ERR_RETRYABLE, err, errlen,
                        "embeddings: HTTP %d reply is not JSON (%s at byte %d)",
-                       job->http_status, je.text, je.position);
+                       job->http_status, why, je.position);
     }
     dp_err rc = DP_OK;
     float *vec = NULL;

@@ -147,10 +147,14 @@ static dp_err outcome(CURLcode cc, long status, const struct sink *sink, size_t 
                                         "or not of its declared type)"
                       : status == 415 ? " (unsupported media type)"
                                       : "";
+    /* The start of Tika's complaint, quoted as valid UTF-8: its bytes cut at
+     * 200 could end inside a character, and the message goes to PostgreSQL
+     * (tests/fuzz/regressions/tika_reply). */
+    char said[201];
+    dp_err_quote(said, sizeof(said), sink->p ? sink->p : "", sink->len < 200 ? sink->len : 200);
     return dp_errf(permanent ? DP_ERR_PERMANENT : DP_ERR_RETRYABLE, err, errlen,
-                   "tika: HTTP %ld for a %zu-byte document (%s)%s%s%.*s", status, len, what,
-                   why, sink->len ? ": " : "", (int)(sink->len < 200 ? sink->len : 200),
-                   sink->p ? sink->p : "");
+                   "tika: HTTP %ld for a %zu-byte document (%s)%s%s%s", status, len, what,
+                   why, sink->len ? ": " : "", said);
 }
 
 /* One request; the breaker is told by the caller. */

@@ -19,7 +19,8 @@
  *   - otherwise DP_OK, with exactly those vectors (as float32) at their
  *     indexes, and each vector_sha the dp_vector_sha256 of the values as
  *     sent.
- * On any failure the job holds no vectors and says why.
+ * On any failure the job holds no vectors and says why, in valid UTF-8
+ * without control characters (the message goes to PostgreSQL).
  */
 #include <math.h>
 #include <string.h>
@@ -189,6 +190,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                    "vector_sha differs");
     } else {
         FUZZ_CHECK(!job.vectors && !job.shas && job.error[0], "failed with vectors or no why");
+        FUZZ_CHECK(fuzz_utf8_message(job.error, strlen(job.error)),
+                   "message is not valid UTF-8");
     }
     free(job.vectors);
     free(job.shas);

@@ -14,7 +14,8 @@
  * (tika_client.h): 2xx within max_bytes is DP_OK with exactly the body as
  * a NUL-terminated text; a body over max_bytes is DP_ERR_PERMANENT; 4xx
  * other than 408 and 429 is DP_ERR_PERMANENT; everything else
- * DP_ERR_RETRYABLE; a failure hands no text over and says why.
+ * DP_ERR_RETRYABLE; a failure hands no text over and says why, in valid
+ * UTF-8 without control characters (the message goes to PostgreSQL).
  */
 #include <string.h>
 
@@ -49,6 +50,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(err[0] == '\0', "ok with a message");
     } else {
         FUZZ_CHECK(text == NULL && text_len == 0 && err[0], "failed with a text or no why");
+        FUZZ_CHECK(fuzz_utf8_message(err, strlen(err)), "message is not valid UTF-8");
     }
     free(text);
     return 0;

@@ -55,6 +55,11 @@ struct dp_avro_registry;
 size_t fuzz_avro_schemas(struct dp_avro_registry *reg, uint64_t *fps, char **stems,
                          int *stage, size_t max);
 
+/* Whether s[0..n) is valid UTF-8 (RFC 3629: no overlong forms, surrogates
+ * or code points above U+10FFFF) without control characters other than
+ * tab: what a message must be to go into a PostgreSQL text column. */
+int fuzz_utf8_message(const char *s, size_t n);
+
 /* Input consumed from the front, a byte at a time; 0 once it is used up. */
 typedef struct fuzz_in {
     const uint8_t *p;
