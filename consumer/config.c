@@ -149,7 +149,10 @@ static dp_err set_value(dp_config *cfg, const dp_config_entry *e,
     case CT_DOUBLE: {
         errno = 0;
         double v = strtod(value, &end);
-        if (errno || end == value || *end || v < e->min || v > e->max)
+        /* Written as "inside the range", not "outside it": strtod reads
+         * "nan", and a NaN compares false with both ends, so
+         * "retry_jitter = nan" was accepted (tests/fuzz/regressions/config). */
+        if (errno || end == value || *end || !(v >= e->min && v <= e->max))
             return dp_errf(DP_ERR_PERMANENT, err, errlen,
                            "setting %s from %s: '%s' is not a number from "
                            "%g to %g", e->name, source, value, e->min, e->max);

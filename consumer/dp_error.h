@@ -26,8 +26,19 @@ typedef enum dp_err {
 const char *dp_err2str(dp_err err);
 
 /* Writes a printf-style message into buf (if buf is not NULL) and returns err,
- * so failures read as: return dp_errf(DP_ERR_PERMANENT, err, errlen, "..."). */
+ * so failures read as: return dp_errf(DP_ERR_PERMANENT, err, errlen, "...").
+ * A message cut short by buflen loses the last character whole, never part
+ * of its UTF-8 encoding. */
 dp_err dp_errf(dp_err err, char *buf, size_t buflen, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+
+/* Quotes n bytes from outside (a service's reply: any bytes) for a message:
+ * writes them into out as at most outlen - 1 bytes of UTF-8 and a NUL, with
+ * line breaks and tabs as spaces, every other control byte and every byte
+ * that does not begin a valid character as '?', and a character that does
+ * not fit whole left out.  Messages end up in PostgreSQL text columns, Kafka
+ * headers and JSON log lines, which take no invalid UTF-8.  Returns the
+ * bytes written. */
+size_t dp_err_quote(char *out, size_t outlen, const void *text, size_t n);
 
 #endif

@@ -18,6 +18,9 @@ PACKAGES=(
     libmicrohttpd-dev libssl-dev libpq-dev
     # tests
     libcriterion-dev
+    # fuzzing (scripts/fuzz.sh): clang, and its libFuzzer and sanitizer
+    # runtimes, which clang only recommends
+    clang libclang-rt-14-dev
     # test services: PostgreSQL, and Kafka/Tika run from Maven jars
     postgresql-15 postgresql-client-15 openjdk-17-jre-headless maven
     # tools the scripts use

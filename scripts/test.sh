@@ -6,12 +6,15 @@
 #   3. build in build/ (RelWithDebInfo) and run ctest,
 #   4. build in build-asan/ with -DDOCPIPE_SANITIZE=ON (ASan + UBSan) and
 #      run ctest again, failing on any leak report too,
-#   5. stop the services this run started; ones it reused keep running.
+#   5. build the libFuzzer harnesses with clang in build-fuzz/ and run each
+#      for FUZZ_SECONDS (default 20) seconds (scripts/fuzz.sh),
+#   6. stop the services this run started; ones it reused keep running.
 #
 #   scripts/test.sh [CTEST_ARGS...]   e.g. scripts/test.sh -L unit
 #
-# Environment: DOCPIPE_SKIP_ASAN=1 skips step 4; DOCPIPE_SKIP_APT=1 skips
-# step 1; the port overrides of the service scripts apply.
+# Environment: DOCPIPE_SKIP_ASAN=1 skips step 4; DOCPIPE_SKIP_FUZZ=1 skips
+# step 5; DOCPIPE_SKIP_APT=1 skips step 1; the port overrides of the
+# service scripts apply.
 # Exit status: 0 only when every build and every test passed.
 set -euo pipefail
 DP_NAME=test.sh
@@ -101,6 +104,10 @@ if [[ "${DOCPIPE_SKIP_ASAN:-0}" != 1 ]]; then
             run_ctest --test-dir build-asan --output-on-failure "$@" || true
         step "no leaks reported (build-asan/)" no_leaks build-asan || true
     fi
+fi
+
+if [[ "${DOCPIPE_SKIP_FUZZ:-0}" != 1 ]]; then
+    step "fuzz (build-fuzz/)" scripts/fuzz.sh || true
 fi
 
 say "summary:"

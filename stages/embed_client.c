@@ -437,14 +437,23 @@ static void reply_message(const struct buf *b, char *out, size_t outlen)
                                                         "message"));
     if (!msg)
         msg = json_string_value(json_object_get(root, "error"));
-    if (msg)
-        snprintf(out, outlen, ": %s", msg);
-    else
-        snprintf(out, outlen, ": %.*s", (int)(b->len < 200 ? b->len : 200), b->p);
+    /* Quoted as valid UTF-8 on one line: 200 bytes of the body, or a
+     * message cut at outlen, could end inside a character, and the message
+     * goes to PostgreSQL (as in the Tika client). */
+    if (outlen > 2) {
+        memcpy(out, ": ", 3);
+        if (msg)
+            dp_err_quote(out + 2, outlen - 2, msg, strlen(msg));
+        else
+            dp_err_quote(out + 2, outlen - 2, b->p, b->len < 200 ? b->len : 200);
+    }
     json_decref(root);
-    for (char *p = out; *p; p++)
-        if (*p == '\n' || *p == '\r')
-            *p = ' ';
+}
+
+static int is_base64_char(char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+           c == '+' || c == '/';
 }
 
 /* base64 of little-endian float32s into dim doubles; returns the count
@@ -453,6 +462,16 @@ static long decode_base64_floats(const char *text, size_t len, double *out, int 
 {
     if (len % 4)
         return -1;
+    /* EVP_DecodeBlock skips whitespace at both ends and takes an '=' in the
+     * middle for zero bits, so "\t\t\t\tAAAAAAAAAAAAAAAA" or "AAA=AAAA..."
+     * would pass for a vector (tests/fuzz/regressions/embed_reply): only
+     * the base64 alphabet, padded by at most two final '=', is one. */
+    size_t pad = 0;
+    while (pad < 2 && pad < len && text[len - 1 - pad] == '=')
+        pad++;
+    for (size_t i = 0; i < len - pad; i++)
+        if (!is_base64_char(text[i]))
+            return -1;
     unsigned char *bytes = malloc(len / 4 * 3 + 1);
     if (!bytes)
         return -1;
@@ -482,11 +501,18 @@ static long decode_base64_floats(const char *text, size_t len, double *out, int 
  * base64 string of ~8 KB per input; jansson lexes, checks and copies each one
  * byte by byte, which was half of the embed stage's CPU.  So before parsing,
  * the reply is copied with every string value of an "embedding" key replaced
- * by "#<k>" and its text remembered as slice k (a pointer into the reply):
- * jansson then parses the small rest, and the vectors are decoded straight
- * from the reply.  String boundaries are found honouring escapes, so a key
- * spelled inside another string is not mistaken for one; a value with an
- * escape in it is left to jansson ("\/" is legal JSON for "/").
+ * by "\u0000<k>" and its text remembered as slice k (a pointer into the
+ * reply): jansson then parses the small rest, and the vectors are decoded
+ * straight from the reply.  String boundaries are found honouring escapes,
+ * so a key spelled inside another string is not mistaken for one; a value
+ * with an escape in it is left to jansson ("\/" is legal JSON for "/").
+ *
+ * The mark starts with a NUL so that no string of the reply can pass for
+ * one: the copy is parsed with JSON_ALLOW_NUL, and a reply that itself
+ * holds a \u0000 is parsed as it is, without the flag, which refuses it as
+ * jansson always did.  (The mark used to be "#<k>": a reply whose second
+ * embedding was the string "#0" got the first one's vector;
+ * tests/fuzz/regressions/embed_reply.)
  */
 struct slices {
     char *skeleton;          /* the reply, embedding strings cut out */
@@ -496,21 +522,32 @@ struct slices {
         size_t n;
     } *cut;
     size_t count, cap;
+    int nul;                 /* a string of the reply holds \u0000 */
 };
 
-static const char *string_end(const char *p, const char *end, int *escaped)
+static const char *string_end(const char *p, const char *end, int *escaped, int *nul)
 {
     /* p is just past an opening quote; returns the closing quote or NULL. */
     *escaped = 0;
     for (; p < end; p++) {
         if (*p == '\\') {
             *escaped = 1;
+            if (end - p >= 6 && memcmp(p + 1, "u0000", 5) == 0)
+                *nul = 1;
             p++;
         } else if (*p == '"') {
             return p;
         }
     }
     return NULL;
+}
+
+static int only_base64(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!is_base64_char(p[i]) && p[i] != '=')
+            return 0;
+    return 1;
 }
 
 static int cut_embeddings(const char *reply, size_t len, struct slices *sl)
@@ -531,11 +568,16 @@ static int cut_embeddings(const char *reply, size_t len, struct slices *sl)
             continue;
         }
         int escaped;
-        const char *close = string_end(p + 1, end, &escaped);
+        const char *close = string_end(p + 1, end, &escaped, &sl->nul);
         if (!close)
             break;            /* unterminated: let jansson report it */
         size_t n = (size_t)(close - p - 1);
-        if (after_key && !escaped && n >= 24) { /* "#k" never outgrows it */
+        /* Only a plain base64 string is cut: one with any other byte (a
+         * control character, invalid UTF-8) makes the reply invalid JSON,
+         * which jansson must see to call it so (retryable), rather than a
+         * bad vector (permanent).  Found by tests/fuzz/fuzz_embed_reply.c. */
+        if (after_key && !escaped && n >= 24 && only_base64(p + 1, n)) {
+            /* The mark (8 bytes and the digits of k) never outgrows it. */
             if (sl->count == sl->cap) {
                 size_t cap = sl->cap ? sl->cap * 2 : 64;
                 struct slice *cut = realloc(sl->cut, cap * sizeof(*cut));
@@ -545,7 +587,7 @@ static int cut_embeddings(const char *reply, size_t len, struct slices *sl)
                 sl->cap = cap;
             }
             sl->cut[sl->count] = (struct slice){p + 1, n};
-            o += sprintf(o, "\"#%zu\"", sl->count++);
+            o += sprintf(o, "\"\\u0000%zu\"", sl->count++);
             after_key = 0;
         } else {
             after_key = !escaped && n == 9 && memcmp(p + 1, "embedding", 9) == 0;
@@ -578,15 +620,17 @@ static dp_err parse_reply(dp_embed_client *c, dp_embed_job *job, const struct bu
         slices_free(&sl);
         return dp_errf(DP_ERR_RETRYABLE, err, errlen, "embeddings: out of memory");
     }
-    json_t *root = json_loadb(sl.skeleton, sl.len, 0, &je);
+    json_t *root = sl.nul ? NULL : json_loadb(sl.skeleton, sl.len, JSON_ALLOW_NUL, &je);
     if (!root) {
         /* Report where the reply itself breaks, not where its copy does. */
         json_t *again = json_loadb(b->p ? b->p : "", b->len, 0, &je);
         json_decref(again);
         slices_free(&sl);
+        char why[sizeof(je.text)];
+        dp_err_quote(why, sizeof(why), je.text, strlen(je.text)); /* it quotes the reply */
         return dp_errf(DP_ERR_RETRYABLE, err, errlen,
                        "embeddings: HTTP %d reply is not JSON (%s at byte %d)",
-                       job->http_status, je.text, je.position);
+                       job->http_status, why, je.position);
     }
     dp_err rc = DP_OK;
     float *vec = NULL;
@@ -651,7 +695,7 @@ static dp_err parse_reply(dp_embed_client *c, dp_embed_job *job, const struct bu
             size_t tlen = json_string_length(emb);
             size_t k;
             char tail;
-            if (tlen > 1 && text[0] == '#' && sscanf(text + 1, "%zu%c", &k, &tail) == 1 &&
+            if (tlen > 1 && text[0] == '\0' && sscanf(text + 1, "%zu%c", &k, &tail) == 1 &&
                 k < sl.count) {
                 text = sl.cut[k].at;   /* cut out by cut_embeddings */
                 tlen = sl.cut[k].n;

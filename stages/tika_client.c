@@ -123,6 +123,40 @@ static int64_t ms_since(const struct timespec *t0)
     return (int64_t)(now.tv_sec - t0->tv_sec) * 1000 + (now.tv_nsec - t0->tv_nsec) / 1000000;
 }
 
+/* What an answer means: the transfer's outcome cc, the HTTP status and the
+ * body collected in sink (the text on DP_OK, the start of Tika's complaint
+ * otherwise).  curl_err and endpoint only enter the message. */
+static dp_err outcome(CURLcode cc, long status, const struct sink *sink, size_t len,
+                      const char *content_type, const char *curl_err,
+                      const char *endpoint, int64_t ms, char *err, size_t errlen)
+{
+    const char *what = content_type ? content_type : "undeclared type";
+    if (cc != CURLE_OK) {
+        if (sink->over)
+            return dp_errf(DP_ERR_PERMANENT, err, errlen,
+                           "tika: the text of the %zu-byte document (%s) is over %zu bytes",
+                           len, what, sink->max);
+        return dp_errf(DP_ERR_RETRYABLE, err, errlen, "tika: %s after %lld ms (%s)",
+                       curl_easy_strerror(cc), (long long)ms,
+                       curl_err[0] ? curl_err : endpoint);
+    }
+    if (status >= 200 && status < 300)
+        return DP_OK;
+    int permanent = status >= 400 && status < 500 && status != 408 && status != 429;
+    const char *why = status == 422   ? " (Tika could not parse it: corrupt, encrypted, "
+                                        "or not of its declared type)"
+                      : status == 415 ? " (unsupported media type)"
+                                      : "";
+    /* The start of Tika's complaint, quoted as valid UTF-8: its bytes cut at
+     * 200 could end inside a character, and the message goes to PostgreSQL
+     * (tests/fuzz/regressions/tika_reply). */
+    char said[201];
+    dp_err_quote(said, sizeof(said), sink->p ? sink->p : "", sink->len < 200 ? sink->len : 200);
+    return dp_errf(permanent ? DP_ERR_PERMANENT : DP_ERR_RETRYABLE, err, errlen,
+                   "tika: HTTP %ld for a %zu-byte document (%s)%s%s%s", status, len, what,
+                   why, sink->len ? ": " : "", said);
+}
+
 /* One request; the breaker is told by the caller. */
 static dp_err put_document(dp_tika_client *c, const void *data, size_t len,
                            const char *content_type, struct sink *sink, char *err,
@@ -162,28 +196,50 @@ static dp_err put_document(dp_tika_client *c, const void *data, size_t len,
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, NULL);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, NULL);
     curl_slist_free_all(h);
+    return outcome(cc, status, sink, len, content_type, curl_err, c->endpoint,
+                   ms_since(&t0), err, errlen);
+}
 
-    const char *what = content_type ? content_type : "undeclared type";
-    if (cc != CURLE_OK) {
-        if (sink->over)
-            return dp_errf(DP_ERR_PERMANENT, err, errlen,
-                           "tika: the text of the %zu-byte document (%s) is over %zu bytes",
-                           len, what, sink->max);
-        return dp_errf(DP_ERR_RETRYABLE, err, errlen, "tika: %s after %lld ms (%s)",
-                       curl_easy_strerror(cc), (long long)ms_since(&t0),
-                       curl_err[0] ? curl_err : c->endpoint);
+/* Hands the collected text over on DP_OK (an empty one too), frees it
+ * otherwise. */
+static dp_err take_text(dp_err rc, struct sink *sink, char **text, size_t *text_len,
+                        char *err, size_t errlen)
+{
+    if (rc != DP_OK) {
+        free(sink->p);
+        return rc;
     }
-    if (status >= 200 && status < 300)
-        return DP_OK;
-    int permanent = status >= 400 && status < 500 && status != 408 && status != 429;
-    const char *why = status == 422   ? " (Tika could not parse it: corrupt, encrypted, "
-                                        "or not of its declared type)"
-                      : status == 415 ? " (unsupported media type)"
-                                      : "";
-    return dp_errf(permanent ? DP_ERR_PERMANENT : DP_ERR_RETRYABLE, err, errlen,
-                   "tika: HTTP %ld for a %zu-byte document (%s)%s%s%.*s", status, len, what,
-                   why, sink->len ? ": " : "", (int)(sink->len < 200 ? sink->len : 200),
-                   sink->p ? sink->p : "");
+    if (!sink->p && !(sink->p = calloc(1, 1)))
+        return dp_errf(DP_ERR_RETRYABLE, err, errlen, "tika: out of memory");
+    *text = sink->p;
+    if (text_len)
+        *text_len = sink->len;
+    if (err && errlen)
+        err[0] = '\0';
+    return DP_OK;
+}
+
+dp_err dp_tika_reply(long status, const void *body, size_t body_len, size_t piece,
+                     size_t len, const char *content_type, size_t max_bytes, char **text,
+                     size_t *text_len, char *err, size_t errlen)
+{
+    *text = NULL;
+    if (text_len)
+        *text_len = 0;
+    struct sink sink = {.max = max_bytes};
+    CURLcode cc = CURLE_OK;
+    for (size_t at = 0; at < body_len;) {
+        size_t n = piece && piece < body_len - at ? piece : body_len - at;
+        /* libcurl's write buffer is not const; collect() only reads it. */
+        if (collect((char *)body + at, 1, n, &sink) != n) {
+            cc = CURLE_WRITE_ERROR;
+            break;
+        }
+        at += n;
+    }
+    dp_err rc = outcome(cc, status, &sink, len, content_type, "", "(no server)", 0, err,
+                        errlen);
+    return take_text(rc, &sink, text, text_len, err, errlen);
 }
 
 dp_err dp_tika_parse(dp_tika_client *c, const void *data, size_t len,
@@ -207,20 +263,9 @@ dp_err dp_tika_parse(dp_tika_client *c, const void *data, size_t len,
         dp_breaker_failure(c->breaker);
     else
         dp_breaker_success(c->breaker);
-    if (rc != DP_OK) {
-        free(sink.p);
-        if (dp_log_enabled(DP_LOG_DEBUG))
-            dp_logj(DP_LOG_DEBUG, NULL,
-                    json_pack("{s:s, s:s}", "service", "tika", "result", dp_err2str(rc)), "%s",
-                    err ? err : "tika call failed");
-        return rc;
-    }
-    if (!sink.p && !(sink.p = calloc(1, 1)))
-        return dp_errf(DP_ERR_RETRYABLE, err, errlen, "tika: out of memory");
-    *text = sink.p;
-    if (text_len)
-        *text_len = sink.len;
-    if (err && errlen)
-        err[0] = '\0';
-    return DP_OK;
+    if (rc != DP_OK && dp_log_enabled(DP_LOG_DEBUG))
+        dp_logj(DP_LOG_DEBUG, NULL,
+                json_pack("{s:s, s:s}", "service", "tika", "result", dp_err2str(rc)), "%s",
+                err ? err : "tika call failed");
+    return take_text(rc, &sink, text, text_len, err, errlen);
 }

@@ -50,4 +50,13 @@ dp_err dp_tika_parse(dp_tika_client *c, const void *data, size_t len,
                      const char *content_type, size_t max_bytes, char **text,
                      size_t *text_len, char *err, size_t errlen);
 
+/* Exposed for tests and fuzzing: what dp_tika_parse makes of one answer,
+ * without a server.  status is the HTTP status, body[0..body_len) the reply
+ * as libcurl would hand it to the client, in pieces of `piece` bytes (0:
+ * one piece); len and content_type are the document's, for the message.
+ * Outcomes, *text and err as from dp_tika_parse; the breaker is not told. */
+dp_err dp_tika_reply(long status, const void *body, size_t body_len, size_t piece,
+                     size_t len, const char *content_type, size_t max_bytes, char **text,
+                     size_t *text_len, char *err, size_t errlen);
+
 #endif
