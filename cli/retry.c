@@ -56,6 +56,7 @@
 
 #include "clock.h"
 #include "config.h"
+#include "docdb.h"
 #include "docmsg.h"
 #include "ids.h"
 #include "pg.h"
@@ -199,11 +200,15 @@ static int send_again(retry_cmd *c, retry_chunk *ch, const dp_retry_doc *d)
     if (!c->pub)
         free(buf);
     else {
-        char *topic = dp_topic_name(c->cfg, rt->topic);
-        int bad = dp_publisher_send(c->pub, topic, d->document_id,
-                                    strlen(d->document_id), buf, len,
-                                    "docpipe-correlation-id", d->correlation_id,
-                                    err, sizeof(err));
+        char *topic = dp_topic_name(c->cfg, rt->topic), gen[32];
+        /* The document's next generation: work of the failed (or done)
+         * one still in flight is discarded by the stages. */
+        snprintf(gen, sizeof(gen), "%lld", d->generation + 1);
+        const char *h[] = {"docpipe-correlation-id", d->correlation_id,
+                           "docpipe-generation", gen, NULL};
+        int bad = dp_publisher_send_headers(c->pub, topic, d->document_id,
+                                            strlen(d->document_id), buf, len, h,
+                                            err, sizeof(err));
         free(topic);
         if (bad) {
             fprintf(stderr, "docpipe retry: %s: %s\n", d->document_id, err);
@@ -232,21 +237,20 @@ static int record_moves(retry_cmd *c, retry_chunk *ch)
     const char *p_rechunk[1] = {ch->rechunk.data};
     const char *p_docs[5] = {ch->docs.data, ch->stages.data, ch->states.data,
                              ch->queued.data, run};
-    if (exec_cmd(c->db, "remove embeddings",
-                 "WITH f AS (DELETE FROM upload_pipeline.document_chunks"
-                 "   WHERE document_id = ANY ($1::uuid[])),"
-                 " b AS (DELETE FROM upload_pipeline.embedding_batches"
-                 "   WHERE document_id = ANY ($1::uuid[]))"
-                 " DELETE FROM upload_pipeline.document_vector_buffer"
-                 " WHERE document_id = ANY ($1::uuid[])", 1, p_docs) ||
-        exec_cmd(c->db, "remove chunks",
-                 "DELETE FROM upload_pipeline.document_chunk_buffer"
-                 " WHERE document_id = ANY ($1::uuid[])", 1, p_rechunk) ||
-        exec_cmd(c->db, "record retries",
+    /* As a replay does (docdb.h): the final rows stay until finalize
+     * replaces them, so the document stays searchable meanwhile. */
+    char err[1024];
+    if (dp_doc_clear_from(c->db, p_docs[0], "chunks_stored", err, sizeof(err)) ||
+        dp_doc_clear_from(c->db, p_rechunk[0], "parse_validated", err, sizeof(err))) {
+        fprintf(stderr, "docpipe retry: %s\n", err);
+        return -1;
+    }
+    if (exec_cmd(c->db, "record retries",
                  "WITH r AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[],"
                  "   $4::text[]) AS r(document_id, stage, status, queued)),"
                  " j AS (UPDATE upload_pipeline.upload_jobs j SET status = r.queued,"
                  "   retry_count = j.retry_count + 1, updated_at = now(),"
+                 "   generation = j.generation + 1,"
                  "   processing_completed_at = NULL"
                  "   FROM r WHERE j.document_id = r.document_id"
                  "   AND j.document_id = ANY ($1::uuid[])"

@@ -242,7 +242,7 @@ void dp_retry_sel_key(const dp_retry_sel *s, dp_buf *out)
 
 /* Columns of the chunk queries, in order. */
 enum { C_DOC, C_JOB, C_STATUS, C_RAW, C_MIME, C_PARSED, C_PSHA, C_VERSION,
-       C_CORR, C_CHUNKS };
+       C_CORR, C_CHUNKS, C_GEN };
 
 void dp_retry_doc_read(const PGresult *res, int row, dp_retry_doc *d)
 {
@@ -258,6 +258,7 @@ void dp_retry_doc_read(const PGresult *res, int row, dp_retry_doc *d)
     d->chunks_version = COL(C_VERSION);
     d->correlation_id = COL(C_CORR);
     d->chunks = strtoll(COL(C_CHUNKS), NULL, 10);
+    d->generation = strtoll(COL(C_GEN), NULL, 10);
 #undef COL
 #undef COL_OR_NULL
 }
@@ -268,7 +269,7 @@ void dp_retry_doc_read(const PGresult *res, int row, dp_retry_doc *d)
     "   j.parsed_path, j.parsed_sha256, j.chunks_version, j.correlation_id," \
     "   (SELECT count(*) FROM upload_pipeline.document_chunk_buffer c"       \
     "     WHERE c.document_id = j.document_id AND c.chunker_name = $6"       \
-    "     AND c.chunker_version = j.chunks_version)"                         \
+    "     AND c.chunker_version = j.chunks_version), j.generation"           \
     " FROM upload_pipeline.upload_jobs j"                                    \
     " JOIN upload_pipeline.documents d USING (document_id)"
 /* The filters every query shares: $1 states (NULL: any), $2 user ("": any),

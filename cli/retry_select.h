@@ -65,6 +65,7 @@ typedef struct dp_retry_doc {
         *parsed_path, *parsed_sha256, /* NULL when not recorded */
         *chunks_version, *correlation_id;
     long long chunks; /* its chunks of the job's chunker version */
+    long long generation; /* the job's; the retry starts the next one */
 } dp_retry_doc;
 
 void dp_retry_doc_read(const PGresult *res, int row, dp_retry_doc *d);

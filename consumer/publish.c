@@ -14,7 +14,8 @@ typedef struct pub_item {
     size_t key_len;
     void *value;
     size_t value_len;
-    char *hname, *hvalue;
+    char *hnames[DP_PUBLISHER_MAX_HEADERS], *hvalues[DP_PUBLISHER_MAX_HEADERS];
+    int nh;
 } pub_item;
 
 struct dp_publisher {
@@ -29,8 +30,10 @@ static void item_free(pub_item *it)
     free(it->topic);
     free(it->key);
     free(it->value);
-    free(it->hname);
-    free(it->hvalue);
+    for (int i = 0; i < it->nh; i++) {
+        free(it->hnames[i]);
+        free(it->hvalues[i]);
+    }
     free(it);
 }
 
@@ -95,9 +98,10 @@ dp_publisher *dp_publisher_new(rd_kafka_conf_t *conf, char *err, size_t errlen)
 static rd_kafka_resp_err_t produce_item(dp_publisher *p, pub_item *it)
 {
     rd_kafka_headers_t *h = NULL;
-    if (it->hname) {
-        h = rd_kafka_headers_new(1);
-        rd_kafka_header_add(h, it->hname, -1, it->hvalue, -1);
+    if (it->nh) {
+        h = rd_kafka_headers_new((size_t)it->nh);
+        for (int i = 0; i < it->nh; i++)
+            rd_kafka_header_add(h, it->hnames[i], -1, it->hvalues[i], -1);
     }
     rd_kafka_resp_err_t ke;
     while ((ke = rd_kafka_producev(p->rk, RD_KAFKA_V_TOPIC(it->topic),
@@ -124,15 +128,24 @@ int dp_publisher_send(dp_publisher *p, const char *topic, const void *key,
                       const char *header_name, const char *header_value,
                       char *err, size_t errlen)
 {
+    const char *h[3] = {header_name, header_value ? header_value : "", NULL};
+    return dp_publisher_send_headers(p, topic, key, key_len, value, value_len,
+                                     header_name ? h : NULL, err, errlen);
+}
+
+int dp_publisher_send_headers(dp_publisher *p, const char *topic, const void *key,
+                              size_t key_len, void *value, size_t value_len,
+                              const char *const *headers, char *err, size_t errlen)
+{
     pub_item *it = calloc(1, sizeof(*it));
     it->topic = strdup(topic);
     it->key = key ? dup_bytes(key, key_len) : NULL;
     it->key_len = key ? key_len : 0;
     it->value = value;
     it->value_len = value_len;
-    if (header_name) {
-        it->hname = strdup(header_name);
-        it->hvalue = strdup(header_value ? header_value : "");
+    for (int i = 0; headers && headers[i] && it->nh < DP_PUBLISHER_MAX_HEADERS; i += 2) {
+        it->hnames[it->nh] = strdup(headers[i]);
+        it->hvalues[it->nh++] = strdup(headers[i + 1] ? headers[i + 1] : "");
     }
     rd_kafka_resp_err_t ke = produce_item(p, it);
     if (ke) {

@@ -60,6 +60,14 @@ int dp_publisher_send(dp_publisher *p, const char *topic, const void *key,
                       const char *header_name, const char *header_value,
                       char *err, size_t errlen);
 
+#define DP_PUBLISHER_MAX_HEADERS 4
+
+/* The same with up to DP_PUBLISHER_MAX_HEADERS headers: name, value pairs,
+ * NULL-terminated (headers itself may be NULL). */
+int dp_publisher_send_headers(dp_publisher *p, const char *topic, const void *key,
+                              size_t key_len, void *value, size_t value_len,
+                              const char *const *headers, char *err, size_t errlen);
+
 /* Waits for every report; records reported without an offset are sent
  * again, up to max_rounds times.  Returns the number of records not
  * confirmed in the end (0: every record is in the log); err holds the last

@@ -3,7 +3,8 @@
 #
 #   1. install missing Debian packages (scripts/deps.sh),
 #   2. start PostgreSQL, Kafka and Tika, or reuse ones already answering,
-#   3. build in build/ (RelWithDebInfo) and run ctest,
+#   3. build in build/ (RelWithDebInfo) and run ctest; build a Release
+#      build (build-release/) too, which must compile with -Werror,
 #   4. build in build-asan/ with -DDOCPIPE_SANITIZE=ON (ASan + UBSan) and
 #      run ctest again, failing on any leak report too,
 #   5. build the libFuzzer harnesses with clang in build-fuzz/ and run each
@@ -93,6 +94,9 @@ source scripts/env.sh
 if step "build (build/)" build build -DCMAKE_BUILD_TYPE=RelWithDebInfo; then
     step "ctest (build/)" run_ctest --test-dir build --output-on-failure "$@" || true
 fi
+# What users build: gcc -O3 with -Werror must pass too (no tests: it has
+# no fault points).
+step "build Release (build-release/)" build build-release -DCMAKE_BUILD_TYPE=Release || true
 
 if [[ "${DOCPIPE_SKIP_ASAN:-0}" != 1 ]]; then
     export ASAN_OPTIONS="detect_leaks=1:check_initialization_order=1:strict_string_checks=1"
