@@ -469,3 +469,116 @@ Test(visibility, test_rebalances_during_a_batch_retry_wait_lose_no_record)
         free(text);
     }
 }
+
+/* The demo stage is killed at each window of a batch in turn (the second
+ * batch there, so the first committed), or told its COMMIT's reply was
+ * lost, then runs on without faults: every record once, whatever the
+ * window.  Its outputs on demo.out are then each acted on once by a
+ * consumer of committed attempts only: counted here through the attempts
+ * that carry them. */
+Test(visibility, test_every_window_of_a_batch_loses_and_repeats_nothing)
+{
+    setup_named("windows");
+    static const char *points[] = {"after-handler", "after-produce",
+                                   "after-commit", "in-claim", NULL};
+    long long total = 0;
+    char log[512];
+    for (int k = 0; points[k]; k++) {
+        for (int p = 0; p < 4; p++)
+            produce_at(p, total / 4 + 0, 50, "payload", NULL);
+        total += 200;
+        char fault[128];
+        /* in-claim: the second claim is the one after a rebalance; the
+         * first claim of a fresh process is hit 1. */
+        snprintf(fault, sizeof(fault), "DOCPIPE_FAULT=demo:%s:kill:%d", points[k],
+                 strcmp(points[k], "in-claim") == 0 ? 1 : 2);
+        const char *env[] = {fault, "DOCPIPE_BATCH_MAX=60", NULL};
+        logpath(log, sizeof(log), points[k]);
+        pid_t a = tenv_spawn_stage(&T, "demo", log, env);
+        cr_assert_eq(tenv_stop(a, 0, 60000), 128 + SIGKILL, "%s: killed there",
+                     points[k]);
+        logpath(log, sizeof(log), "after");
+        pid_t b = tenv_spawn_stage(&T, "demo", log, NULL);
+        cr_assert_eq(wait_for(total, 90000, "SELECT count(*) FROM docpipe.demo_results"
+                              " WHERE topic = '%s'", in_topic), total, "%s", points[k]);
+        sleep(1);
+        cr_assert_eq(tenv_stop(b, SIGTERM, 30000), 0);
+        cr_assert_eq(rows(), total, "%s: nothing repeated", points[k]);
+        cr_assert_eq(scalar("SELECT count(DISTINCT (partition, \"offset\"))"
+                            " FROM docpipe.demo_results WHERE topic = '%s'", in_topic),
+                     total, "%s: nothing lost", points[k]);
+    }
+    /* COMMIT's reply lost: the instance cannot know; it rejoins and reads
+     * the truth back. */
+    for (int p = 0; p < 4; p++)
+        produce_at(p, total / 4, 50, "payload", NULL);
+    total += 200;
+    const char *env[] = {"DOCPIPE_FAULT=demo:commit-lost:fail:2", "DOCPIPE_BATCH_MAX=60",
+                         NULL};
+    logpath(log, sizeof(log), "commit-lost");
+    pid_t c = tenv_spawn_stage(&T, "demo", log, env);
+    cr_assert_eq(wait_for(total, 90000, "SELECT count(*) FROM docpipe.demo_results"
+                          " WHERE topic = '%s'", in_topic), total);
+    sleep(1);
+    cr_assert_eq(tenv_stop(c, SIGTERM, 30000), 0);
+    cr_assert_eq(rows(), total, "commit-lost: nothing repeated");
+    char *text = tenv_slurp(log);
+    cr_assert(strstr(text, "commit outcome unknown"), "the unknown outcome is logged");
+    free(text);
+    /* Of demo.out's records, those of committed attempts (what a stage
+     * downstream acts on) are exactly one per input record. */
+    tmsg *msgs;
+    char out_topic[256];
+    snprintf(out_topic, sizeof(out_topic), "%sdemo.out", T.prefix);
+    int n = tenv_consume_all(&T, out_topic, &msgs, 30000);
+    cr_assert(n >= total, "every record published at least once (%d)", n);
+    size_t cap = (size_t)n * 48 + 64, used = 0;
+    char *vals = malloc(cap);
+    used += (size_t)snprintf(vals, cap, "VALUES ");
+    for (int i = 0; i < n; i++) {
+        char buf[96];
+        const char *a = tenv_header(&msgs[i], "docpipe-attempt", buf, sizeof(buf));
+        cr_assert(a, "every output names its attempt");
+        used += (size_t)snprintf(vals + used, cap - used, "%s(%lld, '%.*s')",
+                                 i ? ", " : "", strtoll(a, NULL, 10),
+                                 (int)msgs[i].key_len, msgs[i].key);
+    }
+    tenv_free_msgs(msgs, n);
+    size_t qcap = used + 512;
+    char *sql = malloc(qcap);
+    snprintf(sql, qcap, "SELECT count(*) FROM (SELECT o.k FROM (%s) AS o(a, k)"
+             " JOIN docpipe.dp_attempts t ON t.attempt_id = o.a GROUP BY o.k"
+             " HAVING count(*) = 1) x", vals);
+    cr_assert_eq(tenv_scalar(&T, sql), total, "one committed output per record");
+    snprintf(sql, qcap, "SELECT count(*) FROM (%s) AS o(a, k) JOIN"
+             " docpipe.dp_attempts t ON t.attempt_id = o.a", vals);
+    cr_assert_eq(tenv_scalar(&T, sql), total, "and no other");
+    free(sql);
+    free(vals);
+}
+
+/* docpipe replay killed before its COMMIT changes nothing. */
+Test(visibility, test_replay_killed_before_commit_changes_nothing)
+{
+    setup_named("replaykill");
+    produce_at(0, 0, 20, "payload", NULL);
+    char log[512];
+    logpath(log, sizeof(log), "A");
+    pid_t a = tenv_spawn_stage(&T, "demo", log, NULL);
+    cr_assert_eq(wait_for(20, 60000, "SELECT count(*) FROM docpipe.demo_results"
+                          " WHERE topic = '%s'", in_topic), 20);
+    const char *args[] = {"replay", "demo", "--to-earliest", "--execute", NULL};
+    const char *env[] = {"DOCPIPE_FAULT=replay:before-commit:kill", NULL};
+    cr_assert_eq(tenv_docpipe(&T, args, env), 128 + SIGKILL);
+    sleep(3);
+    cr_assert_eq(rows(), 20, "nothing replayed");
+    cr_assert_eq(scalar("SELECT count(*) FROM docpipe.dp_replays WHERE"
+                        " group_id = '%sdemo'", T.prefix), 0);
+    /* The same command, whole: every record once more, while it runs. */
+    cr_assert_eq(tenv_docpipe(&T, args, NULL), 0);
+    cr_assert_eq(wait_for(40, 60000, "SELECT count(*) FROM docpipe.demo_results"
+                          " WHERE topic = '%s'", in_topic), 40, "replayed once");
+    sleep(2);
+    cr_assert_eq(tenv_stop(a, SIGTERM, 30000), 0);
+    cr_assert_eq(rows(), 40);
+}
