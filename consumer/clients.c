@@ -7,6 +7,7 @@
 #include "runtime_int.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +55,34 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac,
            : level <= 3 ? DP_LOG_ERROR : level <= 4 ? DP_LOG_WARN : DP_LOG_DEBUG,
            NULL, "kafka %s: %s", fac, buf);
 }
+/* librdkafka's statistics (JSON, every kafka_stats_ms): the totals that
+ * tell whether a client talks to its brokers, kept for the metrics. */
+static int stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque)
+{
+    dp_runtime *rt = opaque;
+    json_error_t je;
+    json_t *j = json_loadb(json, len, 0, &je);
+    if (!j)
+        return 0;
+    dp_kafka_view v;
+    v.tx = json_integer_value(json_object_get(j, "tx"));
+    v.rx = json_integer_value(json_object_get(j, "rx"));
+    v.tx_bytes = json_integer_value(json_object_get(j, "tx_bytes"));
+    v.rx_bytes = json_integer_value(json_object_get(j, "rx_bytes"));
+    v.txmsgs = json_integer_value(json_object_get(j, "txmsgs"));
+    v.rxmsgs = json_integer_value(json_object_get(j, "rxmsgs"));
+    v.msg_cnt = json_integer_value(json_object_get(j, "msg_cnt"));
+    v.replyq = json_integer_value(json_object_get(j, "replyq"));
+    json_decref(j);
+    pthread_mutex_lock(&rt->view_mu);
+    if (rk == rt->producer)
+        rt->view.producer = v;
+    else
+        rt->view.consumer = v;
+    pthread_mutex_unlock(&rt->view_mu);
+    return 0; /* librdkafka frees json */
+}
+
 dp_err dp_kafka_conf(dp_runtime *rt, int producer, rd_kafka_conf_t **out,
                      char *err, size_t errlen)
 {
@@ -108,6 +137,15 @@ dp_err dp_kafka_conf(dp_runtime *rt, int producer, rd_kafka_conf_t **out,
     if (e) {
         rd_kafka_conf_destroy(conf);
         return e;
+    }
+    int stats_ms = rt->cfg->kafka_stats_ms ? rt->cfg->kafka_stats_ms
+                   : rt->cfg->http_addr && *rt->cfg->http_addr ? 5000 : 0;
+    if (stats_ms > 0) {
+        char ms[32];
+        snprintf(ms, sizeof(ms), "%d", stats_ms);
+        if (rd_kafka_conf_set(conf, "statistics.interval.ms", ms, kerr,
+                              sizeof(kerr)) == RD_KAFKA_CONF_OK)
+            rd_kafka_conf_set_stats_cb(conf, stats_cb);
     }
     rd_kafka_conf_set_log_cb(conf, log_cb);
     rd_kafka_conf_set_error_cb(conf, error_cb);

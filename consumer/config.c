@@ -42,6 +42,15 @@ static const dp_config_entry dp_config_table[] = {
      "Folder for content-addressed raw and parsed files."},
     {"offset_reset", CT_STR, F(offset_reset), "earliest", 0, 0,
      "Where a partition with no stored offset starts: earliest or latest."},
+    {"http_addr", CT_STR, F(http_addr), "", 0, 0,
+     "Address (host:port) where `docpipe run` serves /metrics (Prometheus text"
+     " format), /livez and /readyz; empty: none (`docpipe run --http ADDR` sets"
+     " it too)."},
+    {"http_live_ms", CT_INT, F(http_live_ms), "120000", 1000, 86400000,
+     "/livez fails once a stage's poll loop has not turned for this long."},
+    {"kafka_stats_ms", CT_INT, F(kafka_stats_ms), "0", 0, 3600000,
+     "Interval of librdkafka's statistics, exported as metrics (0: 5000 when"
+     " http_addr is set, else off)."},
     {"offset_gap", CT_STR, F(offset_gap), "earliest", 0, 0,
      "When a stored offset is no longer in the log (retention, deleted"
      " records, a recreated topic): earliest resumes at the earliest record"

@@ -29,6 +29,9 @@ typedef struct dp_config {
     char *storage_dir;
     char *offset_reset;
     char *offset_gap;
+    char *http_addr;
+    int kafka_stats_ms;
+    int http_live_ms;
     char *log_level;
     char *topic_prefix;
     int batch_max;

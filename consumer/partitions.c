@@ -102,6 +102,10 @@ static void on_assign(dp_runtime *rt, rd_kafka_topic_partition_list_t *parts)
     dp_logj(DP_LOG_INFO, &ctx, json_pack("{s:o}", "partitions", assigned),
             "partitions assigned and claimed");
     DP_FAULT(rt->stage->name, "in-claim");
+    pthread_mutex_lock(&rt->view_mu);
+    rt->view.rebalances++;
+    rt->view.joined = 1;
+    pthread_mutex_unlock(&rt->view_mu);
     rt->assign_gen++;
     rt->last_epoch_check_ms = dp_rt_mono_ms();
     rd_kafka_assign(rt->consumer, parts);

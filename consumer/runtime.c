@@ -23,6 +23,7 @@
 #include "runtime_int.h"
 
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -333,6 +334,10 @@ static void settled(dp_runtime *rt, size_t from, size_t to,
         if (s->state != RS_DLQ)
             continue;
         dlq++;
+        pthread_mutex_lock(&rt->view_mu);
+        rt->view.dead_letters_by[s->dlq_category == DP_ERR_RETRYABLE ? 1
+                                 : s->dlq_category == DP_ERR_POISON  ? 2 : 0]++;
+        pthread_mutex_unlock(&rt->view_mu);
         dp_log_ctx c = dp_rt_slot_ctx(rt, s);
         dp_logj(DP_LOG_WARN, &c, json_pack("{s:s,s:i,s:s,s:s}", "category",
                 dp_err2str(s->dlq_category), "attempts", s->rec.attempts,
@@ -554,8 +559,78 @@ static void process_batch(dp_runtime *rt, volatile sig_atomic_t *stop)
     }
     dp_part_apply_deferrals(rt);
     dp_rt_batch_clear(rt);
-    rt->t_settle += dp_rt_mono_ms() - t0;
+    int64_t took = dp_rt_mono_ms() - t0;
+    rt->t_settle += took;
+    pthread_mutex_lock(&rt->view_mu);
+    dp_hist_observe(&rt->view.batch_seconds, (double)took / 1000.0);
+    pthread_mutex_unlock(&rt->view_mu);
 }
+
+/* Records of the owned partitions not committed yet: librdkafka's cached
+ * log ends (kept fresh by fetches and the nudges) less the committed
+ * positions.  Once a second, from the stage thread. */
+static void measure_lag(dp_runtime *rt, int *assigned, int64_t *lag)
+{
+    *assigned = 0;
+    *lag = 0;
+    for (int p = 0; p < rt->nparts; p++) {
+        dp_part *pt = &rt->parts[p];
+        if (!pt->assigned)
+            continue;
+        (*assigned)++;
+        int64_t lo = -1, hi = -1;
+        if (rd_kafka_get_watermark_offsets(rt->consumer, rt->stage->input_topic, p,
+                                           &lo, &hi) || hi < 0) {
+            *lag = -1;
+            continue;
+        }
+        int64_t at = pt->committed >= 0 ? pt->committed : lo;
+        if (*lag >= 0 && hi > at)
+            *lag += hi - at;
+    }
+}
+
+/* The view metrics and health read (runtime.h), refreshed each turn. */
+static void publish_view(dp_runtime *rt)
+{
+    int64_t now = dp_rt_mono_ms();
+    int assigned = -1;
+    int64_t lag = 0;
+    if (now - rt->last_lag_ms >= 1000) {
+        rt->last_lag_ms = now;
+        measure_lag(rt, &assigned, &lag);
+    }
+    pthread_mutex_lock(&rt->view_mu);
+    rt->view.stats = rt->stats;
+    rt->view.last_turn_ms = now;
+    if (assigned >= 0) {
+        rt->view.assigned = assigned;
+        rt->view.lag = lag;
+    }
+    pthread_mutex_unlock(&rt->view_mu);
+}
+
+const double dp_hist_bounds[DP_HIST_BUCKETS] = {
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300};
+
+void dp_hist_observe(dp_hist *h, double seconds)
+{
+    int b = 0;
+    while (b < DP_HIST_BUCKETS && seconds > dp_hist_bounds[b])
+        b++;
+    h->counts[b]++;
+    h->sum += seconds;
+    h->count++;
+}
+
+void dp_runtime_view_get(dp_runtime *rt, dp_runtime_view *out)
+{
+    pthread_mutex_lock(&rt->view_mu);
+    *out = rt->view;
+    pthread_mutex_unlock(&rt->view_mu);
+}
+
+const char *dp_runtime_stage(const dp_runtime *rt) { return rt->stage->name; }
 
 dp_err dp_runtime_new(const dp_config *cfg, const dp_stage *stage,
                       dp_runtime **out, char *err, size_t errlen)
@@ -564,6 +639,8 @@ dp_err dp_runtime_new(const dp_config *cfg, const dp_stage *stage,
     rt->cfg = cfg;
     rt->stage = stage;
     rt->rand_state = (unsigned int)(getpid() ^ dp_rt_now_ms());
+    pthread_mutex_init(&rt->view_mu, NULL);
+    rt->view.lag = -1;
     rt->nudge_every_ms = NUDGE_LAGGING_MS;
     snprintf(rt->group, sizeof(rt->group), "%s%s", cfg->topic_prefix,
              stage->name);
@@ -633,6 +710,7 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
     dp_fetch_nudger_start(rt);
 
     while (!*stop) {
+        publish_view(rt);
         if (rt->consumer_fatal)
             break;
         if (rt->rejoin)
@@ -717,6 +795,7 @@ void dp_runtime_free(dp_runtime *rt)
         return;
     dp_fetch_nudger_join(rt);
     dp_rt_batch_clear(rt);
+    pthread_mutex_destroy(&rt->view_mu);
     dp_arena_free(&rt->recs);
     dp_arena_free(&rt->outs);
     free(rt->slots);

@@ -45,6 +45,39 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
                       size_t errlen);
 
 void dp_runtime_get_stats(dp_runtime *rt, dp_runtime_stats *out);
+
+/* A latency histogram with fixed bounds (seconds), Prometheus-style. */
+#define DP_HIST_BUCKETS 14
+extern const double dp_hist_bounds[DP_HIST_BUCKETS];
+typedef struct dp_hist {
+    uint64_t counts[DP_HIST_BUCKETS + 1]; /* per bucket, not cumulative; last: +Inf */
+    double sum;
+    uint64_t count;
+} dp_hist;
+void dp_hist_observe(dp_hist *h, double seconds);
+
+/* Counters of one Kafka client, from librdkafka's statistics callback. */
+typedef struct dp_kafka_view {
+    int64_t tx, rx, tx_bytes, rx_bytes, txmsgs, rxmsgs; /* totals */
+    int64_t msg_cnt, replyq;                            /* now */
+} dp_kafka_view;
+
+/* What a running stage shows the outside (metrics, health): a copy taken
+ * under the runtime's lock, safe from any thread. */
+typedef struct dp_runtime_view {
+    dp_runtime_stats stats;
+    uint64_t dead_letters_by[3]; /* permanent, retryable, poison */
+    uint64_t rebalances;         /* assignments received */
+    dp_hist batch_seconds;       /* a polled batch settled, retries included */
+    int joined;                  /* the group gave it an assignment */
+    int assigned;                /* partitions owned now */
+    int64_t lag;                 /* records of its partitions not committed yet */
+    int64_t last_turn_ms;        /* dp_clock_mono_ms of the loop's last turn */
+    dp_kafka_view consumer, producer;
+} dp_runtime_view;
+
+void dp_runtime_view_get(dp_runtime *rt, dp_runtime_view *out);
+const char *dp_runtime_stage(const dp_runtime *rt);
 void dp_runtime_free(dp_runtime *rt);
 
 #endif

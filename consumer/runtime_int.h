@@ -159,6 +159,11 @@ struct dp_runtime {
     int consumer_fatal;          /* ... a fatal consumer error: stop */
     char fatal_error[512];
     int64_t last_epoch_check_ms; /* see dp_part_check_epochs() */
+    /* What metrics and health read (runtime.h), under view_mu: the stage
+     * thread publishes it each loop turn; stats_cb writes its part. */
+    pthread_mutex_t view_mu;
+    dp_runtime_view view;
+    int64_t last_lag_ms;         /* lag is measured once a second */
 };
 
 typedef enum { BATCH_DONE, BATCH_RETRY, BATCH_SPLIT, BATCH_FENCED } batch_result;

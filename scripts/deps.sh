@@ -18,6 +18,8 @@ PACKAGES=(
     libmicrohttpd-dev libssl-dev libpq-dev
     # tests
     libcriterion-dev
+    # a real parser of the Prometheus text format (test_observe)
+    python3-prometheus-client
     # fuzzing (scripts/fuzz.sh): clang, and its libFuzzer and sanitizer
     # runtimes, which clang only recommends
     clang libclang-rt-14-dev
