@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
@@ -37,6 +38,8 @@
 #define EXIT_USAGE 2
 #define LAG_MAX_STAGES 32
 #define LAG_TIMEOUT_MS 10000
+#define LAG_RETRIES 20     /* transient errors: asked again for 4 s */
+#define LAG_RETRY_MS 200
 
 static void usage_lag(FILE *out)
 {
@@ -57,10 +60,22 @@ static int topic_partitions(rd_kafka_t *rk, const char *topic, int32_t **out,
 {
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
     const rd_kafka_metadata_t *md = NULL;
-    rd_kafka_resp_err_t ke = rd_kafka_metadata(rk, 0, rkt, &md, LAG_TIMEOUT_MS);
+    rd_kafka_resp_err_t ke;
+    /* A topic just made is unknown to the broker's metadata for a moment:
+     * a missing topic is reported after a few seconds. */
+    for (int tries = 0;; tries++) {
+        ke = rd_kafka_metadata(rk, 0, rkt, &md, LAG_TIMEOUT_MS);
+        if (!ke && md && md->topic_cnt == 1)
+            ke = md->topics[0].err;
+        if (tries == LAG_RETRIES || (ke != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART &&
+                                     ke != RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE))
+            break;
+        if (md)
+            rd_kafka_metadata_destroy(md);
+        md = NULL;
+        usleep(LAG_RETRY_MS * 1000);
+    }
     rd_kafka_topic_destroy(rkt);
-    if (!ke && md && md->topic_cnt == 1)
-        ke = md->topics[0].err;
     if (ke || !md || md->topic_cnt != 1) {
         if (!ke)
             ke = RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC;
@@ -83,6 +98,22 @@ static int topic_partitions(rd_kafka_t *rk, const char *topic, int32_t **out,
     rd_kafka_metadata_destroy(md);
     *out = p;
     return n;
+}
+
+/* The log's bounds; a partition between leaders (a new topic, a broker
+ * restarting) is asked again for a few seconds. */
+static rd_kafka_resp_err_t watermarks(rd_kafka_t *rk, const char *topic,
+                                      int32_t partition, int64_t *lo, int64_t *hi)
+{
+    rd_kafka_resp_err_t ke;
+    for (int tries = 0;; tries++) {
+        ke = rd_kafka_query_watermark_offsets(rk, topic, partition, lo, hi,
+                                              LAG_TIMEOUT_MS);
+        if (tries == LAG_RETRIES || (ke != RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION &&
+                            ke != RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE))
+            return ke;
+        usleep(LAG_RETRY_MS * 1000);
+    }
 }
 
 /* A nullable text column as a JSON string or null. */
@@ -128,8 +159,7 @@ static json_t *stage_lag(rd_kafka_t *rk, PGconn *db, const dp_config *cfg,
     const char *latest = NULL; /* ISO times in UTC order as text */
     for (int i = 0; i < n; i++) {
         int64_t lo = 0, hi = 0;
-        rd_kafka_resp_err_t ke = rd_kafka_query_watermark_offsets(
-            rk, topic, parts[i], &lo, &hi, LAG_TIMEOUT_MS);
+        rd_kafka_resp_err_t ke = watermarks(rk, topic, parts[i], &lo, &hi);
         if (ke) {
             snprintf(err, errlen, "end of %s/%d: %s", topic, parts[i],
                      rd_kafka_err2str(ke));

@@ -295,6 +295,32 @@ Test(lag, test_lag_shows_owner_times_and_totals_in_json_and_tsv)
     json_decref(st);
 }
 
+Test(lag, test_lag_covers_every_document_stage_but_not_demo_by_default)
+{
+    tenv_setup(&T, "lagd");
+    char out[300];
+    snprintf(out, sizeof(out), "/tmp/docpipe-%slag-all.json", T.prefix);
+    const char *args[] = {"lag", "--json", NULL};
+    cr_assert_eq(tenv_docpipe_out(&T, args, NULL, out), 0, "docpipe lag failed");
+    json_error_t je;
+    json_t *doc = json_load_file(out, 0, &je);
+    cr_assert(doc, "not JSON: %s", je.text);
+    static const char *const want[] = {"intake", "parse", "validate", "chunk",
+                                       "embed-plan", "embed", "gather", "finalize"};
+    json_t *stages = json_object_get(doc, "stages");
+    cr_assert_eq(json_array_size(stages), 8);
+    for (size_t i = 0; i < 8; i++) {
+        json_t *st = json_array_get(stages, i);
+        cr_assert_str_eq(json_string_value(json_object_get(st, "stage")), want[i]);
+        /* Nothing produced, nothing claimed: no lag, no owner. */
+        cr_assert_eq(jint(json_object_get(st, "total"), "lag"), 0);
+        json_t *p0 = json_array_get(json_object_get(st, "partitions"), 0);
+        cr_assert(json_is_null(json_object_get(p0, "position")));
+        cr_assert(json_is_null(json_object_get(p0, "owner")));
+    }
+    json_decref(doc);
+}
+
 Test(lag, test_lag_refuses_unknown_stages_and_arguments)
 {
     tenv_setup(&T, "lagu");
