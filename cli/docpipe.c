@@ -9,6 +9,7 @@
  *   docpipe wait [<document>...]    until complete or failed
  *   docpipe retry <selection>       failed documents through again, after a fix
  *   docpipe replay <stage> ...      a stage's records processed again
+ *   docpipe lag [--stage S]...      how far each stage is behind its input
  *   docpipe dlq <command>           dead letters: list, show, redrive, purge
  *   docpipe demo-produce N [...]    publish demonstration records
  *   docpipe config-doc              print docs/configuration.md
@@ -75,6 +76,10 @@ static void usage(FILE *out)
         "                           its records are processed again, documents\n"
         "                           past it start over there; a dry run unless\n"
         "                           --execute (docpipe replay --help)\n"
+        "  lag [--stage S]... [--json]\n"
+        "                           per stage and partition: log end, committed\n"
+        "                           position, lag, owner, since, last commit;\n"
+        "                           a total per stage (demo only if named)\n"
         "  dlq list [--stage S] [--since T] [--unresolved|--all] [--json]\n"
         "                           dead letters of the topic prefix: id, stage,\n"
         "                           source, category, attempts, state, error\n"
@@ -106,6 +111,7 @@ int dp_cmd_retry(const dp_config *cfg, int argc, char **argv,
                  volatile sig_atomic_t *stop);
 void dp_retry_usage(FILE *out);
 int dp_cmd_replay(const dp_config *cfg, int argc, char **argv);
+int dp_cmd_lag(const dp_config *cfg, int argc, char **argv);
 int dp_cmd_dlq(const dp_config *cfg, volatile sig_atomic_t *stop, int argc, char **argv);
 
 static int cmd_migrate(const dp_config *cfg)
@@ -346,9 +352,9 @@ int main(int argc, char **argv)
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? EXIT_USAGE : 0;
     }
-    /* dlq and replay answer --help themselves. */
+    /* dlq, replay and lag answer --help themselves. */
     for (int i = 2; i < argc && strcmp(argv[1], "dlq") != 0 &&
-                    strcmp(argv[1], "replay") != 0; i++)
+                    strcmp(argv[1], "replay") != 0 && strcmp(argv[1], "lag") != 0; i++)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             if (strcmp(argv[1], "retry") == 0)
                 dp_retry_usage(stdout);
@@ -389,6 +395,8 @@ int main(int argc, char **argv)
         rc = dp_cmd_retry(&cfg, argc - 2, argv + 2, &dp_stop);
     else if (strcmp(cmd, "replay") == 0)
         rc = dp_cmd_replay(&cfg, argc - 2, argv + 2);
+    else if (strcmp(cmd, "lag") == 0)
+        rc = dp_cmd_lag(&cfg, argc - 2, argv + 2);
     else if (strcmp(cmd, "dlq") == 0)
         rc = dp_cmd_dlq(&cfg, &dp_stop, argc - 2, argv + 2);
     else if (strcmp(cmd, "demo-produce") == 0)

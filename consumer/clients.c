@@ -47,6 +47,23 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
     dp_log(DP_LOG_ERROR, &ctx, "fatal Kafka %s error: %s",
            rk == rt->producer ? "producer" : "consumer", rt->fatal_error);
 }
+/* The outcome of runtime.c's commits to the group: monitoring only, so a
+ * failure (a rebalance under way, say) is noted and otherwise ignored. */
+void dp_kafka_offset_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                               rd_kafka_topic_partition_list_t *offsets,
+                               void *opaque)
+{
+    (void)rk;
+    dp_runtime *rt = opaque;
+    for (int i = 0; !err && offsets && i < offsets->cnt; i++)
+        err = offsets->elems[i].err;
+    if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET) {
+        dp_log_ctx ctx = {rt->stage->name, NULL, rt->stage->input_topic, -1, -1};
+        dp_log(DP_LOG_DEBUG, &ctx, "positions not committed to Kafka "
+               "(monitoring only): %s", rd_kafka_err2str(err));
+    }
+}
+
 static void log_cb(const rd_kafka_t *rk, int level, const char *fac,
                    const char *buf)
 {

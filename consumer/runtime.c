@@ -312,10 +312,35 @@ static dp_err handle_passes(dp_runtime *rt, dp_batch *b, size_t from, size_t to,
     }
 }
 
+/* For monitoring only (docs/design.md, "Offsets in Kafka, for monitoring
+ * only"): the positions just committed in PostgreSQL are committed to the
+ * group in Kafka too, asynchronously, so that Kafka's own tools show the
+ * stage's lag.  Nothing reads them back (partitions.c assigns explicit
+ * offsets from PostgreSQL), so a failure changes nothing: it is logged at
+ * debug, here or in clients.c's offset_commit_cb(). */
+static void commit_to_kafka(dp_runtime *rt, const dp_offset_advance *adv,
+                            int nadv)
+{
+    if (nadv == 0)
+        return;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(nadv);
+    for (int k = 0; k < nadv; k++)
+        rd_kafka_topic_partition_list_add(l, rt->stage->input_topic,
+                                          adv[k].partition)->offset = adv[k].next_offset;
+    rd_kafka_resp_err_t ke = rd_kafka_commit(rt->consumer, l, 1 /* async */);
+    rd_kafka_topic_partition_list_destroy(l);
+    if (ke) {
+        dp_log_ctx ctx = {rt->stage->name, NULL, rt->stage->input_topic, -1, -1};
+        dp_log(DP_LOG_DEBUG, &ctx, "positions not committed to Kafka "
+               "(monitoring only): %s", rd_kafka_err2str(ke));
+    }
+}
+
 /* Once committed: our view of the partitions and their marks moves on. */
 static void settled(dp_runtime *rt, size_t from, size_t to,
                     const dp_offset_advance *adv, int nadv)
 {
+    commit_to_kafka(rt, adv, nadv);
     for (int k = 0; k < nadv; k++) {
         dp_part *pt = dp_part_get(rt, adv[k].partition);
         pt->committed = adv[k].next_offset;
@@ -654,6 +679,7 @@ dp_err dp_runtime_new(const dp_config *cfg, const dp_stage *stage,
     if (e)
         goto fail;
     rd_kafka_conf_set_rebalance_cb(cc, dp_part_rebalance_cb);
+    rd_kafka_conf_set_offset_commit_cb(cc, dp_kafka_offset_commit_cb);
     rd_kafka_conf_destroy(pc);
     rt->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, cc, kerr, sizeof(kerr));
     if (!rt->consumer) {

@@ -234,6 +234,9 @@ dp_err dp_dlq_publish(dp_runtime *rt, dp_slot *s, int64_t attempt,
 /* clients.c */
 dp_err dp_kafka_conf(dp_runtime *rt, int producer, rd_kafka_conf_t **out,
                      char *err, size_t errlen);
+void dp_kafka_offset_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                               rd_kafka_topic_partition_list_t *offsets,
+                               void *opaque);
 dp_err dp_kafka_producer_new(dp_runtime *rt, char *err, size_t errlen);
 int dp_kafka_producer_fatal(dp_runtime *rt);
 dp_err dp_kafka_producer_reset(dp_runtime *rt, char *err, size_t errlen);
