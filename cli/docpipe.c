@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "http.h"
 #include "log.h"
 #include "migrate.h"
 #include "pg.h"
@@ -52,8 +53,10 @@ static void usage(FILE *out)
         "  migrate                  apply pending SQL migrations\n"
         "  topics                   create every stage's input, output and\n"
         "                           dead-letter topics (existing ones are kept)\n"
-        "  run <stage>... | all     run stages in this process, each its own\n"
-        "                           consumer group; SIGTERM/SIGINT stop cleanly\n"
+        "  run [--http ADDR] <stage>... | all\n"
+        "                           run stages in this process, each its own\n"
+        "                           consumer group; SIGTERM/SIGINT stop cleanly;\n"
+        "                           --http: /metrics, /livez, /readyz at ADDR\n"
         "  submit [--user UUID] <file|dir>...\n"
         "                           store files (PDF, HTML, text, markdown) and\n"
         "                           publish their uploads; prints document ids\n"
@@ -195,12 +198,19 @@ static void *stage_main(void *arg)
     return NULL;
 }
 
-static int cmd_run(const dp_config *cfg, int argc, char **argv)
+static int cmd_run(dp_config *cfg, int argc, char **argv)
 {
     const char *names[32];
     int n = 0;
     for (int i = 0; i < argc && n < 32; i++) {
-        if (strcmp(argv[i], "all") == 0) {
+        if (strcmp(argv[i], "--http") == 0) {
+            if (i + 1 == argc) {
+                fprintf(stderr, "docpipe run: --http needs an address (host:port)\n");
+                return EXIT_USAGE;
+            }
+            free(cfg->http_addr);
+            cfg->http_addr = strdup(argv[++i]);
+        } else if (strcmp(argv[i], "all") == 0) {
             for (const dp_stage_def *d = dp_stage_defs; d->name && n < 32; d++)
                 if (strcmp(d->name, "demo") != 0)
                     names[n++] = d->name;
@@ -233,6 +243,20 @@ static int cmd_run(const dp_config *cfg, int argc, char **argv)
             break;
         }
     }
+    dp_http *http = NULL;
+    if (rc == 0 && cfg->http_addr && *cfg->http_addr) {
+        dp_runtime *rts[32];
+        for (int i = 0; i < n; i++)
+            rts[i] = t[i].rt;
+        char err[512];
+        if (dp_http_start(cfg, cfg->http_addr, rts, n, &http, err, sizeof(err))) {
+            dp_log(DP_LOG_ERROR, NULL, "%s", err);
+            rc = 1;
+        } else {
+            dp_log(DP_LOG_INFO, NULL, "serving /metrics, /livez and /readyz on %s",
+                   cfg->http_addr);
+        }
+    }
     if (rc == 0) {
         if (n == 1) {
             stage_main(&t[0]);
@@ -249,6 +273,7 @@ static int cmd_run(const dp_config *cfg, int argc, char **argv)
                 rc = 1;
             }
     }
+    dp_http_stop(http); /* before the runtimes it reads */
     for (int i = 0; i < n; i++) {
         dp_runtime_free(t[i].rt);
         if (t[i].stage.name)
