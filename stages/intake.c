@@ -156,7 +156,7 @@ static dp_err check_upload(const dp_config *cfg, avro_value_t *m, char *why,
                        len, sha);
     if (binary)
         return dp_errf(DP_ERR_PERMANENT, why, whylen,
-                       "content is %s, not %s text", binary, mime);
+                       "content is %s, not text (the upload claims %s)", binary, mime);
     return DP_OK;
 }
 
