@@ -31,8 +31,8 @@ char **fuzz_list_dir(const char *dir, const char *suffix)
             continue;
         char path[4096];
         struct stat st;
-        snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
-        if (stat(path, &st) != 0 || !S_ISREG(st.st_mode))
+        if (snprintf(path, sizeof(path), "%s/%s", dir, de->d_name) >= (int)sizeof(path) ||
+            stat(path, &st) != 0 || !S_ISREG(st.st_mode))
             continue;
         if (n == cap) {
             char **grown = realloc(names, (2 * cap + 1) * sizeof(*names));
