@@ -10,6 +10,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <iconv.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,6 +116,11 @@ static const dp_config_entry dp_config_table[] = {
      "Base URL of the Apache Tika server used by the parse stage."},
     {"tika_timeout_ms", CT_INT, F(tika_timeout_ms), "120000", 100, 600000,
      "Timeout of one parse request."},
+    {"text_fallback_charset", CT_STR, F(text_fallback_charset), "WINDOWS-1252", 0, 0,
+     "8-bit charset (an iconv name) of a text or markdown file that has no"
+     " byte order mark and is not UTF-8. WINDOWS-1252 reads ISO-8859-1 (latin1)"
+     " text the same, apart from the rarely used C1 controls 0x80-0x9F, which it"
+     " reads as the curly quotes and dashes Windows editors write there."},
     {"breaker_threshold", CT_INT, F(breaker_threshold), "5", 1, 1000,
      "Consecutive failures that open a service's circuit breaker."},
     {"breaker_reset_ms", CT_INT, F(breaker_reset_ms), "60000", 10, 3600000,
@@ -358,6 +364,12 @@ dp_err dp_config_load(dp_config *cfg, char *err, size_t errlen)
         return dp_errf(DP_ERR_PERMANENT, err, errlen,
                        "setting embed_encoding: '%s' is neither float nor base64",
                        cfg->embed_encoding);
+    iconv_t cd = iconv_open("UTF-8", cfg->text_fallback_charset);
+    if (cd == (iconv_t)-1)
+        return dp_errf(DP_ERR_PERMANENT, err, errlen,
+                       "setting text_fallback_charset: '%s' is not a charset iconv"
+                       " knows (iconv --list names them)", cfg->text_fallback_charset);
+    iconv_close(cd);
     if (!*cfg->instance_id) {
         char host[128] = "docpipe";
         gethostname(host, sizeof(host) - 1);

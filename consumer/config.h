@@ -58,6 +58,7 @@ typedef struct dp_config {
     int embed_buffer_kb;
     char *tika_url;
     int tika_timeout_ms;
+    char *text_fallback_charset;
     int breaker_threshold;
     int breaker_reset_ms;
     /* Pass-through Kafka properties: NULL-terminated name/value pairs. */

@@ -134,6 +134,26 @@ void dp_buf_float4_array(dp_buf *b, const float *v, size_t n)
     }
 }
 
+void dp_buf_text_array_begin(dp_buf *b)
+{
+    dp_buf_reset(b);
+    put_be32(b, 1);   /* dimensions */
+    put_be32(b, 0);   /* no nulls */
+    put_be32(b, 25);  /* element type: text */
+    put_be32(b, 0);   /* elements: counted by _add */
+    put_be32(b, 1);   /* lower bound */
+}
+
+void dp_buf_text_array_add(dp_buf *b, const char *s, size_t len)
+{
+    uint32_t n;
+    memcpy(&n, b->data + 12, 4);
+    n = htonl(ntohl(n) + 1);
+    memcpy(b->data + 12, &n, 4);
+    put_be32(b, (uint32_t)len);
+    dp_buf_append(b, s, len);
+}
+
 void dp_buf_appendf(dp_buf *b, const char *fmt, ...)
 {
     char tmp[256];

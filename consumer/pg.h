@@ -77,6 +77,15 @@ void dp_buf_array_text(dp_buf *b, const char *s, size_t len);
  * elements go over as their bits, with no text to print or parse. */
 #define DP_FLOAT4_ARRAY_OID 1021
 void dp_buf_float4_array(dp_buf *b, const float *v, size_t n);
+/* PostgreSQL's binary form of a one-dimensional text[] (a parameter of type
+ * DP_TEXT_ARRAY_OID, format 1): each element goes over as its length and
+ * its bytes, so no character in it (a quote, a backslash, a brace) can
+ * change the statement, as it might in an array literal.  _begin resets b
+ * to an empty array; each _add appends one element.  The server still
+ * checks the bytes are text of its encoding (no NUL, valid UTF-8). */
+#define DP_TEXT_ARRAY_OID 1009
+void dp_buf_text_array_begin(dp_buf *b);
+void dp_buf_text_array_add(dp_buf *b, const char *s, size_t len);
 void dp_buf_reset(dp_buf *b);
 void dp_buf_free(dp_buf *b);
 

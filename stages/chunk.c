@@ -35,11 +35,16 @@ static dp_err store_chunks(PGconn *db, chunk_bufs *cb, const char *doc,
                            const char *version, const dp_chunk_list *list,
                            int *written, char *err, size_t errlen)
 {
-    dp_buf *all[5] = {&cb->ids, &cb->ords, &cb->shas, &cb->texts, &cb->metas};
-    for (int k = 0; k < 5; k++) {
-        dp_buf_reset(all[k]);
-        dp_buf_append(all[k], "{", 1);
+    /* Ids, ordinals and hashes are array literals (their characters are
+     * known); texts and metas go over in binary form, which no text can
+     * break. */
+    dp_buf *lits[3] = {&cb->ids, &cb->ords, &cb->shas};
+    for (int k = 0; k < 3; k++) {
+        dp_buf_reset(lits[k]);
+        dp_buf_append(lits[k], "{", 1);
     }
+    dp_buf_text_array_begin(&cb->texts);
+    dp_buf_text_array_begin(&cb->metas);
     for (size_t c = 0; c < list->count; c++) {
         const dp_chunk *ch = &list->items[c];
         char id[DP_UUID_STR_SIZE], meta[128];
@@ -51,19 +56,20 @@ static dp_err store_chunks(PGconn *db, chunk_bufs *cb, const char *doc,
         dp_buf_appendf(&cb->ids, "%s%s", sep, id);
         dp_buf_appendf(&cb->ords, "%s%u", sep, ch->ord);
         dp_buf_appendf(&cb->shas, "%s%s", sep, ch->sha256);
-        dp_buf_append(&cb->texts, sep, strlen(sep));
-        dp_buf_array_text(&cb->texts, ch->text, ch->text_len);
+        dp_buf_text_array_add(&cb->texts, ch->text, ch->text_len);
         int n = snprintf(meta, sizeof(meta),
                          "{\"start_line\": %zu, \"end_line\": %zu, \"type\": \"markdown\"}",
                          ch->start_line, ch->end_line);
-        dp_buf_append(&cb->metas, sep, strlen(sep));
-        dp_buf_array_text(&cb->metas, meta, (size_t)n);
+        dp_buf_text_array_add(&cb->metas, meta, (size_t)n);
     }
-    for (int k = 0; k < 5; k++)
-        dp_buf_append(all[k], "}", 1);
+    for (int k = 0; k < 3; k++)
+        dp_buf_append(lits[k], "}", 1);
     const char *params[8] = {doc, DP_CHUNKER_NAME, version, cb->ids.data,
                              cb->ords.data, cb->shas.data, cb->texts.data,
                              cb->metas.data};
+    Oid types[8] = {0, 0, 0, 0, 0, 0, DP_TEXT_ARRAY_OID, DP_TEXT_ARRAY_OID};
+    int lens[8] = {0, 0, 0, 0, 0, 0, (int)cb->texts.len, (int)cb->metas.len};
+    int fmts[8] = {0, 0, 0, 0, 0, 0, 1, 1};
     PGresult *res = dp_pg_execp(db,
         "INSERT INTO upload_pipeline.document_chunk_buffer (chunk_id,"
         " document_id, chunk_ord, chunker_name, chunker_version, chunk_sha,"
@@ -72,7 +78,7 @@ static dp_err store_chunks(PGconn *db, chunk_bufs *cb, const char *doc,
         " FROM unnest($4::uuid[], $5::int[], $6::text[], $7::text[], $8::text[])"
         "   AS u(id, ord, sha, txt, meta)"
         " ON CONFLICT (chunk_id) DO NOTHING",
-        8, NULL, params, NULL, NULL, 0);
+        8, types, params, lens, fmts, 0);
     dp_err e = dp_pg_check(db, res, PGRES_COMMAND_OK, "store chunks", err,
                            errlen);
     if (e)

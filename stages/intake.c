@@ -4,7 +4,10 @@
  * In: <prefix>uploaded (UploadRequested), written by `docpipe submit` after
  * it stored the raw file content-addressed.  The file must exist with the
  * announced size and sha256, be at most 25 MB and of a supported type
- * (PDF, HTML, plain text, markdown).  A (user, file sha256) pair already
+ * (PDF, HTML, plain text, markdown); a file claiming to be text or
+ * markdown must look like text (textdecode.h's content sniffing: an
+ * executable or an image named .txt is refused here, not left to fail in
+ * a later stage).  A (user, file sha256) pair already
  * known is a duplicate upload: nothing more happens.  Otherwise the
  * document and its job are inserted (uploaded → parse_queued) and a
  * ParseRequested goes to <prefix>parse-queued.  A rejected upload is
@@ -25,6 +28,7 @@
 #include "ids.h"
 #include "pg.h"
 #include "stages.h"
+#include "textdecode.h"
 
 #define INTAKE_MAX_BYTES (25u * 1024 * 1024)
 
@@ -140,13 +144,19 @@ static dp_err check_upload(const dp_config *cfg, avro_value_t *m, char *why,
                               INTAKE_MAX_BYTES, &data, &len, err, sizeof(err));
     if (e)
         return dp_errf(e, why, whylen, "raw file: %s", err);
-    char sha[DP_SHA256_HEX_SIZE];
+    char sha[DP_SHA256_HEX_SIZE], sniffed[160];
     dp_sha256_hex(data, len, sha);
+    const char *binary = NULL;
+    if (strcmp(mime, "text/plain") == 0 || strcmp(mime, "text/markdown") == 0)
+        binary = dp_text_sniff_binary(data, len, sniffed, sizeof(sniffed));
     free(data);
     if ((int64_t)len != bytes || strcmp(sha, dp_msg_str(m, "file_sha256")) != 0)
         return dp_errf(DP_ERR_PERMANENT, why, whylen,
                        "raw file does not match the upload (size %zu, sha256 %s)",
                        len, sha);
+    if (binary)
+        return dp_errf(DP_ERR_PERMANENT, why, whylen,
+                       "content is %s, not text (the upload claims %s)", binary, mime);
     return DP_OK;
 }
 

@@ -2,11 +2,15 @@
  * parse (stage 2): turns the raw file into text.
  *
  * In: <prefix>parse-queued (ParseRequested).  Plain text and markdown are
- * their own text; PDF and HTML go through the parser service (Apache Tika
- * server, PUT /tika).  The text, at most 10 MB, is stored content-addressed
- * and the job moves parse_queued → parsed; a DocumentParsed goes to
- * <prefix>parsed.  A text or markdown file is referred to as it is (the raw
- * file is content-addressed too); a parsed text is written with the
+ * their own text, decoded to clean UTF-8 (textdecode.h: byte order marks,
+ * an 8-bit fallback charset, U+FFFD for invalid sequences, no stray
+ * controls); PDF and HTML go through the parser service (Apache Tika
+ * server, PUT /tika), whose answer is cleaned the same way.  The text, at
+ * most 10 MB, is stored content-addressed and the job moves parse_queued →
+ * parsed; a DocumentParsed goes to <prefix>parsed.  A text or markdown
+ * file that is clean UTF-8 already is referred to as it is (the raw file
+ * is content-addressed too), so validate, chunk and the stored text all
+ * read the same decoded text either way; a parsed text is written with the
  * batch's others and made durable once for all (dp_storage_sync).  An
  * unparseable file is a permanent failure
  * (failed_parse, dead-lettered).  A retryable failure while the parser is
@@ -22,6 +26,7 @@
 #include "docdb.h"
 #include "docstage.h"
 #include "stages.h"
+#include "textdecode.h"
 #include "tika_client.h"
 
 #define PARSE_MAX_RAW (25u * 1024 * 1024)
@@ -49,15 +54,33 @@ static dp_err parse_handle(void *state, dp_batch *b, char *err, size_t errlen)
         char why[768], path[DP_STORAGE_PATH_SIZE];
         size_t text_len = 0;
         dp_err v;
+        const char *encoding = "utf-8";
         if (strcmp(mime, "text/plain") == 0 || strcmp(mime, "text/markdown") == 0) {
-            /* The file is its own text: the raw file, content-addressed
-             * like a parsed one, is referred to as it is. */
-            v = dp_storage_size(ds->cfg->storage_dir, raw_path, &text_len, why,
-                                sizeof(why));
+            char *raw = NULL;
+            size_t raw_len = 0;
+            v = dp_storage_get(ds->cfg->storage_dir, raw_path, PARSE_MAX_RAW, &raw,
+                               &raw_len, why, sizeof(why));
+            if (v == DP_OK && dp_text_is_clean(raw, raw_len)) {
+                /* Clean UTF-8 is its own text: the raw file,
+                 * content-addressed like a parsed one, is referred to as
+                 * it is. */
+                text_len = raw_len;
+                snprintf(path, sizeof(path), "%s", raw_path);
+            } else if (v == DP_OK) {
+                char *text = NULL;
+                dp_text_info info;
+                v = dp_text_decode(raw, raw_len, ds->cfg->text_fallback_charset,
+                                   &text, &text_len, &info, why, sizeof(why));
+                encoding = info.encoding;
+                if (v == DP_OK && text_len <= PARSE_MAX_TEXT)
+                    v = dp_storage_write(&sb, ds->cfg->storage_dir, "parsed", text,
+                                         text_len, path, NULL, why, sizeof(why));
+                free(text);
+            }
+            free(raw);
             if (v == DP_OK && text_len > PARSE_MAX_TEXT)
                 v = dp_errf(DP_ERR_PERMANENT, why, sizeof(why),
                             "text is %zu bytes, over the 10 MB limit", text_len);
-            snprintf(path, sizeof(path), "%s", raw_path);
         } else {
             char *raw = NULL, *text = NULL;
             size_t raw_len = 0;
@@ -80,6 +103,15 @@ static dp_err parse_handle(void *state, dp_batch *b, char *err, size_t errlen)
                                 dp_tika_client_breaker(tika))), why);
                 goto out;
             }
+            /* Tika answers UTF-8; what a document smuggles through it
+             * (controls, broken sequences) is cleaned the same way. */
+            if (v == DP_OK && !dp_text_is_clean(text, text_len)) {
+                char *clean = NULL;
+                v = dp_text_decode(text, text_len, NULL, &clean, &text_len, NULL,
+                                   why, sizeof(why));
+                free(text);
+                text = clean;
+            }
             if (v == DP_OK)
                 v = dp_storage_write(&sb, ds->cfg->storage_dir, "parsed", text,
                                      text_len, path, NULL, why, sizeof(why));
@@ -91,7 +123,11 @@ static dp_err parse_handle(void *state, dp_batch *b, char *err, size_t errlen)
         }
         int moved;
         char progress[96];
-        snprintf(progress, sizeof(progress), "{\"text_bytes\": %zu}", text_len);
+        /* encoding: one of textdecode's names or the configured charset,
+         * which iconv knew, so no character needing JSON escapes. */
+        snprintf(progress, sizeof(progress),
+                 "{\"text_bytes\": %zu, \"encoding\": \"%.40s\"}", text_len,
+                 strpbrk(encoding, "\"\\") ? "?" : encoding);
         e = dp_docstage_transition(ds, b, doc, parse_from, "parsed", "PARSED",
                                    dp_msg_str(m, "correlation_id"), progress, &moved,
                                    err, errlen);

@@ -7,9 +7,9 @@
  * '#').  The two first bytes set the planner's limits (1-256 texts, 0-8160
  * tokens) so that small inputs still make several batches.
  *
- * (Text decoding, the step that will turn a parsed file's bytes into this
- * text, has its own harness when it exists: fuzz_text_decode.c beside this
- * one, with corpus/text_decode; see README.md.)
+ * (Text decoding, the step that turns a text file's bytes into clean UTF-8
+ * before this, has its own harness, fuzz_text_decode.c, which also feeds
+ * the chunker what it makes.)
  *
  * What must hold, besides no crash, leak or undefined behaviour:
  *   - chunks (chunker.h): ords 0..n-1, start_line = ord * 20, 1 to 20 lines
