@@ -52,7 +52,7 @@
     "   ELSE 'unresolved' END"
 enum { C_ID, C_STAGE, C_GROUP, C_TOPIC, C_PART, C_OFFSET, C_DLQ, C_CATEGORY,
        C_ATTEMPTS, C_ERROR, C_CORR, C_RECORD_TS, C_FIRST, C_LAST, C_CREATED,
-       C_RESOLVED_AT, C_RESOLUTION, C_STATE, C_KEY, C_VALUE };
+       C_RESOLVED_AT, C_RESOLUTION, C_STATE, C_KEY, C_VALUE, C_ATTEMPT };
 
 /* ---- shared helpers ------------------------------------------------------ */
 
@@ -461,6 +461,13 @@ static json_t *headers_json(PGresult *res)
 {
     json_t *h = json_array();
     char event[2048];
+    /* Dead letters of releases before commit visibility have no attempt. */
+    if (!PQgetisnull(res, 0, C_ATTEMPT)) {
+        add_header(h, "docpipe-attempt", col_json(res, 0, C_ATTEMPT));
+        snprintf(event, sizeof(event), "%s/%s/%s", val(res, 0, C_GROUP),
+                 val(res, 0, C_TOPIC), val(res, 0, C_PART));
+        add_header(h, "docpipe-stream", json_text(event, strlen(event)));
+    }
     snprintf(event, sizeof(event), "%s/%s/%s/%s:dlq", val(res, 0, C_GROUP),
              val(res, 0, C_TOPIC), val(res, 0, C_PART), val(res, 0, C_OFFSET));
     add_header(h, "docpipe-event-id", json_text(event, strlen(event)));
@@ -638,7 +645,7 @@ static int cmd_show(const dp_config *cfg, int argc, char **argv)
     const char *params[2] = {id, cfg->topic_prefix};
     /* Binary results: text columns arrive as their bytes, bytea as its. */
     PGresult *res = PQexecParams(db,
-        "SELECT " DL_COLUMNS ", d.record_key, d.record_value"
+        "SELECT " DL_COLUMNS ", d.record_key, d.record_value, d.attempt"
         " FROM docpipe.dp_dead_letters d"
         " WHERE d.id = $1::bigint AND starts_with(d.topic, $2)",
         2, NULL, params, NULL, NULL, 1);

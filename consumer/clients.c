@@ -72,7 +72,7 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac,
            : level <= 3 ? DP_LOG_ERROR : level <= 4 ? DP_LOG_WARN : DP_LOG_DEBUG,
            NULL, "kafka %s: %s", fac, buf);
 }
-/* librdkafka's statistics (JSON, every kafka_stats_ms): the totals that
+/* librdkafka's statistics (JSON, every stats_interval_ms): the totals that
  * tell whether a client talks to its brokers, kept for the metrics. */
 static int stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque)
 {
@@ -155,7 +155,7 @@ dp_err dp_kafka_conf(dp_runtime *rt, int producer, rd_kafka_conf_t **out,
         rd_kafka_conf_destroy(conf);
         return e;
     }
-    int stats_ms = rt->cfg->kafka_stats_ms ? rt->cfg->kafka_stats_ms
+    int stats_ms = rt->cfg->stats_interval_ms ? rt->cfg->stats_interval_ms
                    : rt->cfg->http_addr && *rt->cfg->http_addr ? 5000 : 0;
     if (stats_ms > 0) {
         char ms[32];

@@ -49,7 +49,7 @@ static const dp_config_entry dp_config_table[] = {
      " it too)."},
     {"http_live_ms", CT_INT, F(http_live_ms), "120000", 1000, 86400000,
      "/livez fails once a stage's poll loop has not turned for this long."},
-    {"kafka_stats_ms", CT_INT, F(kafka_stats_ms), "0", 0, 3600000,
+    {"stats_interval_ms", CT_INT, F(stats_interval_ms), "0", 0, 3600000,
      "Interval of librdkafka's statistics, exported as metrics (0: 5000 when"
      " http_addr is set, else off)."},
     {"offset_gap", CT_STR, F(offset_gap), "earliest", 0, 0,

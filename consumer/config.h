@@ -30,7 +30,7 @@ typedef struct dp_config {
     char *offset_reset;
     char *offset_gap;
     char *http_addr;
-    int kafka_stats_ms;
+    int stats_interval_ms;
     int http_live_ms;
     char *log_level;
     char *topic_prefix;

@@ -12,22 +12,23 @@
 #include <string.h>
 #include <time.h>
 
-dp_err dp_dlq_record(dp_runtime *rt, dp_slot *s, char *err,
+dp_err dp_dlq_record(dp_runtime *rt, dp_slot *s, int64_t attempt, char *err,
                      size_t errlen)
 {
-    char ps[16], os[32], att[16], ts[32], ff[32], lf[32];
+    char ps[16], os[32], att[16], ts[32], ff[32], lf[32], ah[96];
+    dp_kafka_attempt_header(rt, s, attempt, ah);
     snprintf(ps, sizeof(ps), "%d", s->rec.partition);
     snprintf(os, sizeof(os), "%" PRId64, s->rec.offset);
     snprintf(att, sizeof(att), "%d", s->rec.attempts);
     snprintf(ts, sizeof(ts), "%" PRId64, s->rec.timestamp_ms);
     snprintf(ff, sizeof(ff), "%" PRId64, s->first_failure_ms);
     snprintf(lf, sizeof(lf), "%" PRId64, s->last_failure_ms);
-    const char *params[15] = {rt->group, s->rec.topic, ps, os, rt->stage->name,
+    const char *params[16] = {rt->group, s->rec.topic, ps, os, rt->stage->name,
         rt->stage->dlq_topic, s->rec.key, s->rec.value,
         s->rec.timestamp_ms >= 0 ? ts : NULL, att,
-        dp_err2str(s->dlq_category), s->error ? s->error : "", ff, lf, s->corr};
-    int lens[15] = {0};
-    int fmts[15] = {0};
+        dp_err2str(s->dlq_category), s->error ? s->error : "", ff, lf, s->corr, ah};
+    int lens[16] = {0};
+    int fmts[16] = {0};
     lens[6] = (int)s->rec.key_len;
     lens[7] = (int)s->rec.value_len;
     fmts[6] = fmts[7] = 1;
@@ -39,10 +40,10 @@ dp_err dp_dlq_record(dp_runtime *rt, dp_slot *s, char *err,
         "INSERT INTO docpipe.dp_dead_letters (group_id, topic, partition,"
         " \"offset\", stage, dlq_topic, record_key, record_value, record_ts,"
         " attempts, category, error, first_failure, last_failure,"
-        " correlation_id) VALUES ($1, $2, $3::int, $4::bigint, $5, $6, $7,"
-        " $8, to_timestamp($9::bigint / 1000.0), $10::int, $11, $12,"
+        " correlation_id, attempt) VALUES ($1, $2, $3::int, $4::bigint, $5, $6,"
+        " $7, $8, to_timestamp($9::bigint / 1000.0), $10::int, $11, $12,"
         " to_timestamp($13::bigint / 1000.0), to_timestamp($14::bigint / 1000.0),"
-        " $15)", 15, NULL, params, lens, fmts, 0);
+        " $15, $16)", 16, NULL, params, lens, fmts, 0);
     dp_err e = dp_pg_check(rt->db, res, PGRES_COMMAND_OK, "record dead letter",
                            err, errlen);
     if (e == DP_OK)

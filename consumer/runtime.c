@@ -435,7 +435,7 @@ static batch_result settle(dp_runtime *rt, size_t from, size_t to)
         dp_slot *s = &rt->slots[i];
         if (s->state != RS_DLQ)
             continue;
-        if ((e = dp_dlq_record(rt, s, err, sizeof(err))))
+        if ((e = dp_dlq_record(rt, s, attempt, err, sizeof(err))))
             goto rollback;
         if (rt->stage->dead_letter && (e = dp_dlq_hook(rt, s, err, sizeof(err))))
             goto rollback;
@@ -773,6 +773,9 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
         if (nm == 0) {
             dp_fetch_nudge(rt);
             dp_part_check_epochs(rt);
+            /* The producer's own events (statistics, errors) are served by
+             * its polls; flush polls it during a batch, this when idle. */
+            rd_kafka_poll(rt->producer, 0);
         }
         for (size_t k = 0; k < nm; k++)
             dp_fetch_take(rt, ms[k]);

@@ -225,7 +225,7 @@ dp_err dp_dedup_store(dp_runtime *rt, const dp_offset_advance *adv, int nadv,
                       char *err, size_t errlen);
 
 /* deadletters.c */
-dp_err dp_dlq_record(dp_runtime *rt, dp_slot *s, char *err,
+dp_err dp_dlq_record(dp_runtime *rt, dp_slot *s, int64_t attempt, char *err,
                      size_t errlen);
 dp_err dp_dlq_hook(dp_runtime *rt, dp_slot *s, char *err, size_t errlen);
 dp_err dp_dlq_publish(dp_runtime *rt, dp_slot *s, int64_t attempt,
