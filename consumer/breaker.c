@@ -1,5 +1,6 @@
 /* breaker: per-service circuit breaker (see breaker.h). */
 #include "breaker.h"
+#include "services.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -38,6 +39,7 @@ dp_breaker *dp_breaker_new(const char *service, int threshold, int64_t reset_ms)
     b->reset_ms = reset_ms > 0 ? reset_ms : DP_BREAKER_DEFAULT_RESET_MS;
     b->state = DP_BREAKER_CLOSED;
     b->now_ms = dp_clock_mono_ms;
+    dp_service_attach_breaker(dp_service_get(b->service), b);
     return b;
 }
 
@@ -45,6 +47,7 @@ void dp_breaker_free(dp_breaker *b)
 {
     if (!b)
         return;
+    dp_service_detach_breaker(dp_service_get(b->service), b);
     pthread_mutex_destroy(&b->mu);
     free(b->service);
     free(b);

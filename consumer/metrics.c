@@ -1,6 +1,8 @@
 /* metrics: Prometheus text exposition of the stages (see metrics.h). */
 #include "metrics.h"
 
+#include "services.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -143,6 +145,7 @@ void dp_metrics_render(dp_runtime *const *rts, int n, dp_buf *out)
                           b[kf[k].which]);
         }
     }
+    dp_services_render(out);
     static const family rss = {"docpipe_process_resident_memory_bytes", "gauge",
                                "Resident memory of the process."};
     head(out, &rss);

@@ -12,6 +12,8 @@
  */
 #include "embed_client.h"
 
+#include "services.h"
+
 #include <ctype.h>
 #include <limits.h>
 #include <pthread.h>
@@ -50,6 +52,7 @@ struct slot {
 
 struct dp_embed_client {
     pthread_mutex_t run_mu;  /* one dp_embed_run at a time */
+    dp_service *svc;         /* its figures in the metrics */
     char *endpoint;          /* {embed_url}/v1/embeddings */
     char *models;            /* {embed_url}/v1/models: is the service up */
     char *model;
@@ -134,6 +137,7 @@ dp_err dp_embed_client_new(const dp_config *cfg, dp_embed_client **out, char *er
     c->multi = curl_multi_init();
     c->slots = calloc((size_t)c->inflight, sizeof(*c->slots));
     c->breaker = dp_breaker_new("embeddings", cfg->breaker_threshold, cfg->breaker_reset_ms);
+    c->svc = dp_service_get("embeddings");
     c->rl = dp_ratelimit_new(cfg->embed_rpm, cfg->embed_tpm);
     if (!c->endpoint || !c->models || !c->model || !c->headers || !c->multi || !c->slots || !c->breaker ||
         !c->rl) {
@@ -146,6 +150,8 @@ dp_err dp_embed_client_new(const dp_config *cfg, dp_embed_client **out, char *er
     return DP_OK;
 }
 
+static int64_t ms_since(const struct timespec *t0);
+
 void dp_embed_client_free(dp_embed_client *c)
 {
     if (!c)
@@ -153,8 +159,10 @@ void dp_embed_client_free(dp_embed_client *c)
     for (int i = 0; c->slots && i < c->inflight; i++) {
         struct slot *s = &c->slots[i];
         if (s->easy) {
-            if (s->job)
+            if (s->job) {
                 curl_multi_remove_handle(c->multi, s->easy);
+                dp_service_end(c->svc, (double)ms_since(&s->started) / 1000.0, 0);
+            }
             curl_easy_cleanup(s->easy);
         }
         free(s->req);
@@ -367,8 +375,10 @@ static int slot_start(dp_embed_client *c, struct slot *s, dp_embed_job *job, cha
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
         mc = curl_multi_add_handle(c->multi, e);
     }
-    if (mc == CURLM_OK)
+    if (mc == CURLM_OK) {
+        dp_service_begin(c->svc);
         return 0;
+    }
     job->result = dp_errf(DP_ERR_RETRYABLE, job->error, sizeof(job->error),
                           "embeddings: cannot start a request: %s", curl_multi_strerror(mc));
     dp_breaker_failure(c->breaker); /* it let the call through: report back */
@@ -923,6 +933,9 @@ dp_err dp_embed_run_hooks(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
                 probe_out = 0;
             dp_embed_job *job = s->job;
             slot_finish(c, s, cc);
+            dp_service_end(c->svc, (double)ms_since(&s->started) / 1000.0,
+                           cc == CURLE_OK && job->http_status > 0 &&
+                           job->http_status < 500);
             running--;
             if (done && job->result == DP_OK)
                 done(job, arg);
@@ -944,6 +957,7 @@ dp_err dp_embed_run_hooks(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
             if (!s->job)
                 continue;
             curl_multi_remove_handle(c->multi, s->easy);
+            dp_service_end(c->svc, (double)ms_since(&s->started) / 1000.0, 0);
             refuse(c, s->job, "is refusing calls (request abandoned in flight)");
             slot_release(s);
         }

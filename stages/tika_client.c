@@ -1,6 +1,8 @@
 /* tika_client: Apache Tika server client (see tika_client.h). */
 #include "tika_client.h"
 
+#include "services.h"
+
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +20,7 @@ struct dp_tika_client {
     char *endpoint;          /* {tika_url}/tika */
     long timeout_ms;
     dp_breaker *breaker;
+    dp_service *svc;         /* its figures in the metrics */
 };
 
 struct sink {
@@ -52,6 +55,7 @@ dp_err dp_tika_client_new(const dp_config *cfg, dp_tika_client **out, char *err,
         c->endpoint = NULL;
     c->easy = curl_easy_init();
     c->breaker = dp_breaker_new("tika", cfg->breaker_threshold, cfg->breaker_reset_ms);
+    c->svc = dp_service_get("tika");
     if (!c->endpoint || !c->easy || !c->breaker) {
         dp_tika_client_free(c);
         return dp_errf(DP_ERR_RETRYABLE, err, errlen, "out of memory");
@@ -188,9 +192,12 @@ static dp_err put_document(dp_tika_client *c, const void *data, size_t len,
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, curl_err);
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
+    dp_service_begin(c->svc);
     CURLcode cc = curl_easy_perform(e);
     long status = 0;
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+    dp_service_end(c->svc, (double)ms_since(&t0) / 1000.0,
+                   cc == CURLE_OK && status > 0 && status < 500);
     /* Nothing may point at this call's locals once it returns. */
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, NULL);
