@@ -858,7 +858,10 @@ Test(pipeline, test_failed_documents_retried_after_the_fix_complete)
  * vectors, and complete once retried. */
 Test(pipeline, test_embed_killed_before_commit_rolled_back_batch_is_never_gathered)
 {
-    const char *fault[] = {"DOCPIPE_FAULT=embed:after-produce:kill", NULL};
+    /* A short session: the group gives the killed process's partitions
+     * away after 6 s instead of Kafka's default 45. */
+    const char *fault[] = {"DOCPIPE_FAULT=embed:after-produce:kill",
+                           "DOCPIPE_KAFKA_SESSION_TIMEOUT_MS=6000", NULL};
     start("embedkill", NULL, fault);
     char dir[1300];
     test_dir("docs", dir, sizeof(dir));

@@ -492,7 +492,10 @@ Test(visibility, test_every_window_of_a_batch_loses_and_repeats_nothing)
          * first claim of a fresh process is hit 1. */
         snprintf(fault, sizeof(fault), "DOCPIPE_FAULT=demo:%s:kill:%d", points[k],
                  strcmp(points[k], "in-claim") == 0 ? 1 : 2);
-        const char *env[] = {fault, "DOCPIPE_BATCH_MAX=60", NULL};
+        /* A short session: the group gives the killed instance's
+         * partitions away after 6 s instead of Kafka's default 45. */
+        const char *env[] = {fault, "DOCPIPE_BATCH_MAX=60",
+                             "DOCPIPE_KAFKA_SESSION_TIMEOUT_MS=6000", NULL};
         logpath(log, sizeof(log), points[k]);
         pid_t a = tenv_spawn_stage(&T, "demo", log, env);
         cr_assert_eq(tenv_stop(a, 0, 60000), 128 + SIGKILL, "%s: killed there",
