@@ -27,6 +27,7 @@ struct dp_ui {
     PGconn *db;             /* the dashboard's own; NULL until needed */
     json_t *jobs;           /* documents per job state, last asked at jobs_ms */
     int64_t jobs_ms;
+    const char *jobs_why;   /* why that failed (jobs NULL), or NULL */
 };
 
 dp_ui *dp_ui_new(const dp_config *cfg, dp_runtime *const *rts, int n)
@@ -88,20 +89,21 @@ static json_t *query(dp_ui *u, const char *sql, int nparams, const char *const *
     return rows;
 }
 
-/* Documents per job state, asked at most once a second (held mu). */
+/* Documents per job state, asked at most once a second (held mu), failures
+ * included: a page polling while PostgreSQL is away waits on one connection
+ * attempt a second, not one per request. */
 static json_t *jobs_by_state(dp_ui *u, const char **why)
 {
     int64_t now = dp_clock_mono_ms(NULL);
-    if (!u->jobs || now - u->jobs_ms >= 1000) {
-        json_t *rows = query(u, "SELECT status AS state, count(*)::text AS documents"
-                                " FROM upload_pipeline.upload_jobs GROUP BY status"
-                                " ORDER BY status", 0, NULL, why);
-        if (!rows)
-            return NULL;
+    if (now - u->jobs_ms >= 1000) {
         json_decref(u->jobs);
-        u->jobs = rows;
-        u->jobs_ms = now;
+        u->jobs_why = NULL;
+        u->jobs = query(u, "SELECT status AS state, count(*)::text AS documents"
+                           " FROM upload_pipeline.upload_jobs GROUP BY status"
+                           " ORDER BY status", 0, NULL, &u->jobs_why);
+        u->jobs_ms = dp_clock_mono_ms(NULL);
     }
+    *why = u->jobs_why;
     return json_incref(u->jobs);
 }
 
