@@ -56,7 +56,7 @@ static void usage(FILE *out)
         "  run [--http ADDR] <stage>... | all\n"
         "                           run stages in this process, each its own\n"
         "                           consumer group; SIGTERM/SIGINT stop cleanly;\n"
-        "                           --http: /metrics, /livez, /readyz at ADDR\n"
+        "                           --http: dashboard, /metrics, /livez, /readyz\n"
         "  submit [--user UUID] <file|dir>...\n"
         "                           store files (PDF, HTML, text, markdown) and\n"
         "                           publish their uploads; prints document ids\n"
@@ -244,8 +244,9 @@ static int cmd_run(dp_config *cfg, int argc, char **argv)
         }
     }
     dp_http *http = NULL;
+    /* Read by the listener's thread until dp_http_stop: it lives as long. */
+    dp_runtime *rts[32];
     if (rc == 0 && cfg->http_addr && *cfg->http_addr) {
-        dp_runtime *rts[32];
         for (int i = 0; i < n; i++)
             rts[i] = t[i].rt;
         char err[512];
@@ -253,7 +254,7 @@ static int cmd_run(dp_config *cfg, int argc, char **argv)
             dp_log(DP_LOG_ERROR, NULL, "%s", err);
             rc = 1;
         } else {
-            dp_log(DP_LOG_INFO, NULL, "serving /metrics, /livez and /readyz on %s",
+            dp_log(DP_LOG_INFO, NULL, "serving the dashboard, /metrics, /livez and /readyz on %s",
                    cfg->http_addr);
         }
     }

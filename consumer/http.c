@@ -15,12 +15,14 @@
 #include "clock.h"
 #include "metrics.h"
 #include "pg.h"
+#include "ui.h"
 
 struct dp_http {
     const dp_config *cfg;
     dp_runtime *const *rts;
     int n;
     struct MHD_Daemon *daemon;
+    dp_ui *ui;                   /* the dashboard: /, /api/... */
     pthread_mutex_t mu;
     int64_t pg_checked_ms;       /* when PostgreSQL was last asked */
     int pg_ok;
@@ -114,7 +116,18 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         }
         return reply(c, 200, "text/plain", "ok\n", 3);
     }
-    return reply(c, 404, "text/plain", "/metrics, /livez or /readyz\n", 28);
+    dp_buf b = {0};
+    const char *type = NULL;
+    unsigned st = dp_ui_serve(h->ui, url,
+                              MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "id"),
+                              &type, &b);
+    if (st) {
+        enum MHD_Result ok = reply(c, st, type, b.data ? b.data : "", b.len);
+        dp_buf_free(&b);
+        return ok;
+    }
+    static const char where[] = "/, /api/..., /metrics, /livez or /readyz\n";
+    return reply(c, 404, "text/plain", where, sizeof(where) - 1);
 }
 
 dp_err dp_http_start(const dp_config *cfg, const char *addr, dp_runtime *const *rts,
@@ -145,10 +158,12 @@ dp_err dp_http_start(const dp_config *cfg, const char *addr, dp_runtime *const *
     h->n = n;
     h->pg_checked_ms = -1000000;
     pthread_mutex_init(&h->mu, NULL);
+    h->ui = dp_ui_new(cfg, rts, n);
     h->daemon = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG,
                                  0, NULL, NULL, handle, h, MHD_OPTION_SOCK_ADDR,
                                  (struct sockaddr *)&sa, MHD_OPTION_END);
     if (!h->daemon) {
+        dp_ui_free(h->ui);
         pthread_mutex_destroy(&h->mu);
         free(h);
         return dp_errf(DP_ERR_PERMANENT, err, errlen,
@@ -164,6 +179,7 @@ void dp_http_stop(dp_http *h)
     if (!h)
         return;
     MHD_stop_daemon(h->daemon);
+    dp_ui_free(h->ui);
     pthread_mutex_destroy(&h->mu);
     free(h);
 }

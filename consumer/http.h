@@ -1,6 +1,7 @@
 /*
  * http: the listener of `docpipe run --http ADDR` (libmicrohttpd, its own
- * thread): /metrics (metrics.h), /livez and /readyz.
+ * thread): /metrics (metrics.h), /livez and /readyz; the dashboard at / and
+ * /api/... (ui.h).
  *
  *   /livez   200 while every stage's poll loop turned within
  *            http_live_ms; 503 naming the stuck stage otherwise.

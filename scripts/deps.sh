@@ -20,6 +20,8 @@ PACKAGES=(
     libcriterion-dev
     # a real parser of the Prometheus text format (test_observe)
     python3-prometheus-client
+    # a headless browser that renders the dashboard (test_ui)
+    chromium
     # fuzzing (scripts/fuzz.sh): clang, and its libFuzzer and sanitizer
     # runtimes, which clang only recommends
     clang libclang-rt-14-dev
