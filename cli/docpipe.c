@@ -39,10 +39,10 @@
 
 static volatile sig_atomic_t dp_stop;
 
+/* The signal's number: commands exit 128 plus it (cli.h). */
 static void on_signal(int sig)
 {
-    (void)sig;
-    dp_stop = 1;
+    dp_stop = sig;
 }
 
 static void usage(FILE *out)
@@ -107,9 +107,12 @@ static void usage(FILE *out)
     dp_config_print_help(out);
 }
 
-int dp_cmd_submit(const dp_config *cfg, int argc, char **argv);
-int dp_cmd_status(const dp_config *cfg, int argc, char **argv);
-int dp_cmd_wait(const dp_config *cfg, int argc, char **argv);
+int dp_cmd_submit(const dp_config *cfg, int argc, char **argv,
+                  volatile sig_atomic_t *stop);
+int dp_cmd_status(const dp_config *cfg, int argc, char **argv,
+                  volatile sig_atomic_t *stop);
+int dp_cmd_wait(const dp_config *cfg, int argc, char **argv,
+                volatile sig_atomic_t *stop);
 int dp_cmd_retry(const dp_config *cfg, int argc, char **argv,
                  volatile sig_atomic_t *stop);
 void dp_retry_usage(FILE *out);
@@ -411,11 +414,11 @@ int main(int argc, char **argv)
     else if (strcmp(cmd, "run") == 0)
         rc = cmd_run(&cfg, argc - 2, argv + 2);
     else if (strcmp(cmd, "submit") == 0)
-        rc = dp_cmd_submit(&cfg, argc - 2, argv + 2);
+        rc = dp_cmd_submit(&cfg, argc - 2, argv + 2, &dp_stop);
     else if (strcmp(cmd, "status") == 0)
-        rc = dp_cmd_status(&cfg, argc - 2, argv + 2);
+        rc = dp_cmd_status(&cfg, argc - 2, argv + 2, &dp_stop);
     else if (strcmp(cmd, "wait") == 0)
-        rc = dp_cmd_wait(&cfg, argc - 2, argv + 2);
+        rc = dp_cmd_wait(&cfg, argc - 2, argv + 2, &dp_stop);
     else if (strcmp(cmd, "retry") == 0)
         rc = dp_cmd_retry(&cfg, argc - 2, argv + 2, &dp_stop);
     else if (strcmp(cmd, "replay") == 0)
