@@ -6,11 +6,14 @@
  * service and Apache Tika server, as in test_pipeline.c).
  */
 #include <criterion/criterion.h>
+#include <errno.h>
+#include <pty.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -226,4 +229,31 @@ Test(cli, test_submit_wait_exits_0_when_its_documents_complete)
     snprintf(sql, sizeof(sql), "SELECT count(*) FROM upload_pipeline.upload_jobs"
              " WHERE user_id = '%s' AND status = 'complete'", user);
     cr_assert_eq(tenv_scalar(&T, sql), 3);
+}
+
+Test(cli, test_wait_redraws_one_progress_line_on_a_terminal)
+{
+    start("cli_tty", 0);
+    int master;
+    pid_t pid = forkpty(&master, NULL, NULL, NULL);
+    cr_assert_geq(pid, 0, "forkpty: %s", strerror(errno));
+    if (pid == 0) { /* the environment is tenv_setup's */
+        execl(T.bin, "docpipe", "wait", "--timeout", "3", NEVER_DOC, (char *)NULL);
+        _exit(127);
+    }
+    char buf[16384];
+    size_t len = 0;
+    for (;;) {
+        ssize_t r = read(master, buf + len, sizeof(buf) - 1 - len);
+        if (r <= 0) /* EIO once the child is gone */
+            break;
+        len += (size_t)r;
+    }
+    buf[len] = '\0';
+    close(master);
+    int st;
+    waitpid(pid, &st, 0);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 3, "exit 3 on timeout");
+    cr_assert(strstr(buf, "\r0/1 complete, 0 failed"), "redrawn line: %s", buf);
+    cr_assert_null(strstr(buf, "docpipe wait: 0/1"), "no plain lines: %s", buf);
 }
