@@ -6,8 +6,13 @@
  * UUIDv5("doc:{user}:{sha256}") so that the same file from the same user
  * is the same document (intake deduplicates it).  Files are written in
  * groups of SUBMIT_GROUP and made durable together (one filesystem flush,
- * dp_storage_sync) before their uploads are published.  status reads the domain
- * tables; wait polls them until documents are complete or failed.
+ * dp_storage_sync) before their uploads are published.  Its TSV lines escape
+ * tab, newline, carriage return and backslash in file names, so one line
+ * is one record; --json gives the same as one array.  A stop signal
+ * (SIGINT/SIGTERM) ends it between files: the group not yet handed to
+ * Kafka is dropped, what was handed over is acknowledged and listed.
+ * status reads the domain tables (TSV, or --json); wait (its loop is
+ * wait.c's) polls them until documents are complete or failed.
  */
 #include <dirent.h>
 #include <errno.h>
