@@ -442,7 +442,8 @@ static json_t *query_json(PGconn *db, const char *sql, int nparams,
             if (!PQgetisnull(res, r, c)) {
                 const char *name = PQfname(res, c);
                 /* jsonb columns and counts keep their types */
-                if (strcmp(name, "documents") == 0 || strcmp(name, "retries") == 0)
+                if (strcmp(name, "documents") == 0 || strcmp(name, "retries") == 0 ||
+                    strcmp(name, "bytes") == 0)
                     v = json_integer(atoll(PQgetvalue(res, r, c)));
                 else if (strcmp(name, "progress") == 0 || strcmp(name, "error") == 0)
                     v = json_loads(PQgetvalue(res, r, c), JSON_DECODE_ANY, NULL);
