@@ -14,8 +14,9 @@
  *   docpipe demo-produce N [...]    publish demonstration records
  *   docpipe config-doc              print docs/configuration.md
  *
- * Data goes to stdout, diagnostics (JSON lines) to stderr.  Exit codes:
- * 0 success, 1 failure, 2 usage error.
+ * Data goes to stdout, diagnostics (JSON lines) to stderr.  Exit codes
+ * (cli.h): 0 success, 1 failure, 2 usage error, 3 timed out (wait,
+ * submit --wait), 130 after SIGINT and 143 after SIGTERM.
  */
 #include <inttypes.h>
 #include <pthread.h>
@@ -39,10 +40,10 @@
 
 static volatile sig_atomic_t dp_stop;
 
+/* The signal's number: commands exit 128 plus it (cli.h). */
 static void on_signal(int sig)
 {
-    (void)sig;
-    dp_stop = 1;
+    dp_stop = sig;
 }
 
 static void usage(FILE *out)
@@ -57,14 +58,19 @@ static void usage(FILE *out)
         "                           run stages in this process, each its own\n"
         "                           consumer group; SIGTERM/SIGINT stop cleanly;\n"
         "                           --http: dashboard, /metrics, /livez, /readyz\n"
-        "  submit [--user UUID] <file|dir>...\n"
+        "  submit [--user UUID] [--json] [--wait [--timeout S]] <file|dir>...\n"
         "                           store files (PDF, HTML, text, markdown) and\n"
-        "                           publish their uploads; prints document ids\n"
-        "  status [<document>...]   documents by state, or per document: state,\n"
+        "                           publish their uploads; prints document id,\n"
+        "                           type, name (tab, newline, backslash in it as\n"
+        "                           \\t \\n \\\\); --wait: then as wait does\n"
+        "                           (docpipe submit --help)\n"
+        "  status [--json] [<document>...]\n"
+        "                           documents by state, or per document: state,\n"
         "                           progress, error and the timeline of stages\n"
-        "  wait [--timeout S] [<document>...]\n"
+        "  wait [--timeout S] [--progress-every S] [--json] [<document>...]\n"
         "                           until the documents (default: all) are complete\n"
-        "                           or failed; exit 0 only if all complete\n"
+        "                           or failed, with progress on stderr; exit 0 all\n"
+        "                           complete, 1 some failed, 3 timed out\n"
         "  retry [--from parse|chunk|embed] [--dry-run] [--batch N] [--restart]\n"
         "        <document>... | - | --all | --user UUID | --state S |\n"
         "        --since T | --until T\n"
@@ -100,6 +106,8 @@ static void usage(FILE *out)
         "                           stage's input topic\n"
         "  config-doc               print the settings as Markdown\n"
         "  help                     this text\n\n"
+        "Exit status: 0 done, 1 failed, 2 usage error, 3 timed out (wait,\n"
+        "submit --wait); SIGINT or SIGTERM end a command cleanly: 130 or 143.\n\n"
         "Stages:\n");
     for (const dp_stage_def *d = dp_stage_defs; d->name; d++)
         fprintf(out, "  %-24s %s\n", d->name, d->help);
@@ -107,9 +115,12 @@ static void usage(FILE *out)
     dp_config_print_help(out);
 }
 
-int dp_cmd_submit(const dp_config *cfg, int argc, char **argv);
-int dp_cmd_status(const dp_config *cfg, int argc, char **argv);
-int dp_cmd_wait(const dp_config *cfg, int argc, char **argv);
+int dp_cmd_submit(const dp_config *cfg, int argc, char **argv,
+                  volatile sig_atomic_t *stop);
+int dp_cmd_status(const dp_config *cfg, int argc, char **argv,
+                  volatile sig_atomic_t *stop);
+int dp_cmd_wait(const dp_config *cfg, int argc, char **argv,
+                volatile sig_atomic_t *stop);
 int dp_cmd_retry(const dp_config *cfg, int argc, char **argv,
                  volatile sig_atomic_t *stop);
 void dp_retry_usage(FILE *out);
@@ -378,9 +389,10 @@ int main(int argc, char **argv)
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? EXIT_USAGE : 0;
     }
-    /* dlq, replay and lag answer --help themselves. */
+    /* dlq, replay, lag, submit and wait answer --help themselves. */
     for (int i = 2; i < argc && strcmp(argv[1], "dlq") != 0 &&
-                    strcmp(argv[1], "replay") != 0 && strcmp(argv[1], "lag") != 0; i++)
+                    strcmp(argv[1], "replay") != 0 && strcmp(argv[1], "lag") != 0 &&
+                    strcmp(argv[1], "submit") != 0 && strcmp(argv[1], "wait") != 0; i++)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             if (strcmp(argv[1], "retry") == 0)
                 dp_retry_usage(stdout);
@@ -412,11 +424,11 @@ int main(int argc, char **argv)
     else if (strcmp(cmd, "run") == 0)
         rc = cmd_run(&cfg, argc - 2, argv + 2);
     else if (strcmp(cmd, "submit") == 0)
-        rc = dp_cmd_submit(&cfg, argc - 2, argv + 2);
+        rc = dp_cmd_submit(&cfg, argc - 2, argv + 2, &dp_stop);
     else if (strcmp(cmd, "status") == 0)
-        rc = dp_cmd_status(&cfg, argc - 2, argv + 2);
+        rc = dp_cmd_status(&cfg, argc - 2, argv + 2, &dp_stop);
     else if (strcmp(cmd, "wait") == 0)
-        rc = dp_cmd_wait(&cfg, argc - 2, argv + 2);
+        rc = dp_cmd_wait(&cfg, argc - 2, argv + 2, &dp_stop);
     else if (strcmp(cmd, "retry") == 0)
         rc = dp_cmd_retry(&cfg, argc - 2, argv + 2, &dp_stop);
     else if (strcmp(cmd, "replay") == 0)

@@ -31,6 +31,7 @@
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
 
+#include "cli.h"
 #include "config.h"
 #include "pg.h"
 #include "stages.h"
@@ -240,7 +241,36 @@ static void print_tsv(json_t *doc)
     }
 }
 
-int dp_cmd_lag(const dp_config *cfg, int argc, char **argv);
+rd_kafka_t *dp_lag_client(const dp_config *cfg, char *err, size_t errlen)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_t *rk = NULL;
+    if (rd_kafka_conf_set(conf, "bootstrap.servers", cfg->brokers, err,
+                          errlen) == RD_KAFKA_CONF_OK &&
+        dp_config_apply_kafka(cfg, conf, 0, err, errlen) == DP_OK)
+        rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, errlen);
+    if (!rk)
+        rd_kafka_conf_destroy(conf);
+    return rk;
+}
+
+json_t *dp_lag_read(rd_kafka_t *rk, PGconn *db, const dp_config *cfg,
+                    const char *const *names, int n, char *err, size_t errlen)
+{
+    json_t *stages = json_array();
+    for (int i = 0; i < n; i++) {
+        json_t *st = stage_lag(rk, db, cfg, names[i], err, errlen);
+        if (!st) {
+            size_t len = strlen(err);
+            snprintf(err + len, errlen - len, " (stage %s)", names[i]);
+            json_decref(stages);
+            return NULL;
+        }
+        json_array_append_new(stages, st);
+    }
+    return json_pack("{s:o}", "stages", stages);
+}
+
 int dp_cmd_lag(const dp_config *cfg, int argc, char **argv)
 {
     const char *names[LAG_MAX_STAGES];
@@ -283,43 +313,32 @@ int dp_cmd_lag(const dp_config *cfg, int argc, char **argv)
                 names[nnames++] = d->name;
 
     char err[1024];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    rd_kafka_t *rk = NULL;
-    if (rd_kafka_conf_set(conf, "bootstrap.servers", cfg->brokers, err,
-                          sizeof(err)) == RD_KAFKA_CONF_OK &&
-        dp_config_apply_kafka(cfg, conf, 0, err, sizeof(err)) == DP_OK)
-        rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
+    rd_kafka_t *rk = dp_lag_client(cfg, err, sizeof(err));
     if (!rk) {
-        rd_kafka_conf_destroy(conf);
         fprintf(stderr, "docpipe lag: Kafka: %s\n", err);
         return 1;
     }
     int rc = 1;
     PGconn *db = NULL;
-    json_t *stages = json_array();
+    json_t *doc = NULL;
     if (dp_pg_connect(cfg, "docpipe-lag", &db, err, sizeof(err))) {
         fprintf(stderr, "docpipe lag: %s\n", err);
         goto out;
     }
-    for (int i = 0; i < nnames; i++) {
-        json_t *st = stage_lag(rk, db, cfg, names[i], err, sizeof(err));
-        if (!st) {
-            fprintf(stderr, "docpipe lag: %s: %s\n", names[i], err);
-            goto out;
-        }
-        json_array_append_new(stages, st);
+    doc = dp_lag_read(rk, db, cfg, names, nnames, err, sizeof(err));
+    if (!doc) {
+        fprintf(stderr, "docpipe lag: %s\n", err);
+        goto out;
     }
-    json_t *doc = json_pack("{s:O}", "stages", stages);
     if (as_json) {
         json_dumpf(doc, stdout, JSON_INDENT(2));
         fputc('\n', stdout);
     } else {
         print_tsv(doc);
     }
-    json_decref(doc);
     rc = fflush(stdout) == 0 ? 0 : 1;
 out:
-    json_decref(stages);
+    json_decref(doc);
     if (db)
         dp_pg_finish(db);
     rd_kafka_destroy(rk);
