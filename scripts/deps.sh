@@ -20,6 +20,8 @@ PACKAGES=(
     libcriterion-dev
     # a real parser of the Prometheus text format (test_observe)
     python3-prometheus-client
+    # YAML for tests/compose/check_compose.py (docker-compose.yml, deploy/)
+    python3-yaml
     # fuzzing (scripts/fuzz.sh): clang, and its libFuzzer and sanitizer
     # runtimes, which clang only recommends
     clang libclang-rt-14-dev
