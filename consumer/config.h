@@ -47,7 +47,7 @@ typedef struct dp_config {
     int topic_partitions;
     int topic_replication;
     char *topic_configs;        /* "k=v,k=v" given to every topic created */
-    int dlq_retention_ms;       /* 0: broker default */
+    long long dlq_retention_ms; /* 0: broker default, -1: forever */
     int db_connect_timeout_ms;
     int demo_publish;           /* demo stage: publish each record onward */
     char *embed_url;

@@ -11,7 +11,8 @@ instead:
     pipeline stage has a service (and is scraped by Prometheus);
   - every DOCPIPE_* variable is a setting `docpipe config-doc` documents
     (DOCPIPE_KAFKA_*, DOCPIPE_CONSUMER_*, DOCPIPE_PRODUCER_* pass through to
-    librdkafka and are allowed);
+    librdkafka and are allowed), and docpipe accepts each service's values
+    (it loads them before `config-doc` runs);
   - every docpipe-embedserver flag is one its --help lists;
   - every path a healthcheck asks a stage for (port 9464) is served: a real
     `docpipe run --http` demo stage answers it with something other than 404;
@@ -179,6 +180,12 @@ def main():
             if key.startswith("DOCPIPE_") and key not in known and \
                     not key.startswith(PASSTHROUGH):
                 problem("%s: %s is not a docpipe setting (docpipe config-doc)" % (name, key))
+        if isinstance(env, dict) and any(k.startswith("DOCPIPE_") for k in env):
+            clean = {k: v for k, v in os.environ.items() if not k.startswith("DOCPIPE_")}
+            clean.update({k: str(v) for k, v in env.items() if k.startswith("DOCPIPE_")})
+            r = run([BIN, "config-doc"], env=clean)
+            if r.returncode != 0:
+                problem("%s: docpipe refuses its settings: %s" % (name, r.stderr.strip()))
         # Commands.
         for words in command_words(svc.get("command")):
             if words[0] == "docpipe":
