@@ -32,6 +32,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -117,9 +118,13 @@ def scrape_demo_stage(paths):
     env = dict(os.environ)
     env["DOCPIPE_TOPIC_PREFIX"] = "compose%d_%d." % (os.getpid(), int(time.time()) % 100000)
     env.setdefault("DOCPIPE_SCHEMA_DIR", os.path.join(SRC, "schemas"))
-    log = open(os.devnull, "w")
+    log = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen([BIN, "run", "--http", "127.0.0.1:%d" % port, "demo"],
                             env=env, stdout=log, stderr=log)
+
+    def log_tail():
+        log.seek(0)
+        return "".join(log.readlines()[-5:])
     try:
         base = "http://127.0.0.1:%d" % port
         text = None
@@ -132,14 +137,18 @@ def scrape_demo_stage(paths):
                 pass
             if proc.poll() is not None:
                 raise SystemExit("docpipe run --http demo exited %d (Kafka and "
-                                 "PostgreSQL up? scripts/test-env.sh up)" % proc.returncode)
+                                 "PostgreSQL up? scripts/test-env.sh up):\n%s"
+                                 % (proc.returncode, log_tail()))
             time.sleep(0.2)
         else:
-            raise SystemExit("docpipe run --http demo served no /metrics")
+            raise SystemExit("docpipe run --http demo served no /metrics:\n" + log_tail())
         statuses = {p: http_get(base + p)[0] for p in paths}
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        if proc.wait(timeout=30) != 0:
+            problem("docpipe run --http demo exited %d when stopped:\n%s"
+                    % (proc.returncode, log_tail()))
+        log.close()
     names = set()
     for line in text.splitlines():
         m = re.match(r"^# TYPE (\S+) ", line) or re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)", line)
