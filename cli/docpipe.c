@@ -18,6 +18,7 @@
  * (cli.h): 0 success, 1 failure, 2 usage error, 3 timed out (wait,
  * submit --wait), 130 after SIGINT and 143 after SIGTERM.
  */
+#include <getopt.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
@@ -52,8 +53,12 @@ static void usage(FILE *out)
         "usage: docpipe <command> [arguments]\n\n"
         "Commands:\n"
         "  migrate                  apply pending SQL migrations\n"
-        "  topics                   create every stage's input, output and\n"
-        "                           dead-letter topics (existing ones are kept)\n"
+        "  topics [--partitions N] [--replication-factor N] [--config K=V]...\n"
+        "         [--dlq-retention-ms MS]\n"
+        "                           create every stage's input, output and\n"
+        "                           dead-letter topics (existing ones are kept);\n"
+        "                           defaults: topic_partitions, topic_replication,\n"
+        "                           topic_configs, dlq_retention_ms\n"
         "  run [--http ADDR] <stage>... | all\n"
         "                           run stages in this process, each its own\n"
         "                           consumer group; SIGTERM/SIGINT stop cleanly;\n"
@@ -148,9 +153,62 @@ static int cmd_migrate(const dp_config *cfg)
     return 0;
 }
 
-static int cmd_topics(const dp_config *cfg)
+static int cmd_topics(const dp_config *cfg, int argc, char **argv)
 {
+    static const struct option lopts[] = {
+        {"partitions", required_argument, NULL, 'p'},
+        {"replication-factor", required_argument, NULL, 'r'},
+        {"config", required_argument, NULL, 'c'},
+        {"dlq-retention-ms", required_argument, NULL, 'd'},
+        {NULL, 0, NULL, 0}};
+    dp_topic_spec spec = {cfg->topic_partitions, cfg->topic_replication, NULL,
+                          cfg->dlq_retention_ms};
+    dp_buf configs = {0};
+    if (cfg->topic_configs && *cfg->topic_configs)
+        dp_buf_appendf(&configs, "%s", cfg->topic_configs);
+    /* getopt_long names argv[0] in its messages. */
+    char prog[] = "docpipe topics";
+    argv[0] = prog;
+    optind = 0; /* glibc: start afresh */
+    int c;
+    while ((c = getopt_long(argc, argv, "", lopts, NULL)) != -1) {
+        char *end = NULL;
+        long long v = 0;
+        if (c != 'c' && c != '?') {
+            v = strtoll(optarg, &end, 10);
+            if (!*optarg || *end || (c != 'd' && (v < 1 || v > 1024)) ||
+                (c == 'd' && v < -1)) {
+                fprintf(stderr, "docpipe topics: bad value '%s'\n", optarg);
+                dp_buf_free(&configs);
+                return EXIT_USAGE;
+            }
+        }
+        switch (c) {
+        case 'p': spec.partitions = (int)v; break;
+        case 'r': spec.replication = (int)v; break;
+        case 'd': spec.dlq_retention_ms = v; break;
+        case 'c':
+            if (!strchr(optarg, '=') || strchr(optarg, ',')) {
+                fprintf(stderr, "docpipe topics: --config wants NAME=VALUE, got '%s'\n",
+                        optarg);
+                dp_buf_free(&configs);
+                return EXIT_USAGE;
+            }
+            dp_buf_appendf(&configs, "%s%s", configs.len ? "," : "", optarg);
+            break;
+        default:
+            dp_buf_free(&configs);
+            return EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "docpipe topics: unexpected argument '%s'\n", argv[optind]);
+        dp_buf_free(&configs);
+        return EXIT_USAGE;
+    }
+    spec.configs = configs.data;
     const char *names[256];
+    int dlq[256];
     int n = 0;
     dp_stage stages[32];
     int nst = 0;
@@ -158,14 +216,21 @@ static int cmd_topics(const dp_config *cfg)
     for (const dp_stage_def *d = dp_stage_defs; d->name && nst < 32; d++) {
         if (dp_stages_open(cfg, d->name, &stages[nst], err, sizeof(err))) {
             fprintf(stderr, "docpipe topics: %s\n", err);
+            for (int i = 0; i < nst; i++)
+                dp_stages_close(dp_stage_defs[i].name, &stages[i]);
+            dp_buf_free(&configs);
             return 1;
         }
         dp_stage *s = &stages[nst++];
         const char *mine[3] = {s->input_topic, s->dlq_topic, NULL};
-        for (int i = 0; mine[i] && n < 250; i++)
+        for (int i = 0; mine[i] && n < 250; i++) {
+            dlq[n] = mine[i] == s->dlq_topic;
             names[n++] = mine[i];
-        for (int i = 0; s->output_topics && s->output_topics[i] && n < 250; i++)
+        }
+        for (int i = 0; s->output_topics && s->output_topics[i] && n < 250; i++) {
+            dlq[n] = 0;
             names[n++] = s->output_topics[i];
+        }
     }
     /* Topics shared by two stages appear twice: drop the repeats. */
     int m = 0;
@@ -173,12 +238,14 @@ static int cmd_topics(const dp_config *cfg)
         int seen = 0;
         for (int j = 0; j < m; j++)
             seen |= strcmp(names[j], names[i]) == 0;
-        if (!seen)
+        if (!seen) {
+            dlq[m] = dlq[i];
             names[m++] = names[i];
+        }
     }
     int created = 0;
-    dp_err e = dp_topics_ensure(cfg, names, m, cfg->topic_partitions, &created,
-                                err, sizeof(err));
+    dp_err e = dp_topics_ensure(cfg, names, dlq, m, &spec, &created, err, sizeof(err));
+    dp_buf_free(&configs);
     for (int i = 0; i < nst; i++)
         dp_stages_close(dp_stage_defs[i].name, &stages[i]);
     if (e) {
@@ -420,7 +487,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "migrate") == 0)
         rc = cmd_migrate(&cfg);
     else if (strcmp(cmd, "topics") == 0)
-        rc = cmd_topics(&cfg);
+        rc = cmd_topics(&cfg, argc - 1, argv + 1);
     else if (strcmp(cmd, "run") == 0)
         rc = cmd_run(&cfg, argc - 2, argv + 2);
     else if (strcmp(cmd, "submit") == 0)

@@ -16,7 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
-typedef enum { CT_STR, CT_INT, CT_DOUBLE } dp_config_type;
+typedef enum { CT_STR, CT_INT, CT_LONG, CT_DOUBLE } dp_config_type;
 
 typedef struct dp_config_entry {
     const char *name;
@@ -88,6 +88,18 @@ static const dp_config_entry dp_config_table[] = {
      " until the table is next analyzed; this bounds how long it is kept."},
     {"topic_partitions", CT_INT, F(topic_partitions), "4", 1, 1024,
      "Partitions of each topic created by `docpipe topics`."},
+    {"topic_replication", CT_INT, F(topic_replication), "1", 1, 32,
+     "Replication factor of each topic created by `docpipe topics` (at most the"
+     " number of brokers)."},
+    {"topic_configs", CT_STR, F(topic_configs), "", 0, 0,
+     "Topic configs given to every topic `docpipe topics` creates, as"
+     " comma-separated name=value pairs (e.g. min.insync.replicas=2)."},
+    {"dlq_retention_ms", CT_LONG, F(dlq_retention_ms), "0", -1, 1e15,
+     "retention.ms of the dead-letter topics `docpipe topics` creates; 0: the"
+     " broker's default, -1: kept forever."},
+    {"db_connect_timeout_ms", CT_INT, F(db_connect_timeout_ms), "60000", 0, 3600000,
+     "How long connecting to PostgreSQL at start keeps retrying (capped"
+     " exponential backoff) before it fails; 0: one attempt."},
     {"demo_publish", CT_INT, F(demo_publish), "1", 0, 1,
      "Demo stage: 1 publishes each record to demo.out; 0 only writes its row."},
     {"embed_url", CT_STR, F(embed_url), "http://127.0.0.1:39980", 0, 0,
@@ -159,6 +171,17 @@ static dp_err set_value(dp_config *cfg, const dp_config_entry *e,
                            "from %.0f to %.0f", e->name, source, value,
                            e->min, e->max);
         *(int *)field = (int)v;
+        return DP_OK;
+    }
+    case CT_LONG: {
+        errno = 0;
+        long long v = strtoll(value, &end, 10);
+        if (errno || end == value || *end || v < e->min || v > e->max)
+            return dp_errf(DP_ERR_PERMANENT, err, errlen,
+                           "setting %s from %s: '%s' is not a whole number "
+                           "from %.0f to %.0f", e->name, source, value,
+                           e->min, e->max);
+        *(long long *)field = v;
         return DP_OK;
     }
     case CT_DOUBLE: {

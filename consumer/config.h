@@ -45,6 +45,10 @@ typedef struct dp_config {
     char *pg_plan_cache_mode;
     int pg_replan_ms;
     int topic_partitions;
+    int topic_replication;
+    char *topic_configs;        /* "k=v,k=v" given to every topic created */
+    long long dlq_retention_ms; /* 0: broker default, -1: forever */
+    int db_connect_timeout_ms;
     int demo_publish;           /* demo stage: publish each record onward */
     char *embed_url;
     char *embed_model;

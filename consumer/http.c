@@ -19,7 +19,7 @@
 
 struct dp_http {
     const dp_config *cfg;
-    dp_runtime *const *rts;
+    dp_runtime **rts;            /* a copy of the caller's array */
     int n;
     struct MHD_Daemon *daemon;
     dp_ui *ui;                   /* the dashboard: /, /api/... */
@@ -154,7 +154,9 @@ dp_err dp_http_start(const dp_config *cfg, const char *addr, dp_runtime *const *
                        "http address '%s': '%s' is not an IPv4 address", addr, host);
     dp_http *h = calloc(1, sizeof(*h));
     h->cfg = cfg;
-    h->rts = rts;
+    h->rts = calloc((size_t)(n > 0 ? n : 1), sizeof(*h->rts));
+    for (int i = 0; i < n; i++)
+        h->rts[i] = rts[i];
     h->n = n;
     h->pg_checked_ms = -1000000;
     pthread_mutex_init(&h->mu, NULL);
@@ -165,6 +167,7 @@ dp_err dp_http_start(const dp_config *cfg, const char *addr, dp_runtime *const *
     if (!h->daemon) {
         dp_ui_free(h->ui);
         pthread_mutex_destroy(&h->mu);
+        free(h->rts);
         free(h);
         return dp_errf(DP_ERR_PERMANENT, err, errlen,
                        "cannot listen on %s (in use, or not an address of this host)",
@@ -181,5 +184,6 @@ void dp_http_stop(dp_http *h)
     MHD_stop_daemon(h->daemon);
     dp_ui_free(h->ui);
     pthread_mutex_destroy(&h->mu);
+    free(h->rts);
     free(h);
 }

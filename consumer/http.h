@@ -19,7 +19,8 @@
 
 typedef struct dp_http dp_http;
 
-/* Serves the n runtimes (which must outlive it) at addr ("host:port"). */
+/* Serves the n runtimes (which must outlive it) at addr ("host:port").
+ * rts itself is copied: the caller's array may go out of scope. */
 dp_err dp_http_start(const dp_config *cfg, const char *addr, dp_runtime *const *rts,
                      int n, dp_http **out, char *err, size_t errlen);
 void dp_http_stop(dp_http *h);

@@ -7,9 +7,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
-dp_err dp_pg_connect(const dp_config *cfg, const char *app, PGconn **out,
-                     char *err, size_t errlen)
+#include "log.h"
+
+dp_err dp_pg_connect_once(const dp_config *cfg, const char *app, PGconn **out,
+                          char *err, size_t errlen)
 {
     char opts[320];
     snprintf(opts, sizeof(opts),
@@ -20,14 +23,60 @@ dp_err dp_pg_connect(const dp_config *cfg, const char *app, PGconn **out,
     const char *vals[] = {cfg->database_url, app, opts, NULL};
     PGconn *conn = PQconnectdbParams(keys, vals, 1);
     if (!conn || PQstatus(conn) != CONNECTION_OK) {
-        dp_errf(DP_ERR_RETRYABLE, err, errlen, "connect to PostgreSQL: %s",
-                conn ? PQerrorMessage(conn) : "out of memory");
+        char clean[512];
+        snprintf(clean, sizeof(clean), "%s",
+                 conn ? PQerrorMessage(conn) : "out of memory");
+        size_t n = strlen(clean);
+        while (n && (clean[n - 1] == '\n' || clean[n - 1] == ' '))
+            clean[--n] = '\0';
+        dp_errf(DP_ERR_RETRYABLE, err, errlen, "connect to PostgreSQL: %s", clean);
         PQfinish(conn);
         *out = NULL;
         return DP_ERR_RETRYABLE;
     }
     *out = conn;
     return DP_OK;
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* At start PostgreSQL may not accept connections yet (a container starting
+ * beside docpipe's): wait for it, 100 ms doubling up to 2 s between
+ * attempts, for at most db_connect_timeout_ms. */
+dp_err dp_pg_connect(const dp_config *cfg, const char *app, PGconn **out,
+                     char *err, size_t errlen)
+{
+    int64_t start = now_ms(), deadline = start + cfg->db_connect_timeout_ms;
+    int delay = 100, attempts = 0;
+    for (;;) {
+        attempts++;
+        dp_err e = dp_pg_connect_once(cfg, app, out, err, errlen);
+        if (e == DP_OK)
+            return DP_OK;
+        int64_t now = now_ms();
+        if (now >= deadline) {
+            if (attempts > 1) {
+                char first[768];
+                snprintf(first, sizeof(first), "%s", err);
+                dp_errf(e, err, errlen, "%s (gave up after %d attempts in %lld ms;"
+                        " db_connect_timeout_ms=%d)", first, attempts,
+                        (long long)(now - start), cfg->db_connect_timeout_ms);
+            }
+            return e;
+        }
+        int64_t wait = delay < deadline - now ? delay : deadline - now;
+        if (attempts == 1)
+            dp_log(DP_LOG_WARN, NULL, "%s; retrying for up to %d ms", err,
+                   cfg->db_connect_timeout_ms);
+        struct timespec ts = {(time_t)(wait / 1000), (long)(wait % 1000) * 1000000};
+        nanosleep(&ts, NULL);
+        delay = delay * 2 > 2000 ? 2000 : delay * 2;
+    }
 }
 
 dp_err dp_pg_classify(PGconn *conn, const PGresult *res)

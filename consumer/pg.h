@@ -16,8 +16,14 @@
 #include "config.h"
 #include "dp_error.h"
 
+/* Connects, retrying with capped backoff for up to db_connect_timeout_ms
+ * while PostgreSQL does not accept connections (it may be starting). */
 dp_err dp_pg_connect(const dp_config *cfg, const char *app, PGconn **out,
                      char *err, size_t errlen);
+
+/* One attempt: a running stage reconnecting has its own retry loop. */
+dp_err dp_pg_connect_once(const dp_config *cfg, const char *app, PGconn **out,
+                          char *err, size_t errlen);
 
 /* Checks res against the expected status, clears it unless it is wanted
  * (keep != 0 and status ok).  Writes "what: server message" into err. */

@@ -154,7 +154,7 @@ dp_err dp_rt_db_ensure(dp_runtime *rt, char *err, size_t errlen)
         dp_pg_finish(rt->db);
         rt->db = NULL;
     }
-    return dp_pg_connect(rt->cfg, rt->cfg->instance_id, &rt->db, err, errlen);
+    return dp_pg_connect_once(rt->cfg, rt->cfg->instance_id, &rt->db, err, errlen);
 }
 
 /* Moves the failures of one handler pass into slot states; returns 1 if any

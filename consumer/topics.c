@@ -1,4 +1,5 @@
-/* topics: idempotent topic creation (see topics.h). */
+/* topics: idempotent topic creation, with the replication factor and topic
+ * configs of a dp_topic_spec (see topics.h). */
 #include "topics.h"
 
 #include <stdio.h>
@@ -30,27 +31,71 @@ static dp_err admin_client(const char *brokers, const dp_config *cfg, rd_kafka_t
     return DP_OK;
 }
 
-dp_err dp_topics_ensure(const dp_config *cfg, const char *const *names, int n,
-                        int partitions, int *created, char *err, size_t errlen)
+/* Applies spec's configs ("k=v,k=v") to nt: an error names the pair. */
+static dp_err set_configs(rd_kafka_NewTopic_t *nt, const char *configs,
+                          char *err, size_t errlen)
+{
+    if (!configs || !*configs)
+        return DP_OK;
+    char *copy = strdup(configs), *save = NULL;
+    dp_err e = DP_OK;
+    for (char *p = strtok_r(copy, ",", &save); p && !e; p = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(p, '=');
+        if (!eq || eq == p) {
+            e = dp_errf(DP_ERR_PERMANENT, err, errlen,
+                        "topic config '%s' is not name=value", p);
+            break;
+        }
+        *eq = '\0';
+        if (rd_kafka_NewTopic_set_config(nt, p, eq + 1))
+            e = dp_errf(DP_ERR_PERMANENT, err, errlen, "topic config %s=%s refused",
+                        p, eq + 1);
+    }
+    free(copy);
+    return e;
+}
+
+dp_err dp_topics_ensure(const dp_config *cfg, const char *const *names,
+                        const int *is_dlq, int n, const dp_topic_spec *spec,
+                        int *created, char *err, size_t errlen)
 {
     char kerr[512];
     if (created)
         *created = 0;
-    rd_kafka_t *rk;
-    dp_err e = admin_client(cfg->brokers, cfg, &rk, err, errlen);
-    if (e)
-        return e;
     rd_kafka_NewTopic_t **nt = calloc((size_t)n, sizeof(*nt));
-    for (int i = 0; i < n; i++)
-        nt[i] = rd_kafka_NewTopic_new(names[i], partitions, 1, kerr,
-                                      sizeof(kerr));
+    dp_err e = DP_OK;
+    for (int i = 0; i < n && !e; i++) {
+        nt[i] = rd_kafka_NewTopic_new(names[i], spec->partitions, spec->replication,
+                                      kerr, sizeof(kerr));
+        if (!nt[i]) {
+            e = dp_errf(DP_ERR_PERMANENT, err, errlen, "topic %s: %s", names[i], kerr);
+            break;
+        }
+        e = set_configs(nt[i], spec->configs, err, errlen);
+        if (!e && is_dlq && is_dlq[i] && spec->dlq_retention_ms) {
+            char ms[32];
+            snprintf(ms, sizeof(ms), "%lld", spec->dlq_retention_ms);
+            if (rd_kafka_NewTopic_set_config(nt[i], "retention.ms", ms))
+                e = dp_errf(DP_ERR_PERMANENT, err, errlen,
+                            "topic %s: retention.ms=%s refused", names[i], ms);
+        }
+    }
+    rd_kafka_t *rk = NULL;
+    if (!e)
+        e = admin_client(cfg->brokers, cfg, &rk, err, errlen);
+    if (e) {
+        for (int i = 0; i < n; i++)
+            if (nt[i])
+                rd_kafka_NewTopic_destroy(nt[i]);
+        free(nt);
+        return e;
+    }
     rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
     rd_kafka_AdminOptions_t *opts =
         rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
     rd_kafka_AdminOptions_set_operation_timeout(opts, 30000, kerr, sizeof(kerr));
     rd_kafka_CreateTopics(rk, nt, (size_t)n, opts, q);
     rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 60000);
-    e = DP_OK;
     if (!ev) {
         e = dp_errf(DP_ERR_RETRYABLE, err, errlen,
                     "create topics: no answer from %s", cfg->brokers);

@@ -22,6 +22,8 @@ PACKAGES=(
     python3-prometheus-client
     # a headless browser that renders the dashboard (test_ui)
     chromium
+    # YAML for tests/compose/check_compose.py (docker-compose.yml, deploy/)
+    python3-yaml
     # fuzzing (scripts/fuzz.sh): clang, and its libFuzzer and sanitizer
     # runtimes, which clang only recommends
     clang libclang-rt-14-dev

@@ -2,8 +2,9 @@
  * test_pg: dp_pg_execp prepares a statement once per connection and runs it
  * as prepared afterwards, also across a reset connection (a new server
  * process, which knows no prepared statements) and on two connections used
- * in turn by one thread; and docpipe's sessions plan each statement for its
- * tables' current size.
+ * in turn by one thread; docpipe's sessions plan each statement for its
+ * tables' current size; and connecting at start waits for a server that is
+ * not up yet, for a bounded time.
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -11,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "config.h"
 #include "pg.h"
@@ -232,4 +234,38 @@ Test(pg, a_binary_float4_array_arrives_bit_for_bit)
     PQclear(r);
     dp_buf_free(&b);
     PQfinish(db);
+}
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* At start docpipe waits for PostgreSQL (it may still be starting beside
+ * it): retried for db_connect_timeout_ms, then a message that says so. A
+ * port where nothing listens stands for the server not up yet. */
+Test(pg, connect_retries_for_the_timeout_then_says_why)
+{
+    char *saved = strdup(dburl());
+    setenv("DOCPIPE_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/docpipe", 1);
+    setenv("DOCPIPE_DB_CONNECT_TIMEOUT_MS", "1500", 1);
+    dp_config cfg;
+    char err[1024];
+    cr_assert_eq(dp_config_load(&cfg, err, sizeof(err)), DP_OK, "%s", err);
+    unsetenv("DOCPIPE_DB_CONNECT_TIMEOUT_MS");
+    setenv("DOCPIPE_DATABASE_URL", saved, 1);
+    free(saved);
+    PGconn *db = NULL;
+    double t0 = mono_s();
+    dp_err e = dp_pg_connect(&cfg, "test_pg", &db, err, sizeof(err));
+    double took = mono_s() - t0;
+    dp_config_free(&cfg);
+    cr_assert_eq(e, DP_ERR_RETRYABLE);
+    cr_assert_null(db);
+    cr_assert(took >= 1.4 && took < 5.0, "gave up after %.2f s, not about 1.5", took);
+    cr_assert(strstr(err, "connect to PostgreSQL") && strstr(err, "gave up after") &&
+                  strstr(err, "db_connect_timeout_ms=1500"),
+              "%s", err);
 }
