@@ -29,6 +29,7 @@
 
 #include "config.h"
 #include "http.h"
+#include "services.h"
 #include "log.h"
 #include "migrate.h"
 #include "pg.h"
@@ -322,6 +323,8 @@ static int cmd_run(dp_config *cfg, int argc, char **argv)
         }
     }
     dp_http *http = NULL;
+    /* What holds the services up, for `docpipe wait` and the dashboard. */
+    dp_services_publisher *svc_status = rc == 0 ? dp_services_publisher_start(cfg) : NULL;
     /* Read by the listener's thread until dp_http_stop: it lives as long. */
     dp_runtime *rts[32];
     if (rc == 0 && cfg->http_addr && *cfg->http_addr) {
@@ -353,6 +356,7 @@ static int cmd_run(dp_config *cfg, int argc, char **argv)
             }
     }
     dp_http_stop(http); /* before the runtimes it reads */
+    dp_services_publisher_stop(svc_status);
     for (int i = 0; i < n; i++) {
         dp_runtime_free(t[i].rt);
         if (t[i].stage.name)

@@ -114,8 +114,36 @@ static long read_lag(rd_kafka_t *rk, PGconn *db, const dp_config *cfg,
 }
 
 /* The progress line, without a newline. */
+/* What holds the services up, as the running stages report it
+ * (docpipe.dp_service_status, rows of the last 30 s): "embeddings: breaker
+ * open, at its rate limit", or "" when nothing does. */
+static void read_holds(PGconn *db, char *out, size_t outlen)
+{
+    *out = '\0';
+    PGresult *r = PQexec(db,
+        "SELECT service, bool_or(breaker = 'open'), bool_or(breaker = 'half_open'),"
+        "   bool_or(rate_limited) FROM docpipe.dp_service_status"
+        " WHERE updated_at > now() - interval '30 seconds'"
+        " GROUP BY service ORDER BY service");
+    size_t len = 0;
+    for (int i = 0; PQresultStatus(r) == PGRES_TUPLES_OK && i < PQntuples(r); i++) {
+        int open = PQgetvalue(r, i, 1)[0] == 't', half = PQgetvalue(r, i, 2)[0] == 't',
+            limited = PQgetvalue(r, i, 3)[0] == 't';
+        if (!open && !half && !limited)
+            continue;
+        if (len + 1 < outlen)
+            len += (size_t)snprintf(out + len, outlen - len, "%s%s: %s%s%s",
+                                    len ? "; " : "", PQgetvalue(r, i, 0),
+                                    open ? "breaker open" : half ? "breaker half-open" : "",
+                                    (open || half) && limited ? ", " : "",
+                                    limited ? "at its rate limit" : "");
+    }
+    PQclear(r);
+}
+
 static void format_line(char *out, size_t outlen, const counts *c, long want,
-                        double rate, double stuck_s, long lag, const char *lagwho)
+                        double rate, double stuck_s, long lag, const char *lagwho,
+                        const char *holds)
 {
     size_t len = (size_t)snprintf(out, outlen, "%ld/%ld complete, %ld failed",
                                   c->complete, want, c->failed);
@@ -142,7 +170,9 @@ static void format_line(char *out, size_t outlen, const counts *c, long want,
     }
     if (len + 1 < outlen && lag > 0)
         len += (size_t)snprintf(out + len, outlen - len, "; lag: %s", lagwho);
-    if (len + 1 < outlen && c->embedding > 0 && stuck_s >= STUCK_AFTER_S)
+    if (len + 1 < outlen && *holds)
+        len += (size_t)snprintf(out + len, outlen - len, "; held by %s", holds);
+    else if (len + 1 < outlen && c->embedding > 0 && stuck_s >= STUCK_AFTER_S)
         snprintf(out + len, outlen - len,
                  "; embedding: %ld waiting, nothing settled for %.0fs (rate limit"
                  " or open breaker?)", c->embedding, stuck_s);
@@ -183,7 +213,7 @@ int dp_wait_docs(const dp_config *cfg, const char *const *ids, int n,
     static sample samples[MAX_SAMPLES];
     int ns = 0;
     long lag = 0, last_settled = -1;
-    char lagwho[512] = "", line[2048];
+    char lagwho[512] = "", holds[512] = "", line[2048];
     size_t drawn = 0;
     rd_kafka_t *rk = every > 0 ? dp_lag_client(cfg, err, sizeof(err)) : NULL;
 
@@ -231,6 +261,8 @@ int dp_wait_docs(const dp_config *cfg, const char *const *ids, int n,
             break;
         }
         if (every > 0 && t >= next_line) {
+            if (t >= next_lag)
+                read_holds(db, holds, sizeof(holds));
             if (rk && t >= next_lag) {
                 lag = read_lag(rk, db, cfg, lagwho, sizeof(lagwho));
                 next_lag = t + LAG_EVERY_S;
@@ -240,7 +272,7 @@ int dp_wait_docs(const dp_config *cfg, const char *const *ids, int n,
                 }
             }
             format_line(line, sizeof(line), &c, want, rate, t - last_change, lag,
-                        lagwho);
+                        lagwho, holds);
             if (tty) {
                 size_t len = strlen(line);
                 fprintf(stderr, "\r%s%*s", line,

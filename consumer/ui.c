@@ -6,6 +6,8 @@
  */
 #include "ui.h"
 
+#include "services.h"
+
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,6 +109,26 @@ static json_t *jobs_by_state(dp_ui *u, const char **why)
     return json_incref(u->jobs);
 }
 
+/* The breaker of the service a stage calls (services.h), "none" for a
+ * stage that calls none. */
+static const char *stage_breaker(const char *stage)
+{
+    static const struct { const char *stage, *service; } calls[] = {
+        {"parse", "tika"}, {"embed", "embeddings"}, {NULL, NULL}};
+    const char *service = NULL;
+    for (int i = 0; calls[i].stage; i++)
+        if (strcmp(calls[i].stage, stage) == 0)
+            service = calls[i].service;
+    if (!service)
+        return "none";
+    dp_service_status st[16];
+    int n = dp_services_status(st, 16);
+    for (int i = 0; i < n; i++)
+        if (strcmp(st[i].name, service) == 0)
+            return st[i].breaker;
+    return "none";
+}
+
 static json_t *stages(dp_ui *u)
 {
     json_t *list = json_array();
@@ -122,9 +144,7 @@ static json_t *stages(dp_ui *u)
             "lag", (json_int_t)v.lag,
             "assigned", v.assigned,
             "joined", v.joined,
-            /* The runtime does not expose its breakers (consumer/breaker.h
-             * lives inside the stages' clients): say so, invent nothing. */
-            "breaker", "n/a"));
+            "breaker", stage_breaker(dp_runtime_stage(u->rts[i]))));
     }
     const char *why = NULL;
     json_t *jobs = jobs_by_state(u, &why);

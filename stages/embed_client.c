@@ -888,6 +888,7 @@ dp_err dp_embed_run_hooks(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
             int64_t tokens = dp_embed_job_tokens(job);
             int64_t w = dp_ratelimit_try(c->rl, tokens > INT_MAX ? INT_MAX : (int)tokens);
             if (w > 0) {
+                dp_service_throttled(c->svc);
                 wait_ms = w;
                 break;
             }

@@ -40,6 +40,9 @@ static void teardown(void)
 
 TestSuite(cli, .fini = teardown, .timeout = 600);
 
+static char embed_url[256];
+static const char *extra_env[4];
+
 /* Prefix, storage and a user of this test's own; the pipeline if asked. */
 static void start(const char *name, int pipeline)
 {
@@ -51,11 +54,13 @@ static void start(const char *name, int pipeline)
              (unsigned)time(NULL), (unsigned)getpid());
     if (!pipeline)
         return;
-    char url[256];
-    embed_pid = tenv_start_embedserver(&T, NULL, url, sizeof(url));
+    char *url = embed_url;
+    embed_pid = tenv_start_embedserver(&T, NULL, url, sizeof(embed_url));
     snprintf(env_embed, sizeof(env_embed), "DOCPIPE_EMBED_URL=%s", url);
-    const char *env[] = {env_embed, env_storage, "DOCPIPE_EMBED_TPM=100000000",
-                         "DOCPIPE_EMBED_RPM=1000000", "DOCPIPE_BATCH_WAIT_MS=20", NULL};
+    const char *env[10] = {env_embed, env_storage, "DOCPIPE_EMBED_TPM=100000000",
+                           "DOCPIPE_EMBED_RPM=1000000", "DOCPIPE_BATCH_WAIT_MS=20", NULL};
+    for (int i = 0, k = 5; extra_env[i] && k < 9; i++)
+        env[k++] = extra_env[i];
     const char *args[] = {"run", "all", NULL};
     char logf[600];
     snprintf(logf, sizeof(logf), "/tmp/docpipe-%spipeline.log", T.prefix);
@@ -256,4 +261,54 @@ Test(cli, test_wait_redraws_one_progress_line_on_a_terminal)
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 3, "exit 3 on timeout");
     cr_assert(strstr(buf, "\r0/1 complete, 0 failed"), "redrawn line: %s", buf);
     cr_assert_null(strstr(buf, "docpipe wait: 0/1"), "no plain lines: %s", buf);
+}
+
+/* The embedding service answers 503 to everything: its breaker opens, and
+ * wait's progress line says so, from what the running stages report
+ * (docpipe.dp_service_status), instead of guessing. */
+Test(cli, test_wait_says_the_embedding_breaker_holds_the_documents)
+{
+    extra_env[0] = "DOCPIPE_BREAKER_THRESHOLD=1";
+    extra_env[1] = "DOCPIPE_BREAKER_RESET_MS=3000";
+    extra_env[2] = NULL;
+    start("cli_breaker", 1);
+    extra_env[0] = NULL;
+    char faults[400];
+    snprintf(faults, sizeof(faults), "%s/admin/faults", embed_url);
+    tenv_http_post(faults, "{\"fail_status\": 503}");
+    char dir[1300], path[1400], out[700], errf[700];
+    snprintf(dir, sizeof(dir), "%s/in", storage);
+    mkdir(dir, 0755);
+    snprintf(path, sizeof(path), "%s/held.md", dir);
+    write_file(path, "# Held\n\nThis document waits for the embedding service.\n");
+    const char *env[] = {env_storage, NULL};
+    const char *sub[] = {"submit", "--user", user, dir, NULL};
+    cr_assert_eq(tenv_docpipe_out(&T, sub, env, out_path("submit", out, sizeof(out))), 0);
+    char *text = tenv_slurp(out);
+    char id[40] = "";
+    cr_assert_eq(sscanf(text, "%36s", id), 1);
+    free(text);
+    const char *args[] = {"wait", "--timeout", "120", "--progress-every", "1", id, NULL};
+    pid_t pid = tenv_spawn_io(&T, args, NULL, NULL, out_path("hold.out", out, sizeof(out)),
+                              out_path("hold.err", errf, sizeof(errf)));
+    int seen = 0;
+    for (int i = 0; i < 240 && !seen; i++) {
+        usleep(250 * 1000);
+        text = tenv_slurp(errf);
+        /* Open, or half-open between a reset and its probe. */
+        seen = text && strstr(text, "held by embeddings: breaker") != NULL;
+        free(text);
+    }
+    kill(pid, SIGINT);
+    cr_assert_eq(tenv_wait(pid), 130);
+    text = tenv_slurp(errf);
+    cr_assert(seen, "wait names the open breaker:\n%s", text);
+    free(text);
+    /* The service comes back: the breaker closes on its own and the
+     * document completes. */
+    tenv_http_post(faults, "{\"fail_status\": 0}");
+    char sql[300];
+    snprintf(sql, sizeof(sql), "SELECT count(*) FROM upload_pipeline.upload_jobs"
+             " WHERE document_id = '%s' AND status = 'complete'", id);
+    cr_assert_eq(tenv_wait_scalar(&T, sql, 1, 180000), 1);
 }

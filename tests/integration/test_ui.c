@@ -192,7 +192,8 @@ Test(ui, test_dashboard_shows_what_went_through_in_a_browser)
     cr_assert_eq(cell(dom, "stage", "demo", "n dead_letters"), 2);
     cr_assert_eq(cell(dom, "stage", "demo", "n lag"), 0);
     cr_assert_eq(cell(dom, "stage", "demo", "n assigned"), 4);
-    cr_assert(strstr(dom, "<td class=\"breaker muted\">n/a</td>"), "breaker: n/a");
+    cr_assert(strstr(dom, "<td class=\"breaker muted\">none</td>"),
+              "intake and demo call no service: breaker none");
     cr_assert_eq(count(dom, "<td class=\"category\">permanent</td>"), 2,
                  "the two dead letters of this prefix:\n%s", dom);
     long queued = tenv_scalar(&T, "SELECT count(*) FROM upload_pipeline.upload_jobs"
