@@ -179,7 +179,7 @@ int dp_services_status(dp_service_status *out, int max)
     int n = 0;
     for (int i = 0; i < nservices && n < max; i++, n++) {
         int worst = worst_breaker(&services[i]);
-        snprintf(out[n].name, sizeof(out[n].name), "%s", services[i].name);
+        memcpy(out[n].name, services[i].name, sizeof(out[n].name)); /* both 64, NUL-ended */
         out[n].breaker = worst < 0 ? "none" : names[worst];
         out[n].in_flight = services[i].in_flight;
         out[n].rate_limited = rate_limited(&services[i], now);
