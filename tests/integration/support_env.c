@@ -8,6 +8,9 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -461,19 +464,54 @@ char *tenv_http_post_reply(const char *url, const char *json)
 
 char *tenv_http_get(const char *url)
 {
+    char *body = NULL;
+    if (tenv_http_get_status(url, &body) == 0) {
+        free(body);
+        return NULL;
+    }
+    return body;
+}
+
+long tenv_http_get_status(const char *url, char **body)
+{
     CURL *c = curl_easy_init();
     dp_buf b = {0};
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, collect);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
     curl_easy_setopt(c, CURLOPT_TIMEOUT, 10L);
-    CURLcode rc = curl_easy_perform(c);
+    long status = 0;
+    if (curl_easy_perform(c) == CURLE_OK)
+        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
     curl_easy_cleanup(c);
-    if (rc != CURLE_OK) {
-        dp_buf_free(&b);
-        return NULL;
-    }
     if (!b.data)
         dp_buf_append(&b, "", 0);
-    return b.data;
+    if (body)
+        *body = b.data;
+    else
+        dp_buf_free(&b);
+    return status;
+}
+
+long tenv_http_wait_status(int port, const char *path, long want, int timeout_s)
+{
+    char url[256];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", port, path);
+    long st = 0;
+    for (int i = 0; i < timeout_s * 5 && (st = tenv_http_get_status(url, NULL)) != want;
+         i++)
+        usleep(200 * 1000);
+    return st;
+}
+
+int tenv_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0,
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    socklen_t len = sizeof(sa);
+    getsockname(fd, (struct sockaddr *)&sa, &len);
+    close(fd);
+    return ntohs(sa.sin_port);
 }

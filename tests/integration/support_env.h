@@ -99,3 +99,11 @@ void tenv_http_post(const char *url, const char *json);
 char *tenv_http_post_reply(const char *url, const char *json);
 /* GETs url into a malloc'd string. */
 char *tenv_http_get(const char *url);
+/* GETs url: the status (0: no answer); *body (malloc'd, "" if none) when
+ * body is not NULL. */
+long tenv_http_get_status(const char *url, char **body);
+/* GETs http://127.0.0.1:port/path until it answers want (or timeout_s);
+ * returns the last status. */
+long tenv_http_wait_status(int port, const char *path, long want, int timeout_s);
+/* A loopback port free right now. */
+int tenv_free_port(void);

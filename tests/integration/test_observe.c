@@ -30,18 +30,6 @@ static void teardown(void)
 
 TestSuite(observe, .fini = teardown, .timeout = 300);
 
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0,
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    socklen_t len = sizeof(sa);
-    getsockname(fd, (struct sockaddr *)&sa, &len);
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
 typedef struct reply {
     long status;
     char *body;
@@ -128,19 +116,6 @@ static double wait_sample(int port, const char *key, double want, int timeout_s)
     return v;
 }
 
-static long wait_status(int port, const char *path, long want, int timeout_s)
-{
-    long st = 0;
-    for (int i = 0; i < timeout_s * 5; i++) {
-        reply r = get(port, path);
-        st = r.status;
-        free(r.body);
-        if (st == want)
-            break;
-        usleep(200 * 1000);
-    }
-    return st;
-}
 
 static void produce(long n, long start, const char *body)
 {
@@ -162,15 +137,15 @@ static int postgres(const char *what)
 Test(observe, test_metrics_count_what_went_through_and_readyz_follows_postgres)
 {
     tenv_setup(&T, "observe");
-    int port = free_port();
+    int port = tenv_free_port();
     char addr[64], log[600];
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
     snprintf(log, sizeof(log), "/tmp/docpipe-%sdemo.log", T.prefix);
     const char *args[] = {"run", "--http", addr, "demo", NULL};
     const char *env[] = {"DOCPIPE_STATS_INTERVAL_MS=1000", NULL};
     stage_pid = tenv_spawn(&T, args, log, env);
-    cr_assert_eq(wait_status(port, "/readyz", 200, 60), 200, "ready once joined");
-    cr_assert_eq(wait_status(port, "/livez", 200, 10), 200);
+    cr_assert_eq(tenv_http_wait_status(port, "/readyz", 200, 60), 200, "ready once joined");
+    cr_assert_eq(tenv_http_wait_status(port, "/livez", 200, 10), 200);
 
     produce(300, 0, "payload");
     produce(3, 1000, "fail:permanent");
@@ -210,11 +185,11 @@ Test(observe, test_metrics_count_what_went_through_and_readyz_follows_postgres)
     /* PostgreSQL stops: not ready (the reason given), still live; back:
      * ready again, and the stage carries on. */
     cr_assert_eq(postgres("stop"), 0, "scripts/postgres.sh stop");
-    long st = wait_status(port, "/readyz", 503, 30);
+    long st = tenv_http_wait_status(port, "/readyz", 503, 30);
     reply r = get(port, "/readyz");
     int said = strstr(r.body, "PostgreSQL") != NULL;
     free(r.body);
-    long live = wait_status(port, "/livez", 200, 5);
+    long live = tenv_http_wait_status(port, "/livez", 200, 5);
     int restarted = postgres("start");
     cr_assert_eq(restarted, 0, "scripts/postgres.sh start");
     cr_assert_eq(st, 503, "unready while PostgreSQL is stopped");
@@ -224,7 +199,7 @@ Test(observe, test_metrics_count_what_went_through_and_readyz_follows_postgres)
     PQfinish(T.db);
     T.db = PQconnectdb(T.dburl);
     cr_assert_eq(PQstatus(T.db), CONNECTION_OK);
-    cr_assert_eq(wait_status(port, "/readyz", 200, 60), 200, "ready again");
+    cr_assert_eq(tenv_http_wait_status(port, "/readyz", 200, 60), 200, "ready again");
     produce(10, 2000, "payload");
     snprintf(sql, sizeof(sql), "SELECT count(*) FROM docpipe.demo_results"
              " WHERE topic = '%sdemo.in'", T.prefix);

@@ -35,43 +35,6 @@ static void teardown(void)
 
 TestSuite(ui, .fini = teardown, .timeout = 300);
 
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = 0,
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    cr_assert_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    socklen_t len = sizeof(sa);
-    getsockname(fd, (struct sockaddr *)&sa, &len);
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
-/* GET path: the status (0: no answer). */
-static long status_of(int port, const char *path)
-{
-    char url[256];
-    snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", port, path);
-    FILE *sink = fopen("/dev/null", "w");
-    CURL *c = curl_easy_init();
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, sink);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 10000L);
-    long st = 0;
-    if (curl_easy_perform(c) == CURLE_OK)
-        curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &st);
-    curl_easy_cleanup(c);
-    fclose(sink);
-    return st;
-}
-
-static long wait_status(int port, const char *path, long want, int timeout_s)
-{
-    long st = 0;
-    for (int i = 0; i < timeout_s * 5 && (st = status_of(port, path)) != want; i++)
-        usleep(200 * 1000);
-    return st;
-}
 
 static void produce(long n, long start, const char *body)
 {
@@ -138,7 +101,7 @@ Test(ui, test_dashboard_shows_what_went_through_in_a_browser)
 {
     chromium();
     tenv_setup(&T, "ui");
-    int port = free_port();
+    int port = tenv_free_port();
     char addr[64], log[600], url[200];
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
     snprintf(log, sizeof(log), "/tmp/docpipe-%sdemo.log", T.prefix);
@@ -150,7 +113,7 @@ Test(ui, test_dashboard_shows_what_went_through_in_a_browser)
     const char *env[] = {env_storage, NULL};
     const char *args[] = {"run", "--http", addr, "intake", "demo", NULL};
     stage_pid = tenv_spawn(&T, args, log, env);
-    cr_assert_eq(wait_status(port, "/readyz", 200, 60), 200, "ready once joined");
+    cr_assert_eq(tenv_http_wait_status(port, "/readyz", 200, 60), 200, "ready once joined");
 
     produce(120, 0, "payload");
     produce(2, 1000, "fail:permanent");
