@@ -65,13 +65,14 @@ static const char *topic_config(const char *topic, const char *name, char *buf,
 
 /* Partitions of topic and replicas of its first partition (-1: no topic).
  * A topic just created may take a moment to show in every broker's
- * metadata: asked again for up to 5 s. */
+ * metadata, longer on a loaded machine (5 s was once too short with both
+ * cores busy): asked again for up to 60 s. */
 static int partitions_of(const char *topic, int *replicas)
 {
     rd_kafka_t *rk = admin();
     rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
     int n = -1;
-    for (int tries = 0; tries < 25 && n <= 0; tries++) {
+    for (int tries = 0; tries < 300 && n <= 0; tries++) {
         if (tries)
             usleep(200000);
         const rd_kafka_metadata_t *md;
