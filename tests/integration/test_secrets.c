@@ -68,9 +68,11 @@ static void search(found *f, const char *where, const void *buf, size_t len)
     for (int i = 0; secrets[i] && buf; i++) {
         if (memmem(buf, len, secrets[i], strlen(secrets[i]))) {
             f->n++;
-            size_t used = strlen(f->where);
-            snprintf(f->where + used, sizeof(f->where) - used, " [%s in %s]", secrets[i],
-                     where);
+            char entry[300];
+            snprintf(entry, sizeof(entry), " [%.40s in %.200s]", secrets[i], where);
+            size_t used = strlen(f->where), n = strlen(entry);
+            if (used + n < sizeof(f->where))
+                memcpy(f->where + used, entry, n + 1);
         }
     }
 }
