@@ -329,6 +329,14 @@ extern char **environ;
  * property whose name says it is a secret (sasl.password ...). */
 static void register_secrets(const dp_config *cfg)
 {
+    /* What is shown anyway is no secret: a password "docpipe" beside a
+     * database and topics named docpipe is left as it is. */
+    char pub[4096], u1[1024], u2[1024], u3[1024];
+    snprintf(pub, sizeof(pub), "docpipe %s %s %s %s %s %s", cfg->topic_prefix,
+             dp_redact_url(cfg->database_url, u1, sizeof(u1)),
+             dp_redact_url(cfg->embed_url, u2, sizeof(u2)),
+             dp_redact_url(cfg->tika_url, u3, sizeof(u3)), cfg->brokers, cfg->embed_model);
+    dp_redact_set_public(pub);
     dp_redact_add(cfg->embed_api_key);
     const char *urls[] = {cfg->database_url, cfg->embed_url, cfg->tika_url, cfg->brokers};
     for (size_t i = 0; i < sizeof(urls) / sizeof(urls[0]); i++)

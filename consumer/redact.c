@@ -12,13 +12,23 @@
 static pthread_mutex_t dp_redact_mu = PTHREAD_MUTEX_INITIALIZER;
 static char *dp_redact_secrets[DP_REDACT_MAX];
 static size_t dp_redact_n;
+static char *dp_redact_public;
+
+void dp_redact_set_public(const char *text)
+{
+    char *copy = text ? strdup(text) : NULL;
+    pthread_mutex_lock(&dp_redact_mu);
+    free(dp_redact_public);
+    dp_redact_public = copy;
+    pthread_mutex_unlock(&dp_redact_mu);
+}
 
 void dp_redact_add(const char *secret)
 {
     if (!secret || strlen(secret) < DP_REDACT_MIN)
         return;
     pthread_mutex_lock(&dp_redact_mu);
-    int known = 0;
+    int known = dp_redact_public && strstr(dp_redact_public, secret) != NULL;
     for (size_t i = 0; i < dp_redact_n && !known; i++)
         known = strcmp(dp_redact_secrets[i], secret) == 0;
     if (!known && dp_redact_n < DP_REDACT_MAX) {

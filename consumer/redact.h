@@ -11,8 +11,9 @@
  * librdkafka's own log lines included). A secret that a service echoes back
  * in its reply is caught the same way.
  *
- * Values shorter than DP_REDACT_MIN bytes are not registered: masking "ab"
- * everywhere would garble messages and hide nothing worth hiding. The
+ * Values shorter than DP_REDACT_MIN bytes are not registered, nor values
+ * that are part of text shown anyway (dp_redact_set_public): masking "ab"
+ * or "docpipe" everywhere would garble messages and hide nothing. The
  * registry only grows; values are copied and live as long as the process.
  */
 #ifndef DP_REDACT_H
@@ -24,8 +25,15 @@
 #define DP_REDACT_MASK "***"
 
 /* Registers one secret value (copied; NULL, short or known values are
- * ignored). Thread-safe. */
+ * ignored, and so is a value found in the public text). Thread-safe. */
 void dp_redact_add(const char *secret);
+
+/* Text that is shown anyway (the topic prefix, user and database names,
+ * hosts, "docpipe"): a "secret" found in it is not registered, since
+ * masking it would garble every message and hide nothing (a database
+ * password "docpipe" where the database and every topic are named
+ * docpipe). Replaces the previous public text; copied. */
+void dp_redact_set_public(const char *text);
 
 /* Registers the password of a URL (scheme://user:password@host/...) or of
  * a PostgreSQL connection string (URI, ?password=... or key=value form),

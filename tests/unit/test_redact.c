@@ -64,6 +64,20 @@ Test(redact, test_secret_settings_loaded_are_masked_in_error_values)
     dp_config_free(&cfg);
 }
 
+Test(redact, test_a_password_that_is_shown_anyway_is_not_masked)
+{
+    setenv("DOCPIPE_DATABASE_URL", "postgresql://postgres:docpipe@postgres:5432/docpipe", 1);
+    setenv("DOCPIPE_EMBED_API_KEY", "sk-unit-SECRET-APIKEY-55ee", 1);
+    dp_config cfg;
+    char err[512];
+    cr_assert_eq(dp_config_load(&cfg, err, sizeof(err)), DP_OK, "%s", err);
+    char msg[256];
+    dp_errf(DP_ERR_PERMANENT, msg, sizeof(msg), "topic %sparsed, key %s", cfg.topic_prefix,
+            cfg.embed_api_key);
+    cr_assert_str_eq(msg, "topic docpipe.parsed, key ***");
+    dp_config_free(&cfg);
+}
+
 Test(redact, test_short_values_are_not_masked_and_names_tell_secrets)
 {
     dp_redact_add("abc");
