@@ -36,7 +36,8 @@ static const dp_config_entry dp_config_table[] = {
      "Kafka bootstrap servers."},
     {"database_url", CT_STR, F(database_url),
      "postgresql://postgres@127.0.0.1:55432/docpipe", 0, 0,
-     "PostgreSQL connection string (libpq URI or key=value)."},
+     "PostgreSQL connection string (libpq URI or key=value); a password in it"
+     " is shown as `***` in logs and errors."},
     {"instance_id", CT_STR, F(instance_id), "", 0, 0,
      "Name of this process in logs and offset ownership (default host-pid)."},
     {"schema_dir", CT_STR, F(schema_dir), DOCPIPE_SOURCE_DIR "/schemas", 0, 0,
@@ -109,7 +110,8 @@ static const dp_config_entry dp_config_table[] = {
     {"embed_model", CT_STR, F(embed_model), "text-embedding-3-small", 0, 0,
      "Embedding model name."},
     {"embed_api_key", CT_STR, F(embed_api_key), "", 0, 0,
-     "Bearer token for the embedding service (env DOCPIPE_EMBED_API_KEY)."},
+     "Bearer token for the embedding service (env DOCPIPE_EMBED_API_KEY); shown"
+     " as `***` in logs and errors."},
     {"embed_encoding", CT_STR, F(embed_encoding), "base64", 0, 0,
      "encoding_format asked of the service: base64 (float32, compact) or float."},
     {"embed_dim", CT_INT, F(embed_dim), "1536", 1, 65536,
