@@ -170,6 +170,8 @@ static void make_secret_url(void)
     PQclear(r);
 }
 
+static int debug_logs;
+
 static const char *env_with(const char *key, const char *fault, const char **env)
 {
     static char env_key[200], env_fault[200];
@@ -191,13 +193,18 @@ static const char *env_with(const char *key, const char *fault, const char **env
         snprintf(env_fault, sizeof(env_fault), "DOCPIPE_FAULT=%s", fault);
         env[n++] = env_fault;
     }
+    if (debug_logs) {
+        /* Everything docpipe and librdkafka can say, its configuration too. */
+        env[n++] = "DOCPIPE_LOG_LEVEL=debug";
+        env[n++] = "DOCPIPE_KAFKA_DEBUG=conf,generic";
+    }
     env[n] = NULL;
     return env_key;
 }
 
 static pid_t run_all(const char *key, const char *fault, int port, const char *log)
 {
-    const char *env[20];
+    const char *env[24];
     env_with(key, fault, env);
     char addr[64];
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
@@ -209,12 +216,12 @@ static pid_t run_all(const char *key, const char *fault, int port, const char *l
  * go to files of dir named by tag; returns the exit status. */
 static int command(const char *tag, const char *const *args, const char *const *extra)
 {
-    const char *env[24];
+    const char *env[28];
     env_with(WRONG_KEY, NULL, env);
     int n = 0;
     while (env[n])
         n++;
-    for (int i = 0; extra && extra[i] && n < 23; i++)
+    for (int i = 0; extra && extra[i] && n < 27; i++)
         env[n++] = extra[i];
     env[n] = NULL;
     char out[900], errf[900];
@@ -335,7 +342,9 @@ Test(secrets, test_api_key_database_password_and_sasl_credentials_never_appear_i
     cr_assert_eq(st, 128 + SIGKILL, "the fault point did not kill the run (status %d)", st);
     pipe_pid = 0;
 
-    /* 2. Again with the wrong key: 401, both documents failed and dead-lettered. */
+    /* 2. Again with the wrong key: 401, both documents failed and
+     * dead-lettered; the run and the commands log at debug level. */
+    debug_logs = 1;
     pipe_pid = run_all(WRONG_KEY, NULL, port, log2);
     wait_jobs("failed_embedding", 2, 180);
     cr_assert_eq(tenv_http_wait_status(port, "/readyz", 200, 60), 200);
@@ -396,6 +405,7 @@ Test(secrets, test_api_key_database_password_and_sasl_credentials_never_appear_i
     cr_assert_neq(command("status-no-db", status_args, bad_env), 0);
     cr_assert_eq(tenv_stop(pipe_pid, SIGTERM, 60000), 0);
     pipe_pid = 0;
+    debug_logs = 0;
 
     /* 3. The right key: sent through again, the documents complete, so the
      * key did reach the service (it refuses every other). */
