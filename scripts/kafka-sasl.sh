@@ -7,6 +7,9 @@
 #   scripts/kafka-sasl.sh stop      stop the broker this tree started
 #   scripts/kafka-sasl.sh status    exit 0 when it accepts the test user
 #
+# Kafka 3.9.1 (scripts/kafka-sasl/pom.xml, resolved like kafka.sh's jars):
+# Kafka 4.x refuses the SCRAM proof of librdkafka before 2.6.1, and docpipe
+# is built against 2.0.2 (docs/operations.md, "Security: secrets and SASL").
 # One KRaft node, broker and controller: SASL_PLAINTEXT://127.0.0.1:39292
 # (mechanism SCRAM-SHA-512; the broker reaches itself there too, as the
 # admin user) and a PLAINTEXT controller listener on 127.0.0.1:39293. Its
