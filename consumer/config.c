@@ -7,6 +7,8 @@
  * setting and its source, never a silent default.
  */
 #include "config.h"
+#include "log.h"
+#include "redact.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -34,7 +36,8 @@ static const dp_config_entry dp_config_table[] = {
      "Kafka bootstrap servers."},
     {"database_url", CT_STR, F(database_url),
      "postgresql://postgres@127.0.0.1:55432/docpipe", 0, 0,
-     "PostgreSQL connection string (libpq URI or key=value)."},
+     "PostgreSQL connection string (libpq URI or key=value); a password in it"
+     " is shown as `***` in logs and errors."},
     {"instance_id", CT_STR, F(instance_id), "", 0, 0,
      "Name of this process in logs and offset ownership (default host-pid)."},
     {"schema_dir", CT_STR, F(schema_dir), DOCPIPE_SOURCE_DIR "/schemas", 0, 0,
@@ -107,7 +110,8 @@ static const dp_config_entry dp_config_table[] = {
     {"embed_model", CT_STR, F(embed_model), "text-embedding-3-small", 0, 0,
      "Embedding model name."},
     {"embed_api_key", CT_STR, F(embed_api_key), "", 0, 0,
-     "Bearer token for the embedding service (env DOCPIPE_EMBED_API_KEY)."},
+     "Bearer token for the embedding service (env DOCPIPE_EMBED_API_KEY); shown"
+     " as `***` in logs and errors."},
     {"embed_encoding", CT_STR, F(embed_encoding), "base64", 0, 0,
      "encoding_format asked of the service: base64 (float32, compact) or float."},
     {"embed_dim", CT_INT, F(embed_dim), "1536", 1, 65536,
@@ -321,6 +325,31 @@ static void env_to_property(const char *env, char *out, size_t outlen)
 
 extern char **environ;
 
+/* The settings that hold secrets, registered with redact.h so that no log
+ * line or error value shows them: the API key itself, the password in any
+ * URL setting (database_url's above all), and every pass-through Kafka
+ * property whose name says it is a secret (sasl.password ...). */
+static void register_secrets(const dp_config *cfg)
+{
+    /* What is shown anyway is no secret: a password "docpipe" beside a
+     * database and topics named docpipe is left as it is. */
+    char pub[4096], u1[1024], u2[1024], u3[1024];
+    snprintf(pub, sizeof(pub), "docpipe %s %s %s %s %s %s", cfg->topic_prefix,
+             dp_redact_url(cfg->database_url, u1, sizeof(u1)),
+             dp_redact_url(cfg->embed_url, u2, sizeof(u2)),
+             dp_redact_url(cfg->tika_url, u3, sizeof(u3)), cfg->brokers, cfg->embed_model);
+    dp_redact_set_public(pub);
+    dp_redact_add(cfg->embed_api_key);
+    const char *urls[] = {cfg->database_url, cfg->embed_url, cfg->tika_url, cfg->brokers};
+    for (size_t i = 0; i < sizeof(urls) / sizeof(urls[0]); i++)
+        dp_redact_add_url(urls[i]);
+    char **lists[] = {cfg->kafka_common, cfg->kafka_consumer, cfg->kafka_producer};
+    for (size_t l = 0; l < 3; l++)
+        for (char **p = lists[l]; p && *p; p += 2)
+            if (dp_redact_is_secret_name(p[0]))
+                dp_redact_add(p[1]);
+}
+
 dp_err dp_config_load(dp_config *cfg, char *err, size_t errlen)
 {
     memset(cfg, 0, sizeof(*cfg));
@@ -393,6 +422,7 @@ dp_err dp_config_load(dp_config *cfg, char *err, size_t errlen)
                        "setting text_fallback_charset: '%s' is not a charset iconv"
                        " knows (iconv --list names them)", cfg->text_fallback_charset);
     iconv_close(cd);
+    register_secrets(cfg);
     if (!*cfg->instance_id) {
         char host[128] = "docpipe";
         gethostname(host, sizeof(host) - 1);
@@ -419,9 +449,23 @@ void dp_config_free(dp_config *cfg)
     memset(cfg, 0, sizeof(*cfg));
 }
 
+/* librdkafka's own log lines as docpipe's JSON lines (so redacted, like
+ * every line: redact.h): its errors as errors, warnings as warnings, the
+ * rest and its configuration warnings as debug.  A client that wants
+ * another callback sets it after dp_config_apply_kafka(). */
+static void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac,
+                         const char *buf)
+{
+    (void)rk;
+    dp_log(strcmp(fac, "CONFWARN") == 0 ? DP_LOG_DEBUG
+           : level <= 3 ? DP_LOG_ERROR : level <= 4 ? DP_LOG_WARN : DP_LOG_DEBUG,
+           NULL, "kafka %s: %s", fac, buf);
+}
+
 dp_err dp_config_apply_kafka(const dp_config *cfg, rd_kafka_conf_t *conf,
                              int is_producer, char *err, size_t errlen)
 {
+    rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
     char **lists[2] = {cfg->kafka_common,
                        is_producer ? cfg->kafka_producer : cfg->kafka_consumer};
     for (int l = 0; l < 2; l++) {
@@ -430,7 +474,9 @@ dp_err dp_config_apply_kafka(const dp_config *cfg, rd_kafka_conf_t *conf,
             if (rd_kafka_conf_set(conf, p[0], p[1], kerr, sizeof(kerr)) !=
                 RD_KAFKA_CONF_OK)
                 return dp_errf(DP_ERR_PERMANENT, err, errlen,
-                               "Kafka property %s=%s: %s", p[0], p[1], kerr);
+                               "Kafka property %s=%s: %s", p[0],
+                               dp_redact_is_secret_name(p[0]) ? DP_REDACT_MASK : p[1],
+                               kerr);
         }
     }
     return DP_OK;

@@ -77,7 +77,8 @@ typedef struct dp_config {
 dp_err dp_config_load(dp_config *cfg, char *err, size_t errlen);
 void dp_config_free(dp_config *cfg);
 
-/* Applies the pass-through properties to a librdkafka configuration. */
+/* Applies the pass-through properties to a librdkafka configuration, and
+ * routes its log to docpipe's JSON lines (log.h; secrets redacted). */
 dp_err dp_config_apply_kafka(const dp_config *cfg, rd_kafka_conf_t *conf,
                              int is_producer, char *err, size_t errlen);
 

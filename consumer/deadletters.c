@@ -5,6 +5,7 @@
  * topic with its context in headers and the attempt's id, like an output.
  */
 #include "runtime_int.h"
+#include "redact.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -23,6 +24,9 @@ dp_err dp_dlq_record(dp_runtime *rt, dp_slot *s, int64_t attempt, char *err,
     snprintf(ts, sizeof(ts), "%" PRId64, s->rec.timestamp_ms);
     snprintf(ff, sizeof(ff), "%" PRId64, s->first_failure_ms);
     snprintf(lf, sizeof(lf), "%" PRId64, s->last_failure_ms);
+    /* The error goes into a row, a header and `dlq show`: no secret in it
+     * (redact.h), whoever wrote it. dp_dlq_publish sends the same text. */
+    dp_redact(s->error);
     const char *params[16] = {rt->group, s->rec.topic, ps, os, rt->stage->name,
         rt->stage->dlq_topic, s->rec.key, s->rec.value,
         s->rec.timestamp_ms >= 0 ? ts : NULL, att,
@@ -112,6 +116,7 @@ dp_err dp_dlq_publish(dp_runtime *rt, dp_slot *s, int64_t attempt,
     snprintf(buf, sizeof(buf), "%d", s->rec.attempts);
     dp_kafka_header_add(h, "docpipe-attempts", buf);
     dp_kafka_header_add(h, "docpipe-error-category", dp_err2str(s->dlq_category));
+    dp_redact(s->error);
     dp_kafka_header_add(h, "docpipe-error-message", s->error ? s->error : "");
     iso_time(s->first_failure_ms, ff);
     iso_time(s->last_failure_ms, lf);

@@ -1,5 +1,6 @@
 /* dp_error: names and message formatting for dp_err values. */
 #include "dp_error.h"
+#include "redact.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -66,6 +67,9 @@ dp_err dp_errf(dp_err err, char *buf, size_t buflen, const char *fmt, ...)
             if (start < len && utf8_char_len((unsigned char *)buf + start, len - start) == 0)
                 buf[start] = '\0';
         }
+        /* An error value may be logged, stored and published: no secret
+         * setting leaves in it (redact.h). */
+        dp_redact(buf);
     }
     return err;
 }

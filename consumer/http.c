@@ -1,5 +1,6 @@
 /* http: /metrics, /livez and /readyz for `docpipe run` (see http.h). */
 #include "http.h"
+#include "redact.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -45,6 +46,7 @@ static int pg_ready(dp_http *h, char *why, size_t whylen)
             const char *m = PQerrorMessage(c);
             snprintf(h->pg_error, sizeof(h->pg_error), "%.*s",
                      (int)strcspn(m, "\n"), m);
+            dp_redact(h->pg_error); /* libpq quotes a malformed URL's parts */
         }
         PQclear(r);
         PQfinish(c);

@@ -1,5 +1,6 @@
 /* log: JSON-lines logging (see log.h). */
 #include "log.h"
+#include "redact.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -47,6 +48,7 @@ static void vlog(dp_log_level level, const dp_log_ctx *ctx, json_t *extra,
     }
     char msg[2048];
     vsnprintf(msg, sizeof(msg), fmt, ap);
+    dp_redact(msg); /* secrets never reach a log (redact.h) */
 
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -83,6 +85,7 @@ static void vlog(dp_log_level level, const dp_log_ctx *ctx, json_t *extra,
     json_decref(o);
     if (!line)
         return;
+    dp_redact(line); /* ...nor through the extra fields */
     size_t len = strlen(line);
     line[len] = '\n'; /* the NUL becomes the newline: one write() */
     ssize_t w = write(STDERR_FILENO, line, len + 1);

@@ -21,6 +21,7 @@
  * batch-wide permanent one settles the records one at a time.
  */
 #include "runtime_int.h"
+#include "redact.h"
 
 #include <inttypes.h>
 #include <pthread.h>
@@ -49,6 +50,7 @@ void dp_batch_fail(dp_batch *b, size_t i, dp_err verdict, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    dp_redact(msg); /* it becomes a job's error and a dead letter's headers */
     s->verdict = verdict == DP_ERR_RETRYABLE ? DP_ERR_RETRYABLE
                                              : DP_ERR_PERMANENT;
     free(s->error);
@@ -63,6 +65,7 @@ void dp_batch_defer(dp_batch *b, size_t i, int64_t ms, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    dp_redact(msg);
     s->verdict = DP_ERR_RETRYABLE;
     s->defer_ms = ms > 0 ? ms : 1;
     free(s->error);

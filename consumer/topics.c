@@ -6,10 +6,28 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* What the admin client's error callback saw: a broker that refused the
+ * credentials (SASL) fails the request at once with librdkafka's reason,
+ * instead of the request timing out a minute later. */
+typedef struct admin_state {
+    int auth_failed;
+    char reason[512];
+} admin_state;
+
+static void admin_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    (void)rk;
+    admin_state *st = opaque;
+    if (err == RD_KAFKA_RESP_ERR__AUTHENTICATION && !st->auth_failed) {
+        snprintf(st->reason, sizeof(st->reason), "%s", reason);
+        st->auth_failed = 1;
+    }
+}
+
 /* A client for admin requests to brokers, with cfg's Kafka settings if cfg
  * is given. */
-static dp_err admin_client(const char *brokers, const dp_config *cfg, rd_kafka_t **out,
-                           char *err, size_t errlen)
+static dp_err admin_client(const char *brokers, const dp_config *cfg, admin_state *st,
+                           rd_kafka_t **out, char *err, size_t errlen)
 {
     char kerr[512];
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
@@ -25,10 +43,40 @@ static dp_err admin_client(const char *brokers, const dp_config *cfg, rd_kafka_t
             return e;
         }
     }
+    memset(st, 0, sizeof(*st));
+    rd_kafka_conf_set_error_cb(conf, admin_error_cb);
+    rd_kafka_conf_set_opaque(conf, st);
     *out = rd_kafka_new(RD_KAFKA_PRODUCER, conf, kerr, sizeof(kerr));
     if (!*out)
         return dp_errf(DP_ERR_PERMANENT, err, errlen, "admin client: %s", kerr);
     return DP_OK;
+}
+
+/* The admin request's result from q, waiting up to timeout_ms; NULL when
+ * none came or the brokers refused the credentials (st says which). */
+static rd_kafka_event_t *admin_wait(rd_kafka_t *rk, rd_kafka_queue_t *q, admin_state *st,
+                                    int timeout_ms)
+{
+    for (int waited = 0; waited < timeout_ms; waited += 200) {
+        rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 200);
+        if (ev)
+            return ev;
+        rd_kafka_poll(rk, 0); /* serves admin_error_cb */
+        if (st->auth_failed)
+            return NULL;
+    }
+    return NULL;
+}
+
+static dp_err admin_no_answer(const admin_state *st, const char *what, const char *brokers,
+                              char *err, size_t errlen)
+{
+    if (st->auth_failed)
+        return dp_errf(DP_ERR_PERMANENT, err, errlen,
+                       "%s: Kafka at %s refused the credentials (check"
+                       " DOCPIPE_KAFKA_SECURITY_PROTOCOL, _SASL_MECHANISM, _SASL_USERNAME"
+                       " and _SASL_PASSWORD): %s", what, brokers, st->reason);
+    return dp_errf(DP_ERR_RETRYABLE, err, errlen, "%s: no answer from %s", what, brokers);
 }
 
 /* Applies spec's configs ("k=v,k=v") to nt: an error names the pair. */
@@ -81,8 +129,9 @@ dp_err dp_topics_ensure(const dp_config *cfg, const char *const *names,
         }
     }
     rd_kafka_t *rk = NULL;
+    admin_state st;
     if (!e)
-        e = admin_client(cfg->brokers, cfg, &rk, err, errlen);
+        e = admin_client(cfg->brokers, cfg, &st, &rk, err, errlen);
     if (e) {
         for (int i = 0; i < n; i++)
             if (nt[i])
@@ -95,10 +144,9 @@ dp_err dp_topics_ensure(const dp_config *cfg, const char *const *names,
         rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
     rd_kafka_AdminOptions_set_operation_timeout(opts, 30000, kerr, sizeof(kerr));
     rd_kafka_CreateTopics(rk, nt, (size_t)n, opts, q);
-    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 60000);
+    rd_kafka_event_t *ev = admin_wait(rk, q, &st, 60000);
     if (!ev) {
-        e = dp_errf(DP_ERR_RETRYABLE, err, errlen,
-                    "create topics: no answer from %s", cfg->brokers);
+        e = admin_no_answer(&st, "create topics", cfg->brokers, err, errlen);
     } else if (rd_kafka_event_error(ev)) {
         e = dp_errf(DP_ERR_RETRYABLE, err, errlen, "create topics: %s",
                     rd_kafka_event_error_string(ev));
@@ -139,7 +187,8 @@ dp_err dp_topics_delete_prefix(const char *brokers, const char *prefix,
     if (!prefix || !*prefix)
         return dp_errf(DP_ERR_PERMANENT, err, errlen, "refusing an empty prefix");
     rd_kafka_t *rk;
-    dp_err ce = admin_client(brokers, NULL, &rk, err, errlen);
+    admin_state st;
+    dp_err ce = admin_client(brokers, NULL, &st, &rk, err, errlen);
     if (ce)
         return ce;
     const rd_kafka_metadata_t *md = NULL;
@@ -162,9 +211,9 @@ dp_err dp_topics_delete_prefix(const char *brokers, const char *prefix,
             rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_DELETETOPICS);
         rd_kafka_AdminOptions_set_operation_timeout(opts, 30000, kerr, sizeof(kerr));
         rd_kafka_DeleteTopics(rk, dt, n, opts, q);
-        rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 60000);
+        rd_kafka_event_t *ev = admin_wait(rk, q, &st, 60000);
         if (!ev) {
-            e = dp_errf(DP_ERR_RETRYABLE, err, errlen, "delete topics: no answer");
+            e = admin_no_answer(&st, "delete topics", brokers, err, errlen);
         } else if (rd_kafka_event_error(ev)) {
             e = dp_errf(DP_ERR_RETRYABLE, err, errlen, "delete topics: %s",
                         rd_kafka_event_error_string(ev));

@@ -9,7 +9,8 @@
 #      run ctest again, failing on any leak report too,
 #   5. build the libFuzzer harnesses with clang in build-fuzz/ and run each
 #      for FUZZ_SECONDS (default 20) seconds (scripts/fuzz.sh),
-#   6. stop the services this run started; ones it reused keep running.
+#   6. stop the services this run started (the SASL broker test_sasl starts
+#      included); ones it reused keep running.
 #
 #   scripts/test.sh [CTEST_ARGS...]   e.g. scripts/test.sh -L unit
 #
@@ -89,6 +90,9 @@ scripts/deps.sh
 use_service postgres
 use_service kafka
 use_service tika
+# tests/system/test_sasl starts the SASL/SCRAM broker (scripts/kafka-sasl.sh)
+# when it does not answer: one that was not running now is stopped at the end.
+scripts/kafka-sasl.sh status >/dev/null 2>&1 || STARTED+=(kafka-sasl)
 source scripts/env.sh
 
 if step "build (build/)" build build -DCMAKE_BUILD_TYPE=RelWithDebInfo; then

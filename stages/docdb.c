@@ -12,13 +12,19 @@
 
 #include "ids.h"
 #include "pg.h"
+#include "redact.h"
 
 dp_err dp_doc_fail(PGconn *db, const char *document_id, const char *failed_state,
                    const char *stage, dp_err category, const char *error,
                    const char *correlation_id, char *err, size_t errlen)
 {
+    /* The error is shown by status, wait and the dashboard: no secret in it
+     * (redact.h), whoever wrote it. */
+    char shown[2048];
+    snprintf(shown, sizeof(shown), "%s", error ? error : "");
+    dp_redact(shown);
     const char *params[6] = {document_id, failed_state, stage,
-                             dp_err2str(category), error, correlation_id};
+                             dp_err2str(category), shown, correlation_id};
     return dp_pg_command(db,
         "WITH old AS (SELECT job_id, status FROM upload_pipeline.upload_jobs"
         "              WHERE document_id = $1::uuid FOR UPDATE),"
