@@ -34,6 +34,7 @@
 #include "embed_client.h"
 #include "ids.h"
 #include "pg.h"
+#include "search_sql.h"
 
 static void usage_search(FILE *out)
 {
@@ -173,23 +174,8 @@ int dp_cmd_search(const dp_config *cfg, int argc, char **argv)
     snprintf(dim_s, sizeof(dim_s), "%d", dim);
     snprintf(k_s, sizeof(k_s), "%d", k);
     const char *params[6] = {lit, cfg->embed_model, user, norm_s, dim_s, k_s};
-    /* Only vectors of the query's model and dimension are comparable.  The
-     * products in float8: a float4 sum over 1536 terms loses digits. */
-    PGresult *res = dp_pg_execp(db,
-        "WITH top AS (SELECT f.chunk_id, s.score"
-        "   FROM upload_pipeline.document_chunks f"
-        "   CROSS JOIN LATERAL (SELECT sum(a::float8 * b) / nullif(sqrt(sum(a::float8"
-        "     * a)) * $4::float8, 0) AS score FROM unnest(f.embedding, $1::real[])"
-        "     AS t (a, b)) s"
-        "   WHERE f.embed_model = $2 AND f.vector_dim = $5::int"
-        "   AND ($3 = '' OR f.document_id IN (SELECT document_id FROM"
-        "     upload_pipeline.documents WHERE user_id = $3::uuid))"
-        "   ORDER BY s.score DESC NULLS LAST, f.chunk_id LIMIT $6::int)"
-        " SELECT f.document_id::text, d.filename, f.chunk_ord, top.score,"
-        "   left(btrim(regexp_replace(f.text, '\\s+', ' ', 'g')), 100)"
-        " FROM top JOIN upload_pipeline.document_chunks f USING (chunk_id)"
-        " JOIN upload_pipeline.documents d ON d.document_id = f.document_id"
-        " ORDER BY top.score DESC NULLS LAST, f.chunk_id",
+    /* Only vectors of the query's model and dimension are comparable. */
+    PGresult *res = dp_pg_execp(db, DP_SQL_SEARCH_EXACT,
         6, NULL, params, NULL, NULL, 0);
     free(lit);
     if (dp_pg_check(db, res, PGRES_TUPLES_OK, "search chunks", err, sizeof(err))) {
