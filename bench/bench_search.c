@@ -2,21 +2,21 @@
  * bench_search: query latency of `docpipe search`'s exact scoring at a
  * given number of stored chunks.
  *
- *   bench_search [--chunks N] [--dim D] [--queries Q] [--client-queries C]
+ *   bench_search [--chunks N] [--dim D] [--sql-queries Q] [--client-queries C]
  *
  * Fills upload_pipeline.document_chunks with N chunks (100 per document,
  * documents of one user of its own) of random unit-free vectors of D
  * dimensions under a model name of its own ("bench-search"), generated
- * inside PostgreSQL, then times Q queries of random vectors through
- * DP_SQL_SEARCH_EXACT (cli/search_sql.h, the statement the command runs,
- * k = 10) and prints median and p95.  With C > 0 it also times the other
- * way: every vector fetched in binary and scored in C.  Its rows are
- * removed at the end.  The embedding service is not involved: one query's
+ * inside PostgreSQL (in a database of its own, docpipe_bench_search,
+ * migrated, dropped at the end), then times Q queries of random vectors through
+ * DP_SQL_SEARCH_EXACT (cli/search_sql.h: scored in SQL,
+ * k = 10) and prints median and p95, then C queries through
+ * dp_search_topk (cli/search_score.c: vectors streamed in binary and
+ * scored in C, what `docpipe search` runs).  The embedding service is not involved: one query's
  * embedding is one request, measured elsewhere (docs/benchmarks.md).
  *
  * Settings as docpipe reads them (DOCPIPE_DATABASE_URL).
  */
-#include <arpa/inet.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -28,10 +28,12 @@
 #include "../cli/search_sql.h"
 #include "bench_util.h"
 #include "config.h"
+#include "migrate.h"
 #include "pg.h"
 
 #define BENCH_USER "00000000-0000-4000-8000-00000000be5c"
 #define BENCH_MODEL "bench-search"
+#define BENCH_DB "docpipe_bench_search"
 
 static void die_pg(PGconn *db, PGresult *res, const char *what)
 {
@@ -47,15 +49,6 @@ static void run(PGconn *db, const char *sql, int n, const char *const *p, const 
     if (PQresultStatus(res) != PGRES_COMMAND_OK && PQresultStatus(res) != PGRES_TUPLES_OK)
         die_pg(db, res, what);
     PQclear(res);
-}
-
-static void cleanup(PGconn *db)
-{
-    const char *p[1] = {BENCH_USER};
-    run(db, "DELETE FROM upload_pipeline.document_chunks WHERE embed_model = '"
-            BENCH_MODEL "'", 0, NULL, "remove chunks");
-    run(db, "DELETE FROM upload_pipeline.documents WHERE user_id = $1::uuid", 1, p,
-        "remove documents");
 }
 
 static double frand(uint64_t *s)
@@ -74,24 +67,25 @@ static double pct(double *v, int n, double p)
 int main(int argc, char **argv)
 {
     long chunks = 100000;
-    int dim = 1536, queries = 50, client_queries = 0;
+    int dim = 1536, queries = 20, client_queries = 20;
     for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--chunks"))
+        if (!strcmp(argv[i], "--sql-queries") || !strcmp(argv[i], "--queries"))
+            queries = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--chunks"))
             chunks = atol(argv[i + 1]);
         else if (!strcmp(argv[i], "--dim"))
             dim = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--queries"))
-            queries = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--client-queries"))
             client_queries = atoi(argv[i + 1]);
         else {
-            fprintf(stderr, "usage: bench_search [--chunks N] [--dim D] [--queries Q]"
+            fprintf(stderr, "usage: bench_search [--chunks N] [--dim D] [--sql-queries Q]"
                     " [--client-queries C]\n");
             return 2;
         }
     }
-    if (chunks < 100 || dim < 1 || queries < 1) {
-        fprintf(stderr, "bench_search: --chunks >= 100, --dim >= 1, --queries >= 1\n");
+    if (chunks < 100 || dim < 1 || queries < 0 || client_queries < 0 ||
+        queries + client_queries < 1) {
+        fprintf(stderr, "bench_search: --chunks >= 100, --dim >= 1, some queries\n");
         return 2;
     }
     dp_config cfg;
@@ -100,12 +94,27 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_search: %s\n", err);
         return 2;
     }
-    PGconn *db;
-    if (dp_pg_connect(&cfg, "bench-search", &db, err, sizeof(err))) {
+    /* A database of its own, so the figures are of N chunks and not of
+     * whatever else the server's table holds (a scan reads every row). */
+    PGconn *admin;
+    if (dp_pg_connect(&cfg, "bench-search", &admin, err, sizeof(err))) {
         fprintf(stderr, "bench_search: %s\n", err);
         return 1;
     }
-    cleanup(db);
+    PQclear(PQexec(admin, "SET client_min_messages = warning"));
+    PQclear(PQexec(admin, "DROP DATABASE IF EXISTS " BENCH_DB));
+    run(admin, "CREATE DATABASE " BENCH_DB, 0, NULL, "create " BENCH_DB);
+    const char *keys[] = {"dbname", "dbname", "application_name", NULL};
+    const char *vals[] = {cfg.database_url, BENCH_DB, "bench-search", NULL};
+    PGconn *db = PQconnectdbParams(keys, vals, 1);
+    if (PQstatus(db) != CONNECTION_OK)
+        die_pg(db, NULL, "connect to " BENCH_DB);
+    char dir[4200];
+    snprintf(dir, sizeof(dir), "%s/sql", cfg.schema_dir);
+    if (dp_migrate(db, dir, NULL, NULL, err, sizeof(err))) {
+        fprintf(stderr, "bench_search: migrate: %s\n", err);
+        return 1;
+    }
 
     /* Documents of 100 chunks each; each vector random, made by the
      * server (the lateral subquery refers to the row, so it runs per row). */
@@ -140,7 +149,7 @@ int main(int argc, char **argv)
     char *lit = malloc(cap);
     float *q = malloc((size_t)dim * sizeof(float));
     double *lat = malloc((size_t)(queries > client_queries ? queries : client_queries) *
-                         sizeof(double));
+                         sizeof(double) + 1);
     char norm_s[40];
     for (int r = 0; r < queries; r++) {
         size_t len = 0;
@@ -162,53 +171,38 @@ int main(int argc, char **argv)
             die_pg(db, res, "search");
         PQclear(res);
     }
-    double med = bench_median(lat, queries), p95 = pct(lat, queries, 0.95);
-    printf("bench_search: exact in PostgreSQL, k=10, %d queries: median %.0f ms,"
+    double med = queries ? bench_median(lat, queries) : 0;
+    double p95 = queries ? pct(lat, queries, 0.95) : 0;
+    if (queries)
+        printf("bench_search: exact in PostgreSQL, k=10, %d queries: median %.0f ms,"
            " p95 %.0f ms (%.0f chunks/s)\n", queries, med * 1e3, p95 * 1e3,
            (double)chunks / med);
 
-    /* The other way: every vector to the client, binary, scored here. */
+    /* What the command does: every vector streamed to the client in
+     * binary and scored in C (cli/search_score.c). */
+    dp_search_hit hits[10];
     for (int r = 0; r < client_queries; r++) {
         for (int i = 0; i < dim; i++)
             q[i] = (float)frand(&seed);
+        int n = 0;
         double s = bench_now();
-        PGresult *res = PQexecParams(db, "SELECT chunk_id, embedding FROM"
-            " upload_pipeline.document_chunks WHERE embed_model = '" BENCH_MODEL "'",
-            0, NULL, NULL, NULL, NULL, 1);
-        if (PQresultStatus(res) != PGRES_TUPLES_OK)
-            die_pg(db, res, "fetch vectors");
-        double best = -2;
-        for (int row = 0; row < PQntuples(res); row++) {
-            /* array binary form: ndim, flags, elemtype, dim, lbound, then
-             * (length, float4) per element, all big-endian. */
-            const unsigned char *b = (const unsigned char *)PQgetvalue(res, row, 1);
-            const unsigned char *e = b + 20;
-            double dot = 0, nn = 0;
-            for (int i = 0; i < dim; i++, e += 8) {
-                uint32_t u;
-                memcpy(&u, e + 4, 4);
-                u = ntohl(u);
-                float f;
-                memcpy(&f, &u, 4);
-                dot += (double)f * q[i];
-                nn += (double)f * f;
-            }
-            double sc = dot / sqrt(nn);
-            if (sc > best)
-                best = sc;
+        if (dp_search_topk(db, BENCH_MODEL, "", q, dim, 10, hits, &n, err, sizeof(err)) ||
+            n != 10) {
+            fprintf(stderr, "bench_search: %s\n", err);
+            return 1;
         }
         lat[r] = bench_now() - s;
-        PQclear(res);
     }
     if (client_queries > 0)
-        printf("bench_search: every vector fetched and scored in C, %d queries:"
+        printf("bench_search: streamed and scored in C (docpipe search), k=10, %d queries:"
                " median %.0f ms, p95 %.0f ms\n", client_queries,
                bench_median(lat, client_queries) * 1e3, pct(lat, client_queries, 0.95) * 1e3);
-    cleanup(db);
     free(lit);
     free(q);
     free(lat);
     PQfinish(db);
+    run(admin, "DROP DATABASE " BENCH_DB, 0, NULL, "drop " BENCH_DB);
+    PQfinish(admin);
     dp_config_free(&cfg);
     return 0;
 }

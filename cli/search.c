@@ -6,11 +6,12 @@
  * (stages/embed_client.h: embed_url, embed_model, embed_dim, its breaker
  * and rate limit), so query and chunks are vectors of one model.  Scoring
  * is exact: the cosine of the query with every final vector of that model
- * (upload_pipeline.document_chunks.embedding, a real[]), computed inside
- * PostgreSQL so no vector leaves the database, the top k kept by a top-N
- * sort.  The inner query returns only chunk ids and scores; texts and file
- * names are read for the k winners alone.  Its cost grows with the number
- * of chunks (docs/benchmarks.md, "Search"); pgvector's index would make it
+ * (upload_pipeline.document_chunks.embedding, a real[]).  The vectors stream
+ * from PostgreSQL in binary, a row at a time, and are scored in C with the
+ * top k kept on the side (cli/search_score.c; measured against scoring in
+ * SQL in docs/benchmarks.md, "Search"); texts and file names are read for
+ * the k winners alone.  Its cost grows with the number of chunks;
+ * pgvector's index would make it
  * sublinear, but pgvector is not packaged for Debian 12 (see
  * docs/operations.md, "Search").
  *
@@ -60,23 +61,6 @@ static void print_escaped(const char *s)
         default: putchar(*c);
         }
     }
-}
-
-/* The query's vector as a real[] literal, and its norm. */
-static char *vector_literal(const float *v, int dim, double *norm)
-{
-    size_t cap = (size_t)dim * 18 + 3, len = 0;
-    char *out = malloc(cap);
-    double ss = 0;
-    out[len++] = '{';
-    for (int i = 0; i < dim; i++) {
-        ss += (double)v[i] * v[i];
-        len += (size_t)snprintf(out + len, cap - len, "%s%.9g", i ? "," : "", v[i]);
-    }
-    out[len++] = '}';
-    out[len] = '\0';
-    *norm = sqrt(ss);
-    return out;
 }
 
 /* Embeds text as a chunk would be; the vector is malloc'd (caller frees). */
@@ -153,53 +137,82 @@ int dp_cmd_search(const dp_config *cfg, int argc, char **argv)
     int dim;
     if (embed_query(cfg, text, &vec, &dim))
         return DP_EXIT_FAILED;
-    double norm;
-    char *lit = vector_literal(vec, dim, &norm);
-    free(vec);
+    double norm = 0;
+    for (int i = 0; i < dim; i++)
+        norm += (double)vec[i] * vec[i];
     if (norm == 0) {
         fprintf(stderr, "docpipe search: the embedding service gave the query a zero"
                 " vector: no direction to compare\n");
-        free(lit);
+        free(vec);
         return DP_EXIT_FAILED;
     }
     char err[1024];
     PGconn *db;
     if (dp_pg_connect(cfg, "docpipe-search", &db, err, sizeof(err))) {
         fprintf(stderr, "docpipe search: %s\n", err);
-        free(lit);
+        free(vec);
         return DP_EXIT_FAILED;
     }
-    char norm_s[40], dim_s[16], k_s[16];
-    snprintf(norm_s, sizeof(norm_s), "%.17g", norm);
-    snprintf(dim_s, sizeof(dim_s), "%d", dim);
-    snprintf(k_s, sizeof(k_s), "%d", k);
-    const char *params[6] = {lit, cfg->embed_model, user, norm_s, dim_s, k_s};
     /* Only vectors of the query's model and dimension are comparable. */
-    PGresult *res = dp_pg_execp(db, DP_SQL_SEARCH_EXACT,
-        6, NULL, params, NULL, NULL, 0);
-    free(lit);
-    if (dp_pg_check(db, res, PGRES_TUPLES_OK, "search chunks", err, sizeof(err))) {
+    dp_search_hit *hits = calloc((size_t)k, sizeof(*hits));
+    int nhits = 0;
+    int failed = dp_search_topk(db, cfg->embed_model, user, vec, dim, k, hits, &nhits,
+                                err, sizeof(err));
+    free(vec);
+    if (failed) {
         fprintf(stderr, "docpipe search: %s\n", err);
+        free(hits);
+        PQfinish(db);
+        return DP_EXIT_FAILED;
+    }
+    /* The winners' documents, file names and snippets. */
+    dp_buf ids = {0};
+    dp_buf_append(&ids, "{", 1);
+    for (int i = 0; i < nhits; i++) {
+        if (i)
+            dp_buf_append(&ids, ",", 1);
+        dp_buf_append(&ids, hits[i].chunk_id, strlen(hits[i].chunk_id));
+    }
+    dp_buf_append(&ids, "}", 1);
+    const char *params[1] = {ids.data};
+    PGresult *res = dp_pg_execp(db,
+        "SELECT f.chunk_id::text, f.document_id::text, d.filename, f.chunk_ord,"
+        "   left(btrim(regexp_replace(f.text, '\\s+', ' ', 'g')), 100)"
+        " FROM upload_pipeline.document_chunks f"
+        " JOIN upload_pipeline.documents d ON d.document_id = f.document_id"
+        " WHERE f.chunk_id = ANY ($1::uuid[])", 1, NULL, params, NULL, NULL, 0);
+    dp_buf_free(&ids);
+    if (dp_pg_check(db, res, PGRES_TUPLES_OK, "read the chunks found", err, sizeof(err))) {
+        fprintf(stderr, "docpipe search: %s\n", err);
+        free(hits);
         PQfinish(db);
         return DP_EXIT_FAILED;
     }
     json_t *arr = json ? json_array() : NULL;
-    for (int r = 0; r < PQntuples(res); r++) {
-        const char *doc = PQgetvalue(res, r, 0), *file = PQgetvalue(res, r, 1);
-        const char *ord = PQgetvalue(res, r, 2), *snip = PQgetvalue(res, r, 4);
-        double score = PQgetisnull(res, r, 3) ? 0 : strtod(PQgetvalue(res, r, 3), NULL);
+    int rank = 0;
+    for (int h = 0; h < nhits; h++) {
+        int r = 0; /* a chunk removed since it was scored is left out */
+        while (r < PQntuples(res) && strcmp(PQgetvalue(res, r, 0), hits[h].chunk_id))
+            r++;
+        if (r == PQntuples(res))
+            continue;
+        const char *doc = PQgetvalue(res, r, 1), *file = PQgetvalue(res, r, 2);
+        const char *ord = PQgetvalue(res, r, 3), *snip = PQgetvalue(res, r, 4);
+        double score = hits[h].score;
+        rank++;
         if (json) {
             json_array_append_new(arr, json_pack("{s:i,s:f,s:s,s:i,s:s,s:s}",
-                "rank", r + 1, "score", score, "document_id", doc, "chunk_ord",
+                "rank", rank, "score", score, "document_id", doc, "chunk_ord",
                 atoi(ord), "file", file, "snippet", snip));
         } else {
-            printf("%d\t%.4f\t%s\t%s\t", r + 1, score, doc, ord);
+            printf("%d\t%.4f\t%s\t%s\t", rank, score, doc, ord);
             print_escaped(file);
             putchar('\t');
             print_escaped(snip);
             putchar('\n');
         }
     }
+    free(hits);
     PQclear(res);
     PQfinish(db);
     if (json) {

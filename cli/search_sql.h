@@ -1,19 +1,28 @@
 /*
- * search_sql: the statement `docpipe search` scores chunks with, shared by
- * cli/search.c and bench/bench_search.c so the benchmark measures what the
- * command runs.
+ * search_sql: how `docpipe search` scores chunks, shared by cli/search.c and
+ * bench/bench_search.c so the benchmark measures what the command runs.
  *
- * $1 the query vector (real[] text), $2 the embedding model, $3 a user id
- * or '' for all, $4 the query's norm, $5 its dimension, $6 k.  Returns k
- * rows (document_id, filename, chunk_ord, score, snippet), best first.
- * Exact cosine: every final vector of the model and dimension is scored in
- * PostgreSQL (products in float8: a float4 sum over 1536 terms loses
- * digits); only chunk ids and scores go through the top-N sort, and texts
- * and file names are read for the k winners alone.
+ * Exact cosine over every final vector of the model and dimension.  Two
+ * ways, measured (docs/benchmarks.md, "Search"):
+ *  - dp_search_topk (cli/search_score.c), what the command uses: the
+ *    vectors stream to the client in PostgreSQL's binary array form, one
+ *    row at a time (memory: one row), and are scored in C with a top-k
+ *    kept on the side.  PostgreSQL only reads and sends.
+ *  - DP_SQL_SEARCH_EXACT: scored inside PostgreSQL (unnest of both arrays
+ *    per row).  Nothing leaves the database but the k winners, but the
+ *    executor's per-element cost made it 2x (loaded machine) to several
+ *    times slower; kept for the benchmark's comparison.
  */
 #ifndef DP_SEARCH_SQL_H
 #define DP_SEARCH_SQL_H
 
+#include <stddef.h>
+
+#include <libpq-fe.h>
+
+/* $1 the query vector (real[] text), $2 the embedding model, $3 a user id
+ * or '' for all, $4 the query's norm, $5 its dimension, $6 k.  Returns k
+ * rows (document_id, filename, chunk_ord, score, snippet), best first. */
 #define DP_SQL_SEARCH_EXACT \
     "WITH top AS (SELECT f.chunk_id, s.score" \
     "   FROM upload_pipeline.document_chunks f" \
@@ -29,5 +38,19 @@
     " FROM top JOIN upload_pipeline.document_chunks f USING (chunk_id)" \
     " JOIN upload_pipeline.documents d ON d.document_id = f.document_id" \
     " ORDER BY top.score DESC NULLS LAST, f.chunk_id"
+
+/* One scored chunk. */
+typedef struct dp_search_hit {
+    char chunk_id[37];
+    double score;
+} dp_search_hit;
+
+/* The k (<= 1000) chunks of model (and of user, unless "") whose vectors of
+ * dim floats are nearest to q by cosine, best first (ties: lower chunk id),
+ * into hits; *n gets how many (fewer when fewer are stored).  Vectors of
+ * zero norm score 0.  Returns 0, or -1 with err set. */
+int dp_search_topk(PGconn *db, const char *model, const char *user, const float *q,
+                   int dim, int k, dp_search_hit *hits, int *n, char *err,
+                   size_t errlen);
 
 #endif

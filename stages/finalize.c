@@ -14,8 +14,8 @@
  * transaction.  The chunk buffer stays (chunk text and metadata, small): it
  * is what a replay or a retry --from embed starts from.  A finalize
  * replayed after the buffer was emptied counts the chunks whose final row
- * already holds a vector of the model as promoted, so it completes the
- * document again without a new embedding.
+ * already holds a vector of the model for the same text as promoted, so
+ * it completes the document again without a new embedding.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,13 +80,14 @@ static dp_err finalize_handle(void *state, dp_batch *b, char *err, size_t errlen
             "   upload_pipeline.document_chunk_buffer c WHERE c.document_id = $1::uuid"
             /* A replayed finalize finds the buffer emptied by the first one:
              * a chunk whose final row already holds a vector of this model
-             * (and has none waiting in the buffer) counts as promoted. */
+             * for the same text (and has none waiting in the buffer) counts
+             * as promoted.  A chunk whose text changed needs a new one. */
             "   AND NOT EXISTS (SELECT 1 FROM upload_pipeline.document_vector_buffer v"
             "     WHERE v.chunk_id = c.chunk_id AND v.embed_model = $2"
             "     AND v.embed_version = '1')"
             "   AND EXISTS (SELECT 1 FROM upload_pipeline.document_chunks f"
-            "     WHERE f.chunk_id = c.chunk_id AND f.embed_model = $2"
-            "     AND f.embed_version = '1')),"
+            "     WHERE f.chunk_id = c.chunk_id AND f.chunk_sha = c.chunk_sha"
+            "     AND f.embed_model = $2 AND f.embed_version = '1')),"
             " (SELECT user_id::text FROM upload_pipeline.documents"
             "   WHERE document_id = $1::uuid), (SELECT count(*) FROM"
             "   upload_pipeline.document_chunk_buffer WHERE document_id = $1::uuid)"
