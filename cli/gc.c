@@ -158,19 +158,23 @@ static void sweep_kind(gc_run *g, const char *kind, time_t before, char **refs,
 
 static void gc_files(gc_run *g, const char *age)
 {
-    /* The grace as the database reads it, turned into the file system's
-     * clock: seconds back from now. */
-    const char *p[1] = {age};
-    PGresult *res = PQexecParams(g->db, "SELECT extract(epoch FROM $1::interval)::bigint",
-                                 1, NULL, p, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        fprintf(stderr, "docpipe gc: gc_file_grace '%s' is not a duration: %s", age,
-                PQerrorMessage(g->db));
-        PQclear(res);
+    /* The grace's instant as the database reads it (a duration back from
+     * now, or a timestamp), in the file system's seconds. */
+    char at[128];
+    if (cutoff(g, "gc_file_grace", age, at, sizeof(at))) {
         g->failed = 1;
         return;
     }
-    time_t before = time(NULL) - (time_t)strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    const char *p[1] = {at};
+    PGresult *res = PQexecParams(g->db, "SELECT floor(extract(epoch FROM"
+                                 " $1::timestamptz))::bigint", 1, NULL, p, NULL, NULL, 0);
+    char err[1024];
+    if (dp_pg_check(g->db, res, PGRES_TUPLES_OK, "read gc_file_grace", err, sizeof(err))) {
+        fprintf(stderr, "docpipe gc: %s\n", err);
+        g->failed = 1;
+        return;
+    }
+    time_t before = (time_t)strtoll(PQgetvalue(res, 0, 0), NULL, 10);
     PQclear(res);
     size_t nrefs = 0;
     char **refs = referenced_paths(g, &nrefs);
