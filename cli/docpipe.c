@@ -11,6 +11,8 @@
  *   docpipe replay <stage> ...      a stage's records processed again
  *   docpipe lag [--stage S]...      how far each stage is behind its input
  *   docpipe dlq <command>           dead letters: list, show, redrive, purge
+ *   docpipe search TEXT             the chunks nearest to a text
+ *   docpipe gc                      remove what is no longer needed
  *   docpipe demo-produce N [...]    publish demonstration records
  *   docpipe config-doc              print docs/configuration.md
  *
@@ -107,6 +109,14 @@ static void usage(FILE *out)
         "  dlq purge --older-than DURATION|T [--include-unresolved] [--dry-run]\n"
         "                           delete old dead letters (by default resolved\n"
         "                           ones only); prints how many\n"
+        "  search [--k N] [--user UUID] [--json] TEXT\n"
+        "                           the chunks nearest to TEXT (cosine of the\n"
+        "                           embeddings): rank, score, document, ordinal,\n"
+        "                           file, snippet (docpipe search --help)\n"
+        "  gc [--older-than DURATION] [--dry-run] [--json]\n"
+        "                           remove what nothing needs any more: temporary\n"
+        "                           and unreferenced files, old events, resolved\n"
+        "                           dead letters, consumed attempts (docpipe gc --help)\n"
         "  demo-produce N [--start I] [--body TEXT] [--key K] [--garbage]\n"
         "                           publish N demonstration records to the demo\n"
         "                           stage's input topic\n"
@@ -133,6 +143,8 @@ void dp_retry_usage(FILE *out);
 int dp_cmd_replay(const dp_config *cfg, int argc, char **argv);
 int dp_cmd_lag(const dp_config *cfg, int argc, char **argv);
 int dp_cmd_dlq(const dp_config *cfg, volatile sig_atomic_t *stop, int argc, char **argv);
+int dp_cmd_search(const dp_config *cfg, int argc, char **argv);
+int dp_cmd_gc(const dp_config *cfg, int argc, char **argv);
 
 static int cmd_migrate(const dp_config *cfg)
 {
@@ -460,10 +472,11 @@ int main(int argc, char **argv)
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? EXIT_USAGE : 0;
     }
-    /* dlq, replay, lag, submit and wait answer --help themselves. */
+    /* dlq, replay, lag, submit, wait, search and gc answer --help themselves. */
     for (int i = 2; i < argc && strcmp(argv[1], "dlq") != 0 &&
                     strcmp(argv[1], "replay") != 0 && strcmp(argv[1], "lag") != 0 &&
-                    strcmp(argv[1], "submit") != 0 && strcmp(argv[1], "wait") != 0; i++)
+                    strcmp(argv[1], "submit") != 0 && strcmp(argv[1], "wait") != 0 &&
+                    strcmp(argv[1], "search") != 0 && strcmp(argv[1], "gc") != 0; i++)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             if (strcmp(argv[1], "retry") == 0)
                 dp_retry_usage(stdout);
@@ -508,6 +521,10 @@ int main(int argc, char **argv)
         rc = dp_cmd_lag(&cfg, argc - 2, argv + 2);
     else if (strcmp(cmd, "dlq") == 0)
         rc = dp_cmd_dlq(&cfg, &dp_stop, argc - 2, argv + 2);
+    else if (strcmp(cmd, "search") == 0)
+        rc = dp_cmd_search(&cfg, argc - 1, argv + 1);
+    else if (strcmp(cmd, "gc") == 0)
+        rc = dp_cmd_gc(&cfg, argc - 1, argv + 1);
     else if (strcmp(cmd, "demo-produce") == 0)
         rc = cmd_demo_produce(&cfg, argc - 2, argv + 2);
     else if (strcmp(cmd, "config-doc") == 0) {

@@ -100,6 +100,21 @@ static const dp_config_entry dp_config_table[] = {
     {"dlq_retention_ms", CT_LONG, F(dlq_retention_ms), "0", -1, 1e15,
      "retention.ms of the dead-letter topics `docpipe topics` creates; 0: the"
      " broker's default, -1: kept forever."},
+    {"gc_event_retention", CT_STR, F(gc_event_retention), "30 days", 0, 0,
+     "How long `docpipe gc` keeps documents' events (a PostgreSQL interval:"
+     " \"30 days\", \"12h\")."},
+    {"gc_dlq_retention", CT_STR, F(gc_dlq_retention), "30 days", 0, 0,
+     "How long `docpipe gc` keeps a dead letter after it was resolved"
+     " (redriven); unresolved ones always stay."},
+    {"gc_file_grace", CT_STR, F(gc_file_grace), "1 day", 0, 0,
+     "Age below which `docpipe gc` keeps a stored file no row refers to, or a"
+     " temporary one: longer than an upload can wait for intake."},
+    {"gc_attempt_retention", CT_STR, F(gc_attempt_retention), "14 days", 0, 0,
+     "Age below which `docpipe gc` keeps a committed attempt's row even once"
+     " every stage has read its records: a replay back over this window still"
+     " finds them committed (a replay reading a record whose row is gone skips"
+     " it). At least the topics' retention.ms plus segment.ms (Kafka's"
+     " defaults: 7 + 7 days)."},
     {"db_connect_timeout_ms", CT_INT, F(db_connect_timeout_ms), "60000", 0, 3600000,
      "How long connecting to PostgreSQL at start keeps retrying (capped"
      " exponential backoff) before it fails; 0: one attempt."},

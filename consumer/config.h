@@ -48,6 +48,10 @@ typedef struct dp_config {
     int topic_replication;
     char *topic_configs;        /* "k=v,k=v" given to every topic created */
     long long dlq_retention_ms; /* 0: broker default, -1: forever */
+    char *gc_event_retention;   /* PostgreSQL intervals, read by docpipe gc */
+    char *gc_dlq_retention;
+    char *gc_file_grace;
+    char *gc_attempt_retention;
     int db_connect_timeout_ms;
     int demo_publish;           /* demo stage: publish each record onward */
     char *embed_url;

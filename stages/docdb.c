@@ -128,8 +128,13 @@ dp_err dp_storage_write(dp_storage_batch *sb, const char *dir, const char *kind,
     if (sha)
         memcpy(sha, hex, DP_SHA256_HEX_SIZE);
     struct stat st;
-    if (stat(file, &st) == 0 && (size_t)st.st_size == len)
-        return DP_OK; /* content-addressed: already there */
+    if (stat(file, &st) == 0 && (size_t)st.st_size == len) {
+        /* content-addressed: already there.  Touched, so `docpipe gc`
+         * counts its age from this use (a file no row names yet, of an
+         * upload on its way to intake, is kept for gc_file_grace). */
+        utimensat(AT_FDCWD, file, NULL, 0);
+        return DP_OK;
+    }
     snprintf(tmp, sizeof(tmp), "%s.tmp.%d.%lu", file, (int)getpid(), seq++);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0 && errno == ENOENT) {

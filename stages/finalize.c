@@ -8,6 +8,14 @@
  * DocumentCompleted goes to <prefix>completed for downstream consumers.
  * Every chunk must come with its vector: if one has none, the document
  * fails (failed_embedding) instead of completing with a chunk left out.
+ *
+ * Each vector is stored once: the statement that promotes a document's
+ * vectors deletes their rows from document_vector_buffer, in the batch's
+ * transaction.  The chunk buffer stays (chunk text and metadata, small): it
+ * is what a replay or a retry --from embed starts from.  A finalize
+ * replayed after the buffer was emptied counts the chunks whose final row
+ * already holds a vector of the model for the same text as promoted, so
+ * it completes the document again without a new embedding.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,8 +70,25 @@ static dp_err finalize_handle(void *state, dp_batch *b, char *err, size_t errlen
             "   chunker_version = EXCLUDED.chunker_version"
             " RETURNING 1),"
             " j AS (UPDATE upload_pipeline.upload_jobs SET"
-            "   processing_completed_at = now() WHERE document_id = $1::uuid)"
-            " SELECT count(*), (SELECT user_id::text FROM upload_pipeline.documents"
+            "   processing_completed_at = now() WHERE document_id = $1::uuid),"
+            /* Each vector is kept once: promoted, its buffer row goes in
+             * this statement (the INSERT above still reads it: one
+             * snapshot).  A failed document rolls the whole batch back. */
+            " vb AS (DELETE FROM upload_pipeline.document_vector_buffer"
+            "   WHERE document_id = $1::uuid)"
+            " SELECT count(*) + (SELECT count(*) FROM"
+            "   upload_pipeline.document_chunk_buffer c WHERE c.document_id = $1::uuid"
+            /* A replayed finalize finds the buffer emptied by the first one:
+             * a chunk whose final row already holds a vector of this model
+             * for the same text (and has none waiting in the buffer) counts
+             * as promoted.  A chunk whose text changed needs a new one. */
+            "   AND NOT EXISTS (SELECT 1 FROM upload_pipeline.document_vector_buffer v"
+            "     WHERE v.chunk_id = c.chunk_id AND v.embed_model = $2"
+            "     AND v.embed_version = '1')"
+            "   AND EXISTS (SELECT 1 FROM upload_pipeline.document_chunks f"
+            "     WHERE f.chunk_id = c.chunk_id AND f.chunk_sha = c.chunk_sha"
+            "     AND f.embed_model = $2 AND f.embed_version = '1')),"
+            " (SELECT user_id::text FROM upload_pipeline.documents"
             "   WHERE document_id = $1::uuid), (SELECT count(*) FROM"
             "   upload_pipeline.document_chunk_buffer WHERE document_id = $1::uuid)"
             " FROM p",
