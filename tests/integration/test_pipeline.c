@@ -52,6 +52,11 @@ static pid_t spawn_pipeline(const char *logfile)
     return tenv_spawn(&T, args, logfile, pipe_env);
 }
 
+/* Every document id this test submitted (distinct): wait_all waits until
+ * each has a job, not merely until the jobs that exist so far are done. */
+static char submitted[1024][40];
+static int n_submitted;
+
 /* Prefix, storage, a user of our own, the embedding service and every
  * stage of the pipeline in one process. */
 static void start(const char *name, const char *const *embed_flags,
@@ -85,11 +90,6 @@ static void start(const char *name, const char *const *embed_flags,
     unlink(logf);
     pipe_pid = spawn_pipeline(logf);
 }
-
-/* Every document id this test submitted (distinct): wait_all waits until
- * each has a job, not merely until the jobs that exist so far are done. */
-static char submitted[1024][40];
-static int n_submitted;
 
 static void remember_submitted(const char *id)
 {
