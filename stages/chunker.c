@@ -394,10 +394,13 @@ static int v2_split_line(struct v2 *b, const char *ls, const char *le, size_t li
             if (p < le && ws(*p))
                 q = p;
         /* ...else hard, at a character boundary. */
-        if (!q) {
-            q = lim > pos ? lim : pos + 1;
-            while (q < le && ((unsigned char)*q & 0xc0) == 0x80)
-                q++;
+        if (!q) {               /* dp_tokens_prefix cut between characters */
+            q = lim;
+            if (q <= pos) {     /* not even one fits (max_tokens >= 32: never) */
+                q = pos + 1;
+                while (q < le && ((unsigned char)*q & 0xc0) == 0x80)
+                    q++;
+            }
         }
         if (v2_emit(b, ps, q, li, li + 1) != 0)
             return -1;
