@@ -66,8 +66,11 @@ static size_t walk(const char *text, size_t len, size_t max_tokens, size_t *cut)
     while (i < len) {
         unsigned char c = s[i];
         size_t n = 1, cost;
+        /* With a bound, a run is read no further than the bound could
+         * reach (room + 1 groups), so cutting a long run is linear. */
+        size_t room = max_tokens == SIZE_MAX ? SIZE_MAX / 8 : max_tokens - total;
         if (is_alpha(c)) {
-            while (i + n < len && is_alpha(s[i + n]))
+            while (i + n < len && n < (room + 1) * 4 && is_alpha(s[i + n]))
                 n++;
             /* A run is charged group by group so a cut can fall inside it. */
             for (size_t g = 0; g < n; g += 4) {
@@ -80,7 +83,7 @@ static size_t walk(const char *text, size_t len, size_t max_tokens, size_t *cut)
             i += n;
             continue;
         } else if (is_digit(c)) {
-            while (i + n < len && is_digit(s[i + n]))
+            while (i + n < len && n < (room + 1) * 3 && is_digit(s[i + n]))
                 n++;
             for (size_t g = 0; g < n; g += 3) {
                 if (total + 1 > max_tokens) {
@@ -92,7 +95,7 @@ static size_t walk(const char *text, size_t len, size_t max_tokens, size_t *cut)
             i += n;
             continue;
         } else if (is_space(c)) {
-            while (i + n < len && is_space(s[i + n]))
+            while (i + n < len && n < (room + 1) * 4 && is_space(s[i + n]))
                 n++;
             int free_space = n == 1 && c == ' ' && i + 1 < len && !is_digit(s[i + 1]);
             for (size_t g = 0; g < n && !free_space; g += 4) {
