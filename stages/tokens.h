@@ -24,9 +24,10 @@
  *                      CJK: usually 1-2); a byte that is not part of valid
  *                      UTF-8 costs 1.
  *
- * On ordinary text this is an upper bound of cl100k's count, typically by
- * 10-60% ("The quick brown fox jumps over the lazy dog." is 10 tokens,
- * estimated 13; see tests/unit/test_tokens.c for the known sentences).  It
+ * On ordinary text this is an upper bound of cl100k's count: by 0-50% on
+ * the English sentences of tests/unit/test_tokens.c ("The quick brown fox
+ * jumps over the lazy dog." is 10 tokens, estimated 13), by 100% on the
+ * Japanese one; markdown with much punctuation costs more.  It
  * undercounts only strings that BPE handles badly, such as random letters
  * (base64, hashes), where real tokens can be 2-3 letters each.  Even then
  * it is never wrong by more than a bounded factor: every estimated token
