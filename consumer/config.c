@@ -156,6 +156,19 @@ static const dp_config_entry dp_config_table[] = {
      "Consecutive failures that open a service's circuit breaker."},
     {"breaker_reset_ms", CT_INT, F(breaker_reset_ms), "60000", 10, 3600000,
      "Time an open breaker waits before a half-open probe."},
+    {"chunker_version", CT_STR, F(chunker_version), "markdown-simple@2", 0, 0,
+     "Chunker of new jobs, recorded by intake in the job (chunks_version) so"
+     " replays and retries chunk alike: markdown-simple@2 (chunks of at most"
+     " chunk_max_tokens estimated tokens) or markdown-simple@1 (the original's,"
+     " unbounded: a long line is one chunk, which a real embedding service may"
+     " refuse)."},
+    {"chunk_max_tokens", CT_INT, F(chunk_max_tokens), "512", 32, 8191,
+     "markdown-simple@2: most estimated tokens per chunk (an upper bound of"
+     " cl100k's count on ordinary text; at most 1638 also bounds any bytes"
+     " under 8191 real tokens). Recorded with the job's chunker version."},
+    {"chunk_overlap_tokens", CT_INT, F(chunk_overlap_tokens), "0", 0, 4095,
+     "markdown-simple@2: estimated tokens of a chunk cut inside a paragraph"
+     " repeated at the start of the next one; at most chunk_max_tokens / 2."},
 };
 
 #define DP_CONFIG_N (sizeof(dp_config_table) / sizeof(dp_config_table[0]))
@@ -427,6 +440,16 @@ dp_err dp_config_load(dp_config *cfg, char *err, size_t errlen)
         return dp_errf(DP_ERR_PERMANENT, err, errlen,
                        "setting pg_plan_cache_mode: '%s' is not force_custom_plan, auto"
                        " or force_generic_plan", cfg->pg_plan_cache_mode);
+    if (strcmp(cfg->chunker_version, "markdown-simple@1") &&
+        strcmp(cfg->chunker_version, "markdown-simple@2"))
+        return dp_errf(DP_ERR_PERMANENT, err, errlen,
+                       "setting chunker_version: '%s' is neither markdown-simple@2"
+                       " nor markdown-simple@1", cfg->chunker_version);
+    if (cfg->chunk_overlap_tokens > cfg->chunk_max_tokens / 2)
+        return dp_errf(DP_ERR_PERMANENT, err, errlen,
+                       "setting chunk_overlap_tokens: %d is over half of"
+                       " chunk_max_tokens (%d)", cfg->chunk_overlap_tokens,
+                       cfg->chunk_max_tokens);
     if (strcmp(cfg->embed_encoding, "float") && strcmp(cfg->embed_encoding, "base64"))
         return dp_errf(DP_ERR_PERMANENT, err, errlen,
                        "setting embed_encoding: '%s' is neither float nor base64",

@@ -69,6 +69,9 @@ typedef struct dp_config {
     char *text_fallback_charset;
     int breaker_threshold;
     int breaker_reset_ms;
+    char *chunker_version;      /* chunker of new jobs (intake) */
+    int chunk_max_tokens;       /* markdown-simple@2 */
+    int chunk_overlap_tokens;
     /* Pass-through Kafka properties: NULL-terminated name/value pairs. */
     char **kafka_common;
     char **kafka_consumer;

@@ -1,6 +1,7 @@
 /*
- * chunk (stage 4): splits the text with the original's markdown-simple@1
- * chunker and stores the chunks.
+ * chunk (stage 4): splits the text with the chunker the job names
+ * (chunks_version: markdown-simple@1, the original's, or markdown-simple@2,
+ * bounded by tokens; see chunker.h) and stores the chunks.
  *
  * In: <prefix>validated (DocumentValidated).  The text at parsed_path is
  * normalised as validate did, then chunked.  The job moves
@@ -32,7 +33,7 @@ typedef struct chunk_bufs {
 } chunk_bufs;
 
 static dp_err store_chunks(PGconn *db, chunk_bufs *cb, const char *doc,
-                           const char *version, const dp_chunk_list *list,
+                           const char *version, int v2, const dp_chunk_list *list,
                            int *written, char *err, size_t errlen)
 {
     /* Ids, ordinals and hashes are array literals (their characters are
@@ -57,7 +58,11 @@ static dp_err store_chunks(PGconn *db, chunk_bufs *cb, const char *doc,
         dp_buf_appendf(&cb->ords, "%s%u", sep, ch->ord);
         dp_buf_appendf(&cb->shas, "%s%s", sep, ch->sha256);
         dp_buf_text_array_add(&cb->texts, ch->text, ch->text_len);
-        int n = snprintf(meta, sizeof(meta),
+        int n = v2 ? snprintf(meta, sizeof(meta),
+                              "{\"start_line\": %zu, \"end_line\": %zu, \"type\":"
+                              " \"markdown\", \"tokens\": %zu}",
+                              ch->start_line, ch->end_line, ch->tokens)
+                   : snprintf(meta, sizeof(meta),
                          "{\"start_line\": %zu, \"end_line\": %zu, \"type\": \"markdown\"}",
                          ch->start_line, ch->end_line);
         dp_buf_text_array_add(&cb->metas, meta, (size_t)n);
@@ -104,41 +109,44 @@ static dp_err chunk_handle(void *state, dp_batch *b, char *err, size_t errlen)
             return e;
         if (!go)
             continue;
+        /* The job's chunks_version names the chunker, chosen at intake
+         * (setting chunker_version) and kept, so a replay chunks alike. */
+        const char *params[1] = {doc};
+        PGresult *res = dp_pg_execp(db,
+            "SELECT chunks_version FROM upload_pipeline.upload_jobs"
+            " WHERE document_id = $1::uuid", 1, NULL, params, NULL, NULL, 0);
+        if ((e = dp_pg_check(db, res, PGRES_TUPLES_OK, "read chunks_version",
+                             err, errlen)))
+            return e;
+        char version[DP_CHUNKER_VERSION_SIZE];
+        snprintf(version, sizeof(version), "%s",
+                 PQntuples(res) ? PQgetvalue(res, 0, 0) : DP_CHUNKER_DEFAULT_VERSION);
+        PQclear(res);
+        dp_chunker_spec spec;
+        dp_chunk_list list = {0};
         char *text;
         size_t len;
-        e = dp_storage_get(ds->cfg->storage_dir, dp_msg_str(m, "parsed_path"),
-                           CHUNK_MAX_TEXT, &text, &len, why, sizeof(why));
-        dp_chunk_list list = {0};
+        e = dp_chunker_spec_parse(version, &spec, why, sizeof(why));
+        if (e == DP_OK)
+            e = dp_storage_get(ds->cfg->storage_dir, dp_msg_str(m, "parsed_path"),
+                               CHUNK_MAX_TEXT, &text, &len, why, sizeof(why));
         if (e == DP_OK) {
             /* The text validate fingerprinted: parsed_path holds it as
              * parsed (validate does not rewrite it). */
             len = dp_normalize_text(text, len, text);
-            e = dp_chunk_markdown(text, len, &list, why, sizeof(why));
+            e = dp_chunk_text(&spec, text, len, &list, why, sizeof(why));
             free(text);
         }
         if (e) {
             dp_batch_fail(b, i, e, "chunk %s: %s", doc, why);
             continue;
         }
-        /* The job's chunks_version names the chunker version. */
-        const char *params[1] = {doc};
-        PGresult *res = dp_pg_execp(db,
-            "SELECT chunks_version FROM upload_pipeline.upload_jobs"
-            " WHERE document_id = $1::uuid", 1, NULL, params, NULL, NULL, 0);
-        if ((e = dp_pg_check(db, res, PGRES_TUPLES_OK, "read chunks_version",
-                             err, errlen))) {
-            dp_chunk_list_free(&list);
-            return e;
-        }
-        char version[64];
-        snprintf(version, sizeof(version), "%s",
-                 PQntuples(res) ? PQgetvalue(res, 0, 0) : DP_CHUNKER_DEFAULT_VERSION);
-        PQclear(res);
         int moved, written = 0;
         e = dp_docstage_transition(ds, b, doc, chunk_from, "chunking",
                                    "CHUNKING_STARTED", corr, NULL, &moved, err, errlen);
         if (e == DP_OK)
-            e = store_chunks(db, cb, doc, version, &list, &written, err, errlen);
+            e = store_chunks(db, cb, doc, version, spec.version == 2, &list, &written,
+                             err, errlen);
         char progress[160];
         snprintf(progress, sizeof(progress),
                  "{\"chunks_total\": %zu, \"chunks_done\": %zu, \"chunks_written\": %d}",

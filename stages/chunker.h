@@ -36,10 +36,23 @@
 
 #include "dp_error.h"
 #include "ids.h"
+#include "tokens.h"
 
 #define DP_CHUNKER_NAME "markdown-simple"
 #define DP_CHUNKER_DEFAULT_VERSION "markdown-simple@1"  /* upload_jobs.chunks_version default */
 #define DP_CHUNKER_MAX_LINES 20
+
+/* markdown-simple@2, chunks bounded by tokens (see "markdown-simple@2"
+ * below).  A job records its chunker as a version string: the bare name
+ * means these defaults, other values are spelled out, so the string alone
+ * says how the chunks were made and replays make the same chunks (and
+ * chunk ids, which hash it). */
+#define DP_CHUNKER_V2 "markdown-simple@2"
+#define DP_CHUNKER_V2_MAX_TOKENS 512
+#define DP_CHUNKER_V2_OVERLAP_TOKENS 0
+#define DP_CHUNKER_MIN_TOKENS 32
+#define DP_CHUNKER_MAX_TOKENS_LIMIT 8191
+#define DP_CHUNKER_VERSION_SIZE 96
 
 typedef struct dp_chunk {
     uint32_t ord;          /* 0, 1, 2, ... with no gaps */
@@ -48,6 +61,7 @@ typedef struct dp_chunk {
     const char *text;      /* stripped text, NUL-terminated, never empty;
                               points into the owning list's buffer */
     size_t text_len;
+    size_t tokens;         /* dp_tokens_estimate(text) */
     char sha256[DP_SHA256_HEX_SIZE];  /* chunk_sha: sha256 hex of text */
 } dp_chunk;
 
@@ -71,14 +85,72 @@ dp_err dp_chunk_markdown(const char *content, size_t len, dp_chunk_list *out,
 
 void dp_chunk_list_free(dp_chunk_list *list);
 
+/* ---- markdown-simple@2 ----------------------------------------------------
+ *
+ * The same markdown reading as @1 (lines, headings, blank lines), with
+ * every chunk at most max_tokens by dp_tokens_estimate (tokens.h):
+ *
+ *   - a line starting with '#' starts a new chunk (what @1 meant: its
+ *     heading *ended* the chunk it joined);
+ *   - lines join the current chunk while its estimate stays within
+ *     max_tokens (a line costs its estimate plus 1 for the '\n');
+ *     no 20-line limit;
+ *   - when the next line does not fit, the chunk is cut at its last
+ *     paragraph break (blank line) if it has one, the paragraphs after it
+ *     moving to the next chunk, else before that line;
+ *   - a line over max_tokens alone ends the current chunk and is cut into
+ *     pieces of at most max_tokens: at the last sentence end (. ! ? with
+ *     an optional closing quote or bracket, then whitespace) in the second
+ *     half of the piece, else at the last whitespace, else hard at the last
+ *     whole UTF-8 character that fits (a line with no spaces, CJK text);
+ *   - overlap_tokens > 0: a chunk that was cut inside a paragraph (between
+ *     its lines or inside a line) hands its last words, at most
+ *     overlap_tokens of them (fewer when the next line would not fit
+ *     otherwise), to the start of the next chunk;
+ *   - texts are stripped, empty ones dropped without an ord, as in @1;
+ *   - start_line / end_line are real line numbers here (0-based, end
+ *     exclusive) of the lines the chunk text comes from.
+ *
+ * Linear in the input apart from the overlap search (a binary search in
+ * the last 5 * overlap_tokens bytes of each cut chunk). */
+
+typedef struct dp_chunker_spec {
+    int version;                 /* 1 or 2 */
+    unsigned max_tokens;         /* @2: 32..8191 */
+    unsigned overlap_tokens;     /* @2: 0..max_tokens / 2 */
+} dp_chunker_spec;
+
+/* Reads a job's chunker version string: "markdown-simple@1",
+ * "markdown-simple@2" (512 tokens, no overlap), or
+ * "markdown-simple@2;max_tokens=N;overlap_tokens=M" with either part left
+ * out when it is the default.  Only that canonical spelling is accepted, so
+ * one chunking has one string (and one set of chunk ids).  Unknown or
+ * malformed: DP_ERR_PERMANENT naming the string. */
+dp_err dp_chunker_spec_parse(const char *version, dp_chunker_spec *out, char *err,
+                             size_t errlen);
+
+/* Writes the canonical version string of spec into out (at least
+ * DP_CHUNKER_VERSION_SIZE bytes). */
+void dp_chunker_spec_format(const dp_chunker_spec *spec, char *out, size_t outlen);
+
+/* markdown-simple@2 over content[0..len); results and errors as
+ * dp_chunk_markdown, and every chunk's tokens <= spec->max_tokens. */
+dp_err dp_chunk_markdown_v2(const dp_chunker_spec *spec, const char *content,
+                            size_t len, dp_chunk_list *out, char *err, size_t errlen);
+
+/* Runs the chunker spec names (version 1 ignores the token settings). */
+dp_err dp_chunk_text(const dp_chunker_spec *spec, const char *content, size_t len,
+                     dp_chunk_list *out, char *err, size_t errlen);
+
 /* ---- Embedding batches -------------------------------------------------- */
 
 #define DP_EMBED_BATCH_MAX_TEXTS 256    /* openai_max_batch_size */
 #define DP_EMBED_BATCH_MAX_TOKENS 8000  /* estimated tokens per request */
 
-/* The original's token estimate: len(text) // 4, where len counts Unicode
- * code points, not bytes.  This counts the code points of UTF-8 text (bytes
- * that are not continuation bytes) and divides by 4, rounding down. */
+/* A text's estimated tokens for batch budgets and rate limits: the
+ * chunker's estimate, dp_tokens_estimate (tokens.h), so the budget of a
+ * request is counted as the chunks were bounded.  (The original used
+ * len(text) // 4, which undercounts punctuation, digits and CJK text.) */
 size_t dp_embed_estimate_tokens(const char *text, size_t len);
 
 /* Splits n texts, in order, into consecutive batches as the original

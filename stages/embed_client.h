@@ -13,8 +13,8 @@
  * does three things around each request:
  *  - rate limit: embed_rpm requests and embed_tpm estimated tokens per
  *    sliding minute (ratelimit.h).  Tokens are estimated as the sum over the
- *    texts of len/4 (code points / 4, dp_embed_estimate_tokens, the
- *    original's micro-batch estimate), at least 1 per request; the original
+ *    texts of dp_embed_estimate_tokens (the chunker's conservative estimate,
+ *    tokens.h), at least 1 per request; the original
  *    client's TPM window counted a flat ~100 per text, which overcounts short
  *    chunks 4x.  A full window makes jobs wait, never fail.
  *  - circuit breaker "embeddings" (breaker.h): a refused call fails at once.
@@ -23,7 +23,10 @@
  *      DP_ERR_RETRYABLE timeouts, connection errors, 408, 429, 5xx, and a
  *                       200 whose body is not JSON at all (a proxy or a cut
  *                       connection, not the service's answer);
- *      DP_ERR_PERMANENT any other 4xx (empty input, bad key, bad model), and a
+ *      DP_ERR_PERMANENT any other 4xx (empty input, bad key, bad model, an
+ *                       input over the model's limit: "This model's maximum
+ *                       context length is 8191 tokens..."), with the
+ *                       service's message, and a
  *                       JSON answer of the wrong shape: wrong count, bad
  *                       index, a vector of another dimension ("dimension
  *                       mismatch"), a non-number.  Retrying cannot fix those.

@@ -2,8 +2,9 @@
  * embed-plan (stage 5): splits a document's chunks into embedding batches.
  *
  * In: <prefix>chunked (ChunksStored).  The chunks are cut, in ord order,
- * into batches of at most 256 texts and 8000 estimated tokens (characters
- * / 4, as the original), and one EmbedBatch per batch goes to
+ * into batches of at most 256 texts and 8000 estimated tokens (the
+ * chunker's estimate, tokens.h: the original counted characters / 4,
+ * which undercounts digits, punctuation and CJK), and one EmbedBatch per batch goes to
  * <prefix>embed-batches, so the batches of one large document are embedded
  * by many requests (and instances) at once.  The job records the number of
  * batches (for gather) and moves chunks_stored → embedding_queued.
@@ -38,7 +39,7 @@ static dp_err plan_handle(void *state, dp_batch *b, char *err, size_t errlen)
             continue;
         const char *params[3] = {doc, DP_CHUNKER_NAME, version};
         PGresult *res = dp_pg_execp(db,
-            "SELECT chunk_ord, length(text) / 4 FROM"
+            "SELECT chunk_ord, text FROM"
             " upload_pipeline.document_chunk_buffer WHERE document_id = $1::uuid"
             " AND chunker_name = $2 AND chunker_version = $3 ORDER BY chunk_ord",
             3, NULL, params, NULL, NULL, 0);
@@ -56,7 +57,8 @@ static dp_err plan_handle(void *state, dp_batch *b, char *err, size_t errlen)
         size_t *ends = malloc(n * sizeof(size_t));
         int first_ord = atoi(PQgetvalue(res, 0, 0));
         for (size_t k = 0; k < n; k++)
-            tokens[k] = (size_t)strtoull(PQgetvalue(res, (int)k, 1), NULL, 10);
+            tokens[k] = dp_tokens_estimate(PQgetvalue(res, (int)k, 1),
+                                           (size_t)PQgetlength(res, (int)k, 1));
         PQclear(res);
         size_t nb = dp_embed_plan_batches(tokens, n, DP_EMBED_BATCH_MAX_TEXTS,
                                           DP_EMBED_BATCH_MAX_TOKENS, ends);

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "chunker.h"
 #include "docdb.h"
 #include "docstage.h"
 #include "ids.h"
@@ -49,28 +50,41 @@ void dp_job_id(const char *document_id, char out[DP_UUID_STR_SIZE])
         snprintf(out, DP_UUID_STR_SIZE, "%s", document_id);
 }
 
+/* The chunker a new job records (upload_jobs.chunks_version): settings
+ * chunker_version, chunk_max_tokens and chunk_overlap_tokens as one
+ * canonical string (chunker.h), validated when the settings were loaded. */
+static void job_chunks_version(const dp_config *cfg, char out[DP_CHUNKER_VERSION_SIZE])
+{
+    dp_chunker_spec spec = {1, 0, 0};
+    if (!strcmp(cfg->chunker_version, DP_CHUNKER_V2))
+        spec = (dp_chunker_spec){2, (unsigned)cfg->chunk_max_tokens,
+                                 (unsigned)cfg->chunk_overlap_tokens};
+    dp_chunker_spec_format(&spec, out, DP_CHUNKER_VERSION_SIZE);
+}
+
 /* Inserts document and job; *fresh = 0 when the upload is a duplicate. */
 static dp_err record_upload(PGconn *db, avro_value_t *m, const char *status,
-                            int *fresh, char *err, size_t errlen)
+                            const char *chunks_version, int *fresh, char *err,
+                            size_t errlen)
 {
     char job[DP_UUID_STR_SIZE], bytes[32];
     const char *doc = dp_msg_str(m, "document_id");
     dp_job_id(doc, job);
     snprintf(bytes, sizeof(bytes), "%lld", (long long)dp_msg_long(m, "bytes_len"));
-    const char *params[10] = {doc, dp_msg_str(m, "user_id"),
+    const char *params[11] = {doc, dp_msg_str(m, "user_id"),
         dp_msg_str(m, "filename"), dp_msg_str(m, "mime"), bytes,
         dp_msg_str(m, "file_sha256"), dp_msg_str(m, "raw_path"), job, status,
-        dp_msg_str(m, "correlation_id")};
+        dp_msg_str(m, "correlation_id"), chunks_version};
     PGresult *res = dp_pg_execp(db,
         "WITH d AS (INSERT INTO upload_pipeline.documents (document_id, user_id,"
         "   filename, mime, bytes_len, file_sha256, raw_path, processing_status)"
         "   VALUES ($1::uuid, $2::uuid, $3, $4, $5::bigint, $6, $7, $9)"
         "   ON CONFLICT DO NOTHING RETURNING document_id, user_id, raw_path)"
         " INSERT INTO upload_pipeline.upload_jobs (job_id, user_id, document_id,"
-        "   status, raw_path, correlation_id)"
+        "   status, raw_path, correlation_id, chunks_version)"
         " SELECT $8::uuid, user_id, document_id, $9, raw_path,"
-        "   coalesce(nullif($10, ''), $8::text)::uuid FROM d",
-        10, NULL, params, NULL, NULL, 0);
+        "   coalesce(nullif($10, ''), $8::text)::uuid, $11 FROM d",
+        11, NULL, params, NULL, NULL, 0);
     dp_err e = dp_pg_check(db, res, PGRES_COMMAND_OK, "record upload", err,
                            errlen);
     if (e)
@@ -175,7 +189,9 @@ static dp_err intake_handle(void *state, dp_batch *b, char *err, size_t errlen)
         }
         int fresh = 0, again = 0, moved = 0;
         char again_corr[DP_UUID_STR_SIZE];
-        dp_err e = record_upload(db, m, "uploaded", &fresh, err, errlen);
+        char version[DP_CHUNKER_VERSION_SIZE];
+        job_chunks_version(ds->cfg, version);
+        dp_err e = record_upload(db, m, "uploaded", version, &fresh, err, errlen);
         if (e == DP_OK && !fresh)
             e = take_over_refused(db, m, again_corr, &again, err, errlen);
         if (e)
@@ -211,7 +227,9 @@ static dp_err intake_dead_letter(void *state, PGconn *db, const dp_record *rec,
     if (m && dp_uuid_parse(dp_msg_str(m, "document_id"), raw) == 0 &&
         dp_uuid_parse(dp_msg_str(m, "user_id"), raw) == 0) {
         int fresh;
-        dp_err e = record_upload(db, m, "uploaded", &fresh, err, errlen);
+        char version[DP_CHUNKER_VERSION_SIZE];
+        job_chunks_version(ds->cfg, version);
+        dp_err e = record_upload(db, m, "uploaded", version, &fresh, err, errlen);
         if (e)
             return e;
     }

@@ -28,7 +28,7 @@ const dp_stage_def dp_stage_defs[] = {
      dp_parse_open, dp_parse_close},
     {"validate", "3. normalise, hash, spot duplicate content (-> parse_validated)",
      dp_validate_open, dp_validate_close},
-    {"chunk", "4. markdown-simple@1 chunks into the chunk buffer (-> chunks_stored)",
+    {"chunk", "4. chunks (the job's chunker) into the chunk buffer (-> chunks_stored)",
      dp_chunk_open, dp_chunk_close},
     {"embed-plan", "5. split chunks into embedding batches (-> embedding_queued)",
      dp_embed_plan_open, dp_embed_plan_close},

@@ -29,6 +29,10 @@
  *    position in the batch; these do not.
  *  - prompt_tokens (= total_tokens) is the sum of whitespace-separated word
  *    counts, as in the original mock.
+ *  - An input over --max-input-tokens (8191, text-embedding-3's limit), counted
+ *    with the estimate the chunker bounds chunks by (stages/tokens.c, linked
+ *    in), is refused with 400 and OpenAI's "maximum context length" error,
+ *    so a pipeline test sees what a real service does to an over-long chunk.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -52,6 +56,8 @@
 
 #include <jansson.h>
 #include <microhttpd.h>
+
+#include "tokens.h"
 
 #define EMB_MAX_DIM 16384
 #define EMB_MAX_BODY ((size_t)64 << 20)
@@ -79,6 +85,7 @@ struct config {
     const char *api_key;
     long max_connections;
     long max_inputs;
+    long max_input_tokens;
     bool quiet;
     struct knobs knobs;   /* the knobs as started */
 };
@@ -111,6 +118,10 @@ static const struct option_def option_defs[] = {
      "concurrent connections, one thread each"},
     {"max-inputs", "DOCPIPE_EMBED_SERVER_MAX_INPUTS", OPT_LONG, CFG(max_inputs),
      "2048", 1, 1000000, false, "most inputs in one request (OpenAI: 2048)"},
+    {"max-input-tokens", "DOCPIPE_EMBED_SERVER_MAX_INPUT_TOKENS", OPT_LONG,
+     CFG(max_input_tokens), "8191", 0, 100000000, false,
+     "most tokens in one input, by docpipe's estimate (stages/tokens.h); longer"
+     " ones get 400 as from OpenAI (text-embedding-3: 8191); 0: no limit"},
     {"quiet", "DOCPIPE_EMBED_SERVER_QUIET", OPT_BOOL, CFG(quiet), "0", 0, 1,
      false, "log start, stop and fault changes, not every request"},
     {"dim", "DOCPIPE_EMBED_SERVER_DIM", OPT_LONG, KNOB(dim), "1536", 1,
@@ -768,6 +779,14 @@ static struct reply embeddings_handle_body(struct server *s, const char *body,
                             "'input[%zu]' must be a non-empty string (token arrays "
                             "are not supported)",
                             i);
+            goto out;
+        }
+        size_t tokens = dp_tokens_estimate(json_string_value(t), json_string_length(t));
+        if (s->cfg.max_input_tokens && tokens > (size_t)s->cfg.max_input_tokens) {
+            r = reply_error(400, "invalid_request_error", NULL,
+                            "This model's maximum context length is %ld tokens, however"
+                            " you requested %zu tokens (input[%zu]). Please reduce the"
+                            " length of the input.", s->cfg.max_input_tokens, tokens, i);
             goto out;
         }
     }

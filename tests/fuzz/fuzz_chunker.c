@@ -11,7 +11,16 @@
  * before this, has its own harness, fuzz_text_decode.c, which also feeds
  * the chunker what it makes.)
  *
+ * The same text also goes through markdown-simple@2 with a bound from the
+ * first byte (32-1052 tokens) and an overlap from the second (0 or up to
+ * half the bound).
+ *
  * What must hold, besides no crash, leak or undefined behaviour:
+ *   - markdown-simple@2: no chunk over the bound (the estimate of each
+ *     text is at most max_tokens), texts stripped, hashed and found in the
+ *     content in order; without overlap the chunks hold exactly the
+ *     content's ASCII letters and digits (nothing lost, nothing repeated),
+ *     with overlap at least those; no chunks exactly when whitespace only;
  *   - chunks (chunker.h): ords 0..n-1, start_line = ord * 20, 1 to 20 lines
  *     each, texts non-empty, already stripped, NUL-terminated, hashed by
  *     their sha256, and found in the content in order; no chunk at all
@@ -70,7 +79,9 @@ static void check_batches(const dp_chunk_list *list, size_t max_texts, size_t ma
     FUZZ_CHECK(tokens && ends, "out of memory");
     for (size_t i = 0; i < n; i++) {
         tokens[i] = dp_embed_estimate_tokens(list->items[i].text, list->items[i].text_len);
-        FUZZ_CHECK(tokens[i] <= list->items[i].text_len / 4, "more tokens than bytes/4");
+        /* tokens.h: at most one token a byte, at most 5 bytes a token */
+        FUZZ_CHECK(tokens[i] <= list->items[i].text_len, "more tokens than bytes");
+        FUZZ_CHECK(list->items[i].text_len <= 5 * tokens[i], "over 5 bytes a token");
     }
     size_t nb = dp_embed_plan_batches(tokens, n, max_texts, max_tokens, ends);
     FUZZ_CHECK(nb >= 1 && nb <= n && ends[nb - 1] == n, "batches do not cover the texts");
@@ -154,6 +165,61 @@ static void check_ids(const char *text, size_t len)
     }
 }
 
+/* Letters and digits: bytes no strip can remove (strip() also takes
+ * Unicode spaces, so other bytes may go at a chunk's ends). */
+static size_t non_ws(const char *p, size_t n)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        k += isalnum((unsigned char)p[i]) != 0;
+    return k;
+}
+
+static void check_v2(const char *text, size_t len, size_t slen, unsigned max, unsigned ov)
+{
+    dp_chunker_spec spec = {2, max, ov};
+    dp_chunk_list list;
+    char err[256];
+    dp_err rc = dp_chunk_markdown_v2(&spec, text, len, &list, err, sizeof(err));
+    FUZZ_CHECK(rc == DP_OK || rc == DP_ERR_PERMANENT, "v2: unexpected error");
+    FUZZ_CHECK((rc == DP_OK) == (slen > 0), "v2: no chunks iff whitespace only");
+    if (rc != DP_OK) {
+        FUZZ_CHECK(list.count == 0 && list.items == NULL, "v2: failed with chunks");
+        return;
+    }
+    size_t kept = 0;
+    const char *at = text, *end = text + len;
+    for (size_t i = 0; i < list.count; i++) {
+        const dp_chunk *c = &list.items[i];
+        char sha[DP_SHA256_HEX_SIZE];
+        size_t sl;
+        FUZZ_CHECK(c->ord == i, "v2: ords with gaps");
+        FUZZ_CHECK(c->tokens <= max, "v2: a chunk over the bound");
+        FUZZ_CHECK(c->tokens == dp_tokens_estimate(c->text, c->text_len), "v2: tokens");
+        FUZZ_CHECK(c->text_len > 0 && c->text[c->text_len] == '\0', "v2: empty or unterminated");
+        dp_text_strip(c->text, c->text_len, &sl);
+        FUZZ_CHECK(sl == c->text_len, "v2: text not stripped");
+        FUZZ_CHECK(dp_sha256_hex(c->text, c->text_len, sha) == DP_OK &&
+                   strcmp(sha, c->sha256) == 0, "v2: sha256");
+        FUZZ_CHECK(c->start_line < c->end_line, "v2: lines");
+        /* In the content, in order (an overlapping chunk starts earlier). */
+        const char *found = NULL;
+        for (const char *p = ov ? text : at; p + c->text_len <= end; p++)
+            if (!memcmp(p, c->text, c->text_len)) {
+                found = p;
+                if (!ov || p >= at || p + c->text_len > at)
+                    break;
+            }
+        FUZZ_CHECK(found != NULL, "v2: a chunk not in the content");
+        if (!ov && found)
+            at = found + c->text_len;
+        kept += non_ws(c->text, c->text_len);
+    }
+    size_t all = non_ws(text, len);
+    FUZZ_CHECK(ov ? kept >= all : kept == all, "v2: content lost or repeated");
+    dp_chunk_list_free(&list);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     fuzz_in in = {data, size};
@@ -177,6 +243,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(list.count == 0 && list.items == NULL, "failed with chunks");
     }
     dp_chunk_list_free(&list);
+    unsigned v2max = 32 + (unsigned)max_texts * 4 - 4;
+    unsigned v2ov = (max_tokens / 32) & 1 ? (unsigned)(max_tokens / 32) % (v2max / 2 + 1) : 0;
+    check_v2(text, len, slen, v2max, v2ov);
     check_normalize(text, len);
     check_ids(text, len);
     return 0;

@@ -171,7 +171,9 @@ long tdoc_expected_chunks(const tdoc *d)
     dp_chunk_list list = {0};
     char err[256];
     long count = -1;
-    if (dp_chunk_markdown(copy, n, &list, err, sizeof(err)) == DP_OK)
+    /* The chunker new jobs get by default (setting chunker_version). */
+    dp_chunker_spec spec = {2, DP_CHUNKER_V2_MAX_TOKENS, DP_CHUNKER_V2_OVERLAP_TOKENS};
+    if (dp_chunk_text(&spec, copy, n, &list, err, sizeof(err)) == DP_OK)
         count = (long)list.count;
     dp_chunk_list_free(&list);
     free(copy);

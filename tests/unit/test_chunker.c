@@ -561,15 +561,19 @@ Test(chunker, ten_megabyte_document_is_chunked_in_linear_time)
 
 /* ---- embedding batches ---------------------------------------------------- */
 
-Test(batches, token_estimate_is_code_points_divided_by_4_rounded_down)
+Test(batches, token_estimate_is_the_chunkers_estimate)
 {
-    cr_assert_eq(dp_embed_estimate_tokens("", 0), 0);
-    cr_assert_eq(dp_embed_estimate_tokens("abc", 3), 0);
-    cr_assert_eq(dp_embed_estimate_tokens("abcdefg", 7), 1);
-    cr_assert_eq(dp_embed_estimate_tokens("abcdefgh", 8), 2);
-    /* four 2-byte characters are 4 code points, as Python's len() counts */
-    cr_assert_eq(dp_embed_estimate_tokens("\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9", 8), 1);
-    cr_assert_eq(dp_embed_estimate_tokens("\xe3\x80\x80\xe3\x80\x80\xe3\x80\x80", 9), 0);
+    /* Not the original's len // 4 any more (which made "abc" 0 tokens and
+     * a line of digits a quarter of its cost): the batch budget counts
+     * texts as markdown-simple@2 bounded them (test_tokens.c). */
+    static const char *const texts[] = {"", "abc", "abcdefgh", "12345678",
+                                        "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9",
+                                        "The quick brown fox jumps over the lazy dog."};
+    for (size_t i = 0; i < sizeof texts / sizeof *texts; i++)
+        cr_assert_eq(dp_embed_estimate_tokens(texts[i], strlen(texts[i])),
+                     dp_tokens_estimate(texts[i], strlen(texts[i])), "%s", texts[i]);
+    cr_assert_eq(dp_embed_estimate_tokens("abc", 3), 1);
+    cr_assert_eq(dp_embed_estimate_tokens("12345678", 8), 3);
 }
 
 Test(batches, no_texts_make_no_batches)

@@ -19,6 +19,9 @@ static void clear_env(void)
     unsetenv("DOCPIPE_KAFKA_FETCH_MAX_BYTES");
     unsetenv("DOCPIPE_CONSUMER_SESSION_TIMEOUT_MS");
     unsetenv("DOCPIPE_OFFSET_RESET");
+    unsetenv("DOCPIPE_CHUNKER_VERSION");
+    unsetenv("DOCPIPE_CHUNK_MAX_TOKENS");
+    unsetenv("DOCPIPE_CHUNK_OVERLAP_TOKENS");
 }
 
 TestSuite(config, .init = clear_env);
@@ -89,6 +92,38 @@ Test(config, test_bad_values_are_errors_naming_the_setting)
     setenv("DOCPIPE_OFFSET_RESET", "middle", 1);
     cr_assert_eq(dp_config_load(&c, err, sizeof(err)), DP_ERR_PERMANENT);
     cr_assert(strstr(err, "offset_reset"), "%s", err);
+    dp_config_free(&c);
+}
+
+Test(config, chunker_settings_default_to_bounded_chunks_and_refuse_what_no_chunker_does)
+{
+    dp_config c;
+    char err[256];
+    cr_assert_eq(dp_config_load(&c, err, sizeof(err)), DP_OK, "%s", err);
+    cr_assert_str_eq(c.chunker_version, "markdown-simple@2");
+    cr_assert_eq(c.chunk_max_tokens, 512);
+    cr_assert_eq(c.chunk_overlap_tokens, 0);
+    dp_config_free(&c);
+    setenv("DOCPIPE_CHUNKER_VERSION", "markdown-simple@1", 1);
+    cr_assert_eq(dp_config_load(&c, err, sizeof(err)), DP_OK, "%s", err);
+    cr_assert_str_eq(c.chunker_version, "markdown-simple@1");
+    dp_config_free(&c);
+    setenv("DOCPIPE_CHUNKER_VERSION", "markdown-simple@3", 1);
+    cr_assert_eq(dp_config_load(&c, err, sizeof(err)), DP_ERR_PERMANENT);
+    cr_assert(strstr(err, "chunker_version") && strstr(err, "markdown-simple@3"), "%s", err);
+    dp_config_free(&c);
+    unsetenv("DOCPIPE_CHUNKER_VERSION");
+    setenv("DOCPIPE_CHUNK_MAX_TOKENS", "9000", 1);
+    cr_assert_eq(dp_config_load(&c, err, sizeof(err)), DP_ERR_PERMANENT);
+    cr_assert(strstr(err, "chunk_max_tokens"), "%s", err);
+    dp_config_free(&c);
+    setenv("DOCPIPE_CHUNK_MAX_TOKENS", "100", 1);
+    setenv("DOCPIPE_CHUNK_OVERLAP_TOKENS", "51", 1);
+    cr_assert_eq(dp_config_load(&c, err, sizeof(err)), DP_ERR_PERMANENT);
+    cr_assert(strstr(err, "chunk_overlap_tokens"), "%s", err);
+    dp_config_free(&c);
+    setenv("DOCPIPE_CHUNK_OVERLAP_TOKENS", "50", 1);
+    cr_assert_eq(dp_config_load(&c, err, sizeof(err)), DP_OK, "%s", err);
     dp_config_free(&c);
 }
 

@@ -441,6 +441,45 @@ Test(embedserver, empty_input_and_malformed_requests_get_openai_400s)
     server_stop();
 }
 
+/* Like text-embedding-3 (8191 tokens), counted by the chunker's estimate. */
+Test(embedserver, an_input_over_max_input_tokens_gets_openais_context_length_400)
+{
+    /* 100 tokens of "abcd " words (each word 1 token) fit 100, not 99. */
+    char body[1024] = "{\"model\":\"m\",\"input\":[\"short\",\"";
+    for (int i = 0; i < 100; i++)
+        strcat(body, i ? " abcd" : "abcd");
+    strcat(body, "\"]}");
+    const char *limit100[] = {"--max-input-tokens", "100", NULL};
+    server_start(limit100);
+    json_decref(embed_ok(body));
+    server_stop();
+    const char *limit99[] = {"--max-input-tokens", "99", NULL};
+    server_start(limit99);
+    struct response r = http("POST", "/v1/embeddings", body);
+    cr_assert_eq(r.status, 400);
+    json_t *err = json_object_get(r.json, "error");
+    cr_assert_str_eq(json_string_value(json_object_get(err, "type")), "invalid_request_error");
+    const char *msg = json_string_value(json_object_get(err, "message"));
+    cr_assert(msg && strstr(msg, "maximum context length is 99 tokens") &&
+              strstr(msg, "requested 100 tokens (input[1])"), "%s", msg);
+    response_free(&r);
+    server_stop();
+    /* The default is 8191; 0 switches the limit off. */
+    const char *env[] = {"DOCPIPE_EMBED_SERVER_MAX_INPUT_TOKENS=0", NULL};
+    server_start_env(NULL, env);
+    char *big = malloc(200000);
+    strcpy(big, "{\"model\":\"m\",\"dimensions\":4,\"input\":\"");
+    size_t n = strlen(big);
+    memset(big + n, 'x', 150000);       /* 37,500 estimated tokens */
+    strcpy(big + n + 150000, "\"}");
+    json_decref(embed_ok(big));
+    server_stop();
+    server_start(NULL);
+    cr_assert_eq(embed_status(big), 400);
+    server_stop();
+    free(big);
+}
+
 Test(embedserver, bearer_key_is_required_on_v1_when_configured)
 {
     const char *args[] = {"--api-key", "sekrit", NULL};
