@@ -364,6 +364,8 @@ Test(parse_concurrency, a_batch_goes_to_tika_at_once_and_no_row_is_locked_meanwh
     cr_assert_leq(max_inflight, 3, "%d parse requests at once, over tika_concurrency 3",
                   max_inflight);
     cr_assert_geq(max_inflight, 2, "Tika had at most %d request at a time", max_inflight);
+    cr_assert_eq(tenv_stop(parse_pid, SIGTERM, 30000), 0, "parse did not stop cleanly");
+    parse_pid = 0;
 }
 
 Test(parse_concurrency, a_pass_bounded_by_time_defers_the_rest_and_each_document_is_parsed_once)
@@ -387,4 +389,6 @@ Test(parse_concurrency, a_pass_bounded_by_time_defers_the_rest_and_each_document
     pthread_mutex_unlock(&P.mu);
     cr_assert_geq(at3, 2, "the third request reached Tika with %lld documents parsed: "
                   "the pass did not end when its time was up", at3);
+    cr_assert_eq(tenv_stop(parse_pid, SIGTERM, 30000), 0, "parse did not stop cleanly");
+    parse_pid = 0;
 }
