@@ -147,6 +147,13 @@ static const dp_config_entry dp_config_table[] = {
      "Base URL of the Apache Tika server used by the parse stage."},
     {"tika_timeout_ms", CT_INT, F(tika_timeout_ms), "120000", 100, 600000,
      "Timeout of one parse request."},
+    {"tika_concurrency", CT_INT, F(tika_concurrency), "4", 1, 64,
+     "Parse requests one parse instance keeps in flight to Tika at once."},
+    {"parse_pass_ms", CT_INT, F(parse_pass_ms), "60000", 100, 3600000,
+     "How long a parse pass keeps starting Tika calls; documents not sent by"
+     " then wait for the next pass (no retry spent). Requests in flight finish."
+     " Capped so a pass stays under idle_txn_timeout_ms and the consumer's"
+     " max.poll.interval.ms."},
     {"text_fallback_charset", CT_STR, F(text_fallback_charset), "WINDOWS-1252", 0, 0,
      "8-bit charset (an iconv name) of a text or markdown file that has no"
      " byte order mark and is not UTF-8. WINDOWS-1252 reads ISO-8859-1 (latin1)"

@@ -66,6 +66,8 @@ typedef struct dp_config {
     int embed_buffer_kb;
     char *tika_url;
     int tika_timeout_ms;
+    int tika_concurrency;
+    int parse_pass_ms;
     char *text_fallback_charset;
     int breaker_threshold;
     int breaker_reset_ms;

@@ -430,7 +430,10 @@ static batch_result settle(dp_runtime *rt, size_t from, size_t to)
         goto rollback;
     }
 
-    /* Every live record is ok. */
+    /* Every live record is ok.  The marks again, without the records the
+     * passes dropped (deferred, or waiting for a retry): a mark past one
+     * of them would make it a copy when it comes back. */
+    dp_dedup_pass(rt, from, to);
     int64_t attempt = dp_attempt_new_id();
     if ((e = plan_advance(rt, from, to, adv, 64, &nadv, err, sizeof(err))))
         goto rollback;

@@ -11,12 +11,15 @@
 
 #include <curl/curl.h>
 
+#include "clock.h"
 #include "http_alive.h"
 #include "log.h"
 
 struct dp_tika_client {
-    pthread_mutex_t mu;      /* one request at a time on the easy handle */
-    CURL *easy;
+    pthread_mutex_t mu;      /* one run at a time on the handles */
+    CURLM *multi;            /* keeps the connections to Tika between runs */
+    CURL **easy;             /* one per request in flight, made as needed */
+    size_t neasy;
     char *endpoint;          /* {tika_url}/tika */
     long timeout_ms;
     dp_breaker *breaker;
@@ -53,22 +56,14 @@ dp_err dp_tika_client_new(const dp_config *cfg, dp_tika_client **out, char *err,
         ulen--;
     if (asprintf(&c->endpoint, "%.*s/tika", (int)ulen, cfg->tika_url) < 0)
         c->endpoint = NULL;
-    c->easy = curl_easy_init();
+    c->multi = curl_multi_init();
     c->breaker = dp_breaker_new("tika", cfg->breaker_threshold, cfg->breaker_reset_ms);
     c->svc = dp_service_get("tika");
-    if (!c->endpoint || !c->easy || !c->breaker) {
+    if (!c->endpoint || !c->multi || !c->breaker) {
         dp_tika_client_free(c);
         return dp_errf(DP_ERR_RETRYABLE, err, errlen, "out of memory");
     }
-    long timeout = cfg->tika_timeout_ms > 0 ? cfg->tika_timeout_ms : 120000;
-    c->timeout_ms = timeout;
-    CURL *e = c->easy;
-    curl_easy_setopt(e, CURLOPT_URL, c->endpoint);
-    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "PUT");
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, timeout < 10000 ? timeout : 10000L);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    c->timeout_ms = cfg->tika_timeout_ms > 0 ? cfg->tika_timeout_ms : 120000;
     *out = c;
     return DP_OK;
 }
@@ -77,8 +72,11 @@ void dp_tika_client_free(dp_tika_client *c)
 {
     if (!c)
         return;
-    if (c->easy)
-        curl_easy_cleanup(c->easy);
+    for (size_t k = 0; k < c->neasy; k++)
+        curl_easy_cleanup(c->easy[k]);
+    free(c->easy);
+    if (c->multi)
+        curl_multi_cleanup(c->multi);
     dp_breaker_free(c->breaker);
     free(c->endpoint);
     pthread_mutex_destroy(&c->mu);
@@ -161,50 +159,89 @@ static dp_err outcome(CURLcode cc, long status, const struct sink *sink, size_t 
                    why, sink->len ? ": " : "", said);
 }
 
-/* One request; the breaker is told by the caller. */
-static dp_err put_document(dp_tika_client *c, const void *data, size_t len,
-                           const char *content_type, struct sink *sink, char *err,
-                           size_t errlen)
+/* One request in flight of a run. */
+typedef struct tika_call {
+    CURL *easy;
+    dp_tika_job *job;
+    struct sink sink;
+    struct curl_slist *headers;
+    char curl_err[CURL_ERROR_SIZE];
+    struct timespec t0;
+} tika_call;
+
+/* The easy handle of slot k, made on first use; its connection stays in
+ * the multi handle's cache for the next request. */
+static CURL *easy_for(dp_tika_client *c, size_t k)
 {
-    if (content_type && strpbrk(content_type, "\r\n"))
+    if (k >= c->neasy) {
+        CURL **more = realloc(c->easy, (k + 1) * sizeof(*more));
+        if (!more)
+            return NULL;
+        c->easy = more;
+        while (c->neasy <= k) {
+            CURL *e = curl_easy_init();
+            if (!e)
+                return NULL;
+            curl_easy_setopt(e, CURLOPT_URL, c->endpoint);
+            curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "PUT");
+            curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, c->timeout_ms);
+            curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                             c->timeout_ms < 10000 ? c->timeout_ms : 10000L);
+            curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+            curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+            c->easy[c->neasy++] = e;
+        }
+    }
+    return c->easy[k];
+}
+
+/* Sets up and adds call's request; DP_OK, or the job's own failure. */
+static dp_err call_start(dp_tika_client *c, tika_call *call, char *err, size_t errlen)
+{
+    const dp_tika_job *job = call->job;
+    if (job->content_type && strpbrk(job->content_type, "\r\n"))
         return dp_errf(DP_ERR_PERMANENT, err, errlen,
                        "tika: content type contains a line break");
     char ct[300];
     /* "Content-Type:" with no value removes libcurl's form type: Tika detects. */
-    snprintf(ct, sizeof(ct), "Content-Type:%s%.280s", content_type ? " " : "",
-             content_type ? content_type : "");
-    struct curl_slist *h = NULL, *t;
+    snprintf(ct, sizeof(ct), "Content-Type:%s%.280s", job->content_type ? " " : "",
+             job->content_type ? job->content_type : "");
+    struct curl_slist *t;
     const char *lines[] = {"Accept: text/plain", "Expect:", ct};
     for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++) {
-        if (!(t = curl_slist_append(h, lines[i]))) {
-            curl_slist_free_all(h);
+        if (!(t = curl_slist_append(call->headers, lines[i])))
             return dp_errf(DP_ERR_RETRYABLE, err, errlen, "tika: out of memory");
-        }
-        h = t;
+        call->headers = t;
     }
-    char curl_err[CURL_ERROR_SIZE] = "";
-    CURL *e = c->easy;
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, len ? data : "");
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+    CURL *e = call->easy;
+    call->curl_err[0] = '\0';
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, call->headers);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, job->len ? job->data : "");
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)job->len);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, sink);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, curl_err);
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, &call->sink);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, call->curl_err);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, call);
+    clock_gettime(CLOCK_MONOTONIC, &call->t0);
+    CURLMcode mc = curl_multi_add_handle(c->multi, e);
+    if (mc != CURLM_OK)
+        return dp_errf(DP_ERR_RETRYABLE, err, errlen, "tika: cannot start a request: %s",
+                       curl_multi_strerror(mc));
     dp_service_begin(c->svc);
-    CURLcode cc = curl_easy_perform(e);
-    long status = 0;
-    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
-    dp_service_end(c->svc, (double)ms_since(&t0) / 1000.0,
-                   cc == CURLE_OK && status > 0 && status < 500);
-    /* Nothing may point at this call's locals once it returns. */
+    return DP_OK;
+}
+
+/* Nothing may point at the call once it is over. */
+static void call_clear(tika_call *call)
+{
+    CURL *e = call->easy;
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, NULL);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, NULL);
-    curl_slist_free_all(h);
-    return outcome(cc, status, sink, len, content_type, curl_err, c->endpoint,
-                   ms_since(&t0), err, errlen);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, NULL);
+    curl_slist_free_all(call->headers);
+    call->headers = NULL;
+    call->job = NULL;
 }
 
 /* Hands the collected text over on DP_OK (an empty one too), frees it
@@ -249,23 +286,9 @@ dp_err dp_tika_reply(long status, const void *body, size_t body_len, size_t piec
     return take_text(rc, &sink, text, text_len, err, errlen);
 }
 
-dp_err dp_tika_parse(dp_tika_client *c, const void *data, size_t len,
-                     const char *content_type, size_t max_bytes, char **text,
-                     size_t *text_len, char *err, size_t errlen)
+/* A job's result: the breaker told, the text or the reason kept. */
+static void job_done(dp_tika_client *c, dp_tika_job *job, dp_err rc, struct sink *sink)
 {
-    *text = NULL;
-    if (text_len)
-        *text_len = 0;
-    if (!dp_breaker_allow(c->breaker))
-        return dp_errf(DP_ERR_RETRYABLE, err, errlen,
-                       "circuit breaker open: tika is refusing calls for another %lld ms",
-                       (long long)dp_breaker_retry_in_ms(c->breaker));
-
-    struct sink sink = {.max = max_bytes};
-    pthread_mutex_lock(&c->mu);
-    dp_err rc = put_document(c, data, len, content_type, &sink, err, errlen);
-    pthread_mutex_unlock(&c->mu);
-
     if (rc == DP_ERR_RETRYABLE)
         dp_breaker_failure(c->breaker);
     else
@@ -273,6 +296,132 @@ dp_err dp_tika_parse(dp_tika_client *c, const void *data, size_t len,
     if (rc != DP_OK && dp_log_enabled(DP_LOG_DEBUG))
         dp_logj(DP_LOG_DEBUG, NULL,
                 json_pack("{s:s, s:s}", "service", "tika", "result", dp_err2str(rc)), "%s",
-                err ? err : "tika call failed");
-    return take_text(rc, &sink, text, text_len, err, errlen);
+                job->error);
+    job->result = take_text(rc, sink, &job->text, &job->text_len, job->error,
+                            sizeof(job->error));
+}
+
+/* The answer of a finished transfer. */
+static void call_finish(dp_tika_client *c, tika_call *call, CURLcode cc)
+{
+    dp_tika_job *job = call->job;
+    long status = 0;
+    curl_easy_getinfo(call->easy, CURLINFO_RESPONSE_CODE, &status);
+    int64_t ms = ms_since(&call->t0);
+    dp_service_end(c->svc, (double)ms / 1000.0, cc == CURLE_OK && status > 0 && status < 500);
+    dp_err rc = outcome(cc, status, &call->sink, job->len, job->content_type,
+                        call->curl_err, c->endpoint, ms, job->error, sizeof(job->error));
+    job_done(c, job, rc, &call->sink);
+    call->sink = (struct sink){0};
+    call_clear(call);
+}
+
+void dp_tika_parse_many(dp_tika_client *c, dp_tika_job *jobs, size_t n, int concurrency,
+                        int64_t start_until_ms)
+{
+    size_t slots = concurrency > 0 ? (size_t)concurrency : 1;
+    if (slots > n)
+        slots = n;
+    for (size_t k = 0; k < n; k++) {
+        jobs[k].started = 0;
+        jobs[k].result = DP_OK;
+        jobs[k].text = NULL;
+        jobs[k].text_len = 0;
+        jobs[k].error[0] = '\0';
+    }
+    if (n == 0)
+        return;
+    tika_call *calls = calloc(slots, sizeof(*calls));
+    pthread_mutex_lock(&c->mu);
+    size_t next = 0, active = 0, sent = 0;
+    for (;;) {
+        /* Free slots take the next jobs, while the start window is open. */
+        for (size_t k = 0; k < slots && next < n; k++) {
+            if (!calls || calls[k].job)
+                continue;
+            if (sent > 0 && start_until_ms > 0 && dp_clock_mono_ms(NULL) >= start_until_ms) {
+                next = n; /* the rest keep started = 0 */
+                break;
+            }
+            dp_tika_job *job = &jobs[next++];
+            job->started = 1;
+            sent++;
+            if (!dp_breaker_allow(c->breaker)) {
+                job->result = dp_errf(DP_ERR_RETRYABLE, job->error, sizeof(job->error),
+                    "circuit breaker open: tika is refusing calls for another %lld ms",
+                    (long long)dp_breaker_retry_in_ms(c->breaker));
+                continue;
+            }
+            tika_call *call = &calls[k];
+            call->job = job;
+            call->sink = (struct sink){.max = job->max_bytes};
+            dp_err rc = (call->easy = easy_for(c, k))
+                            ? call_start(c, call, job->error, sizeof(job->error))
+                            : dp_errf(DP_ERR_RETRYABLE, job->error, sizeof(job->error),
+                                      "tika: out of memory");
+            if (rc != DP_OK) {
+                job_done(c, job, rc, &call->sink);
+                call->sink = (struct sink){0};
+                if (call->easy)
+                    call_clear(call);
+                call->job = NULL;
+                continue;
+            }
+            active++;
+        }
+        if (!calls) {
+            /* No memory for the calls: every job fails retryably. */
+            for (size_t k = 0; k < n; k++) {
+                jobs[k].started = 1;
+                jobs[k].result = dp_errf(DP_ERR_RETRYABLE, jobs[k].error,
+                                         sizeof(jobs[k].error), "tika: out of memory");
+            }
+            break;
+        }
+        if (active == 0 && next >= n)
+            break;
+        if (active == 0)
+            continue; /* every job just taken failed at once: take more */
+        int running = 0;
+        curl_multi_perform(c->multi, &running);
+        CURLMsg *msg;
+        int left;
+        while ((msg = curl_multi_info_read(c->multi, &left))) {
+            if (msg->msg != CURLMSG_DONE)
+                continue;
+            CURL *e = msg->easy_handle;
+            CURLcode cc = msg->data.result;
+            tika_call *call = NULL;
+            curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&call);
+            curl_multi_remove_handle(c->multi, e);
+            if (call && call->job) {
+                call_finish(c, call, cc);
+                active--;
+            }
+        }
+        if (active > 0) {
+            /* Wake for the next answer, or for the start window to close
+             * while jobs wait for a slot (nothing to start then anyway). */
+            curl_multi_poll(c->multi, NULL, 0, 1000, NULL);
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+    free(calls);
+}
+
+dp_err dp_tika_parse(dp_tika_client *c, const void *data, size_t len,
+                     const char *content_type, size_t max_bytes, char **text,
+                     size_t *text_len, char *err, size_t errlen)
+{
+    dp_tika_job job = {.data = data, .len = len, .content_type = content_type,
+                       .max_bytes = max_bytes};
+    dp_tika_parse_many(c, &job, 1, 1, 0);
+    *text = job.text;
+    if (text_len)
+        *text_len = job.text_len;
+    if (job.result != DP_OK && err && errlen)
+        snprintf(err, errlen, "%s", job.error);
+    else if (err && errlen)
+        err[0] = '\0';
+    return job.result;
 }

@@ -2,10 +2,11 @@
  * tika_client: text out of documents, from an Apache Tika server.
  *
  * PUT {tika_url}/tika with the document's bytes and "Accept: text/plain";
- * Tika answers with the document's text in UTF-8.  One libcurl easy handle
- * lives as long as the client, so its connection to Tika is kept alive and
- * reused.  Calls on one client are serialised (a mutex); give each parsing
- * thread its own client for parallel parses.
+ * Tika answers with the document's text in UTF-8.  dp_tika_parse_many sends
+ * a batch's documents at once, at most `concurrency` in flight (libcurl
+ * multi), so Tika works on several while the stage waits for all; its
+ * easy handles and their connections live as long as the client and are
+ * reused.  Runs on one client are serialised (a mutex).
  *
  * Outcomes:
  *   DP_OK             2xx: the text (possibly empty: a scan with no text layer);
@@ -23,6 +24,7 @@
 #define DP_TIKA_CLIENT_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "breaker.h"
 #include "config.h"
@@ -49,6 +51,28 @@ int dp_tika_client_alive(dp_tika_client *c);
 dp_err dp_tika_parse(dp_tika_client *c, const void *data, size_t len,
                      const char *content_type, size_t max_bytes, char **text,
                      size_t *text_len, char *err, size_t errlen);
+
+/* One document of dp_tika_parse_many: what to send, and what came of it. */
+typedef struct dp_tika_job {
+    const void *data;         /* the document's bytes (not copied) */
+    size_t len;
+    const char *content_type; /* may be NULL: Tika detects the type */
+    size_t max_bytes;         /* 0: no limit */
+    int started;              /* out: 0 if never sent (the run's start window closed) */
+    dp_err result;            /* out, when started: as from dp_tika_parse */
+    char *text;               /* out on DP_OK: malloc'd, NUL-terminated, caller frees */
+    size_t text_len;
+    char error[512];          /* out otherwise: why */
+} dp_tika_job;
+
+/* Sends jobs[0..n) to Tika in order, at most `concurrency` in flight; each
+ * as dp_tika_parse would (its breaker, its outcomes).  No job starts once
+ * start_until_ms (dp_clock_mono_ms time; 0: no limit) has passed, except
+ * the run's first, so a run always makes progress: such jobs keep
+ * started = 0.  Jobs already in flight finish (each within the client's
+ * timeout).  Returns when every started job has its result. */
+void dp_tika_parse_many(dp_tika_client *c, dp_tika_job *jobs, size_t n, int concurrency,
+                        int64_t start_until_ms);
 
 /* Exposed for tests and fuzzing: what dp_tika_parse makes of one answer,
  * without a server.  status is the HTTP status, body[0..body_len) the reply

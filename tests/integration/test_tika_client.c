@@ -10,6 +10,7 @@
 #include <curl/curl.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -315,4 +316,143 @@ Test(tika_client, server_errors_are_retryable_and_other_4xx_permanent)
     }
     dp_tika_client_free(c);
     MHD_stop_daemon(d);
+}
+
+/* A stand-in Tika that answers each PUT with its own body after 400 ms,
+ * a thread per connection, counting the requests in flight at once. */
+static pthread_mutex_t echo_mu = PTHREAD_MUTEX_INITIALIZER;
+static int echo_inflight, echo_max, echo_requests;
+
+typedef struct echo_body {
+    char p[256];
+    size_t len;
+} echo_body;
+
+static enum MHD_Result echo_slow(void *cls, struct MHD_Connection *conn, const char *url,
+                                 const char *method, const char *version,
+                                 const char *upload, size_t *upload_size, void **state)
+{
+    (void)cls, (void)url, (void)method, (void)version;
+    if (!*state) {
+        *state = calloc(1, sizeof(echo_body));
+        return MHD_YES;
+    }
+    echo_body *b = *state;
+    if (*upload_size) {
+        size_t n = *upload_size < sizeof(b->p) - b->len ? *upload_size : sizeof(b->p) - b->len;
+        memcpy(b->p + b->len, upload, n);
+        b->len += n;
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    pthread_mutex_lock(&echo_mu);
+    echo_requests++;
+    if (++echo_inflight > echo_max)
+        echo_max = echo_inflight;
+    pthread_mutex_unlock(&echo_mu);
+    usleep(400000);
+    pthread_mutex_lock(&echo_mu);
+    echo_inflight--;
+    pthread_mutex_unlock(&echo_mu);
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(b->len, b->p, MHD_RESPMEM_MUST_COPY);
+    enum MHD_Result ret = MHD_queue_response(conn, 200, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static void echo_done(void *cls, struct MHD_Connection *conn, void **state,
+                      enum MHD_RequestTerminationCode why)
+{
+    (void)cls, (void)conn, (void)why;
+    free(*state);
+    *state = NULL;
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+Test(tika_client, parse_many_keeps_n_in_flight_and_starts_nothing_after_its_window)
+{
+    struct MHD_Daemon *d = MHD_start_daemon(
+        MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD, 0, NULL, NULL,
+        echo_slow, NULL, MHD_OPTION_NOTIFY_COMPLETED, echo_done, NULL, MHD_OPTION_END);
+    cr_assert(d);
+    char url[64];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u",
+             (unsigned)MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT)->port);
+    dp_tika_client *c = client_for(url, 20000);
+    char docs[6][32];
+    dp_tika_job jobs[6];
+    for (int k = 0; k < 6; k++) {
+        snprintf(docs[k], sizeof(docs[k]), "document number %d", k);
+        jobs[k] = (dp_tika_job){.data = docs[k], .len = strlen(docs[k]),
+                                .content_type = "text/html"};
+    }
+
+    /* No window: all six, three at a time, each its own answer. */
+    dp_tika_parse_many(c, jobs, 6, 3, 0);
+    for (int k = 0; k < 6; k++) {
+        cr_assert(jobs[k].started);
+        cr_assert_eq(jobs[k].result, DP_OK, "%s", jobs[k].error);
+        cr_assert_str_eq(jobs[k].text, docs[k]);
+        free(jobs[k].text);
+    }
+    cr_assert_eq(echo_requests, 6);
+    cr_assert_eq(echo_max, 3, "%d in flight at most, not 3", echo_max);
+
+    /* A window that closes before the first answer: the first two go (the
+     * slots free only after it), the others are never sent. */
+    echo_requests = echo_max = 0;
+    dp_tika_parse_many(c, jobs, 6, 2, now_ms() + 150);
+    for (int k = 0; k < 6; k++) {
+        cr_assert_eq(jobs[k].started, k < 2, "job %d started: %d", k, jobs[k].started);
+        if (k < 2)
+            cr_assert_str_eq(jobs[k].text, docs[k]);
+        else
+            cr_assert_null(jobs[k].text);
+        free(jobs[k].text);
+    }
+    cr_assert_eq(echo_requests, 2);
+
+    /* A window already closed: one document still goes, so a run always
+     * makes progress. */
+    echo_requests = 0;
+    dp_tika_parse_many(c, jobs, 6, 3, now_ms() - 1);
+    cr_assert(jobs[0].started);
+    cr_assert_eq(jobs[0].result, DP_OK, "%s", jobs[0].error);
+    for (int k = 1; k < 6; k++)
+        cr_assert_not(jobs[k].started, "job %d started", k);
+    free(jobs[0].text);
+    cr_assert_eq(echo_requests, 1);
+    dp_tika_client_free(c);
+    MHD_stop_daemon(d);
+}
+
+Test(tika_client, parse_many_gives_each_real_document_its_own_text)
+{
+    need_tika();
+    dp_tika_client *c = client_for(tika_url(), 60000);
+    char docs[8][320], words[8][32];
+    dp_tika_job jobs[8];
+    for (int k = 0; k < 8; k++) {
+        snprintf(words[k], sizeof(words[k]), "zebra%dquartz", k * 7919);
+        snprintf(docs[k], sizeof(docs[k]),
+                 "<html><body><p>%s</p></body></html>", words[k]);
+        jobs[k] = (dp_tika_job){.data = docs[k], .len = strlen(docs[k]),
+                                .content_type = "text/html"};
+    }
+    dp_tika_parse_many(c, jobs, 8, 4, 0);
+    for (int k = 0; k < 8; k++) {
+        cr_assert_eq(jobs[k].result, DP_OK, "%s", jobs[k].error);
+        cr_assert(strstr(jobs[k].text, words[k]), "document %d: %s", k, jobs[k].text);
+        for (int o = 0; o < 8; o++)
+            cr_assert(o == k || !strstr(jobs[k].text, words[o]));
+        free(jobs[k].text);
+    }
+    dp_tika_client_free(c);
 }
