@@ -16,7 +16,7 @@
 #
 # Node N listens for clients on 39191+N and for the controllers on 39194+N
 # (39192-39194 and 39195-39197; DOCPIPE_CLUSTER_PORT_BASE moves both).
-# Internal topics have three replicas, min.insync.replicas=2; topics docpipe
+# The internal topics have three replicas; the topics docpipe
 # creates take their replication factor and configs from `docpipe topics`
 # (DOCPIPE_TOPIC_REPLICATION=3 DOCPIPE_TOPIC_CONFIGS=min.insync.replicas=2).
 # The jars are those of scripts/kafka.sh (the same pom, the same cache).
@@ -104,10 +104,11 @@ controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs=$d/data
-# Three replicas of everything, two of them needed for a write: one node
-# down (a crash, a rolling restart) still takes writes at acks=all.
-default.replication.factor=3
-min.insync.replicas=2
+# The cluster's own topics: three replicas, two of them needed for a
+# write, so one node down (a crash, a rolling restart) still takes writes.
+# docpipe's topics get theirs from docpipe topics (the broker defaults,
+# one replica and min.insync.replicas=1, stay as they are, so a test sees
+# what docpipe asked for).
 offsets.topic.replication.factor=3
 transaction.state.log.replication.factor=3
 transaction.state.log.min.isr=2
@@ -128,11 +129,14 @@ EOF
 }
 
 # Format every node's storage once, with one cluster id. The voters'
-# addresses are part of the quorum, so other ports need fresh (throwaway)
-# data folders: all three are wiped together.
+# addresses are part of the quorum, and the controllers keep some settings
+# of their first start in the metadata log (min.insync.replicas becomes a
+# cluster-wide config), so other ports or another LAYOUT need fresh
+# (throwaway) data folders: all three are wiped together.
+LAYOUT=2
 format_storage() {
     local stamp n formatted=1
-    stamp="ports $BASE version $VERSION voters $(voters)"
+    stamp="ports $BASE version $VERSION voters $(voters) layout $LAYOUT"
     for n in "${NODES[@]}"; do
         if [[ ! -f "$(ndir "$n")/data/meta.properties" ||
             "$(cat "$(ndir "$n")/formatted" 2>/dev/null)" != "$stamp" ]]; then
@@ -244,6 +248,13 @@ stop_node() {
 
 stop() {
     local n stopped=0
+    # All at once: the last node alone has no controller quorum left and
+    # would wait out its controlled shutdown if stopped after the others.
+    for n in "${NODES[@]}"; do
+        if node_running "$n"; then
+            kill -TERM -- "-$(<"$(pidfile "$n")")" 2>/dev/null || true
+        fi
+    done
     for n in "${NODES[@]}"; do
         if dp_stop_pid "$(pidfile "$n")" "$(pattern "$n")" "node $n" 60; then
             stopped=1
