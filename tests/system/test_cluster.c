@@ -287,7 +287,7 @@ static pid_t start_submit(const char *dir, const char *out)
 {
     const char *args[] = {"submit", "--user", user, dir, NULL};
     const char *env[] = {env_storage, NULL};
-    char err[700];
+    char err[720];
     snprintf(err, sizeof(err), "%s.err", out);
     return tenv_spawn_io(&T, args, env, NULL, out, err);
 }
