@@ -9,8 +9,7 @@
 #      run ctest again, failing on any leak report too,
 #   5. build the libFuzzer harnesses with clang in build-fuzz/ and run each
 #      for FUZZ_SECONDS (default 20) seconds (scripts/fuzz.sh),
-#   6. stop the services this run started (and the broker cluster the
-#      system tests started); ones it reused keep running.
+#   6. stop the services this run started; ones it reused keep running.
 #
 #   scripts/test.sh [CTEST_ARGS...]   e.g. scripts/test.sh -L unit
 #
@@ -90,13 +89,12 @@ scripts/deps.sh
 use_service postgres
 use_service kafka
 use_service tika
-# The system tests start a three-broker cluster (scripts/kafka-cluster.sh,
-# the same jars as kafka.sh) when none answers: unless one was running
-# already, it is stopped at the end like the services above.
-if ! scripts/kafka-cluster.sh status >/dev/null 2>&1; then
-    STARTED+=(kafka-cluster)
-fi
 source scripts/env.sh
+
+# tests/system/test_cluster starts the three-broker cluster
+# (scripts/kafka-cluster.sh, the same jars as kafka.sh) when none answers:
+# one that was not running now is stopped at the end like the services.
+scripts/kafka-cluster.sh status >/dev/null 2>&1 || STARTED+=(kafka-cluster)
 
 if step "build (build/)" build build -DCMAKE_BUILD_TYPE=RelWithDebInfo; then
     step "ctest (build/)" run_ctest --test-dir build --output-on-failure "$@" || true
