@@ -95,6 +95,11 @@ use_service tika
 scripts/kafka-sasl.sh status >/dev/null 2>&1 || STARTED+=(kafka-sasl)
 source scripts/env.sh
 
+# tests/system/test_cluster starts the three-broker cluster
+# (scripts/kafka-cluster.sh, the same jars as kafka.sh) when none answers:
+# one that was not running now is stopped at the end like the services.
+scripts/kafka-cluster.sh status >/dev/null 2>&1 || STARTED+=(kafka-cluster)
+
 if step "build (build/)" build build -DCMAKE_BUILD_TYPE=RelWithDebInfo; then
     step "ctest (build/)" run_ctest --test-dir build --output-on-failure "$@" || true
 fi
