@@ -438,3 +438,103 @@ Test(netfaults, test_faults_on_every_link_lose_and_repeat_nothing)
     free(docs);
     free(ids);
 }
+
+/* Lines of the pipeline's log holding both a and b. */
+static int log_lines(const char *a, const char *b)
+{
+    char *log = tenv_slurp(logf);
+    int n = 0;
+    for (char *line = log, *next; line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        n += strstr(line, a) && strstr(line, b);
+    }
+    free(log);
+    return n;
+}
+
+static void wait_log(const char *a, const char *b, int want, int timeout_s)
+{
+    long long until = now_ms() + timeout_s * 1000LL;
+    while (log_lines(a, b) < want && now_ms() < until)
+        usleep(100 * 1000);
+    cr_assert_geq(log_lines(a, b), want, "the log says %s ... %s %d times", a, b, want);
+}
+
+/* The attempts whose outputs are on topic: distinct ids, committed ones. */
+static void attempts_on(const char *topic, int *n, int *committed)
+{
+    tmsg *m;
+    int got = tenv_consume_all(&T, topic, &m, 30000);
+    long long ids[64];
+    *n = *committed = 0;
+    for (int k = 0; k < got; k++) {
+        char h[200];
+        const char *v = tenv_header(&m[k], "docpipe-attempt", h, sizeof(h));
+        cr_assert(v, "record %d of %s has no docpipe-attempt header", k, topic);
+        long long id = strtoll(v, NULL, 10);
+        int seen = 0;
+        for (int i = 0; i < *n; i++)
+            seen |= ids[i] == id;
+        if (!seen && *n < 64)
+            ids[(*n)++] = id;
+    }
+    tenv_free_msgs(m, got);
+    for (int i = 0; i < *n; i++) {
+        char sql[200], id[32];
+        snprintf(id, sizeof(id), "%lld", ids[i]);
+        snprintf(sql, sizeof(sql), "SELECT docpipe.dp_attempt_committed(%s)::int", id);
+        *committed += (int)tenv_scalar(&T, sql);
+    }
+}
+
+/* The chunk stage stalls between its acknowledged outputs and COMMIT
+ * (fault point after-produce) twice.  The first time PostgreSQL's link is
+ * cut: COMMIT never reaches the server and the transaction rolls back.
+ * The second time only the replies stop (a timeout toxic downstream, the
+ * connection closed 10 s later, after the 6 s stall): COMMIT reaches the
+ * server and commits, and its reply is lost.  Both times the stage cannot know the outcome from
+ * its connection; it must find it out from PostgreSQL, not guess: the
+ * first batch done again, the second not.  The document completes once,
+ * with its chunks; chunk's output topic holds exactly two attempts, one
+ * committed. */
+Test(netfaults, test_postgres_lost_in_the_middle_of_commit_outcome_resolved)
+{
+    const char *env[] = {"DOCPIPE_FAULT=chunk:after-produce:stall:1,chunk:after-produce:stall:2",
+                         "DOCPIPE_FAULT_STALL_MS=6000", NULL};
+    start("commitcut", env);
+    char dir[1300];
+    snprintf(dir, sizeof(dir), "/tmp/docpipe-%sdocs", T.prefix);
+    mkdir(dir, 0755);
+    tdoc doc;
+    tdoc_make(&doc, dir, "md", 9000, 4242);
+    char ids[1][40] = {""};
+    cr_assert_eq(submit(dir, &doc, ids, 1), 1);
+
+    /* 1: the link cut while the stage waits to COMMIT. */
+    wait_log("\"stage\":\"chunk\"", "fault point after-produce: stall (hit 1)", 1, 180);
+    api("/proxies/postgres", "{\"enabled\": false}");
+    wait_log("\"stage\":\"chunk\"", "commit outcome unknown", 1, 60);
+    api("/proxies/postgres", "{\"enabled\": true}");
+
+    /* 2: COMMIT goes through, its reply does not. */
+    wait_log("\"stage\":\"chunk\"", "fault point after-produce: stall (hit 2)", 1, 180);
+    api("/proxies/postgres/toxics", "{\"name\":\"replies_lost\",\"type\":\"timeout\","
+        "\"stream\":\"downstream\",\"attributes\":{\"timeout\":10000}}");
+    wait_log("\"stage\":\"chunk\"", "commit outcome unknown", 2, 60);
+    api_delete("/proxies/postgres/toxics/replies_lost");
+
+    wait_settled(300);
+    cr_assert_eq(tenv_stop(pipe_pid, SIGTERM, 60000), 0, "the pipeline exits 0");
+    pipe_pid = 0;
+    assert_all_complete(&doc, ids, 1);
+    char topic[300];
+    snprintf(topic, sizeof(topic), "%schunked", T.prefix);
+    int n, committed;
+    attempts_on(topic, &n, &committed);
+    cr_assert_eq(n, 2, "chunk published under %d attempts: the lost one and the one "
+                 "whose reply was lost, no third", n);
+    cr_assert_eq(committed, 1, "%d of chunk's attempts committed", committed);
+    tdoc_free(&doc);
+}
