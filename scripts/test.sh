@@ -9,7 +9,8 @@
 #      run ctest again, failing on any leak report too,
 #   5. build the libFuzzer harnesses with clang in build-fuzz/ and run each
 #      for FUZZ_SECONDS (default 20) seconds (scripts/fuzz.sh),
-#   6. stop the services this run started; ones it reused keep running.
+#   6. stop the services this run started (toxiproxy and its broker, which
+#      test_netfaults starts, too); ones it reused keep running.
 #
 #   scripts/test.sh [CTEST_ARGS...]   e.g. scripts/test.sh -L unit
 #
@@ -90,6 +91,15 @@ use_service postgres
 use_service kafka
 use_service tika
 source scripts/env.sh
+# test_netfaults starts toxiproxy and a broker of its own
+# (scripts/toxiproxy.sh): built here, stopped at the end unless they were
+# running before.
+if scripts/toxiproxy.sh status >/dev/null 2>&1; then
+    say "reusing the running toxiproxy"
+else
+    STARTED+=(toxiproxy)
+fi
+scripts/toxiproxy.sh build
 
 if step "build (build/)" build build -DCMAKE_BUILD_TYPE=RelWithDebInfo; then
     step "ctest (build/)" run_ctest --test-dir build --output-on-failure "$@" || true
