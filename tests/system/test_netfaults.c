@@ -355,6 +355,15 @@ static void fault(int link, fault_kind k, int ms, FILE *report)
             usleep(200 * 1000);
         cr_assert(opened_now, "the %s cut opened no breaker in %lld ms", name,
                   now_ms() - t0);
+        /* ... and the process says so in docpipe.dp_service_status
+         * (written every 5 s; open, or half-open between its tries). */
+        char sql[400];
+        snprintf(sql, sizeof(sql), "SELECT count(*) FROM docpipe.dp_service_status"
+                 " WHERE instance LIKE '%%-%d' AND service = '%s' AND breaker <> 'closed'",
+                 (int)pipe_pid, breaker_of[link]);
+        cr_assert_eq(tenv_wait_scalar(&T, sql, 1, 20000), 1,
+                     "dp_service_status shows the %s breaker not closed during the cut",
+                     breaker_of[link]);
     }
     switch (k) {
     case F_LATENCY:
