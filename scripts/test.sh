@@ -99,7 +99,7 @@ if scripts/toxiproxy.sh status >/dev/null 2>&1; then
 else
     STARTED+=(toxiproxy)
 fi
-scripts/toxiproxy.sh build
+step "build toxiproxy (.cache/)" scripts/toxiproxy.sh build || true
 
 if step "build (build/)" build build -DCMAKE_BUILD_TYPE=RelWithDebInfo; then
     step "ctest (build/)" run_ctest --test-dir build --output-on-failure "$@" || true
