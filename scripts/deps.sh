@@ -32,6 +32,11 @@ PACKAGES=(
     # tools the scripts use
     kcat curl procps
 )
+# Go builds toxiproxy (scripts/toxiproxy.sh, the network-fault tests): a Go
+# already there (/usr/local/go) is used, else Debian's golang-go.
+if ! command -v go >/dev/null && [[ ! -x /usr/local/go/bin/go ]]; then
+    PACKAGES+=(golang-go)
+fi
 
 if [[ "${DOCPIPE_SKIP_APT:-0}" == 1 ]]; then
     say "DOCPIPE_SKIP_APT=1: not installing packages"

@@ -12,6 +12,10 @@
 # State: .run/kafka/{server.properties,data,server.log,stdout.log,kafka.pid}.
 # Environment: DOCPIPE_BROKER_PORT (39092), DOCPIPE_CONTROLLER_PORT
 # (39093), KAFKA_HEAP_OPTS (1 GiB). The version is the pom's kafka.version.
+# A second broker of the same tree (scripts/toxiproxy.sh starts one) takes
+# DOCPIPE_KAFKA_NAME (its folder under .run, "kafka"), DOCPIPE_KAFKA_ADVERTISED
+# (host:port the listener advertises, e.g. a proxy's; its own by default) and
+# DOCPIPE_KAFKA_DIRECT_PORT (an extra listener advertised as itself).
 set -euo pipefail
 DP_NAME=kafka.sh
 # shellcheck source=lib.sh
@@ -22,7 +26,9 @@ CPORT="${DOCPIPE_CONTROLLER_PORT:-39093}"
 BOOTSTRAP="127.0.0.1:$PORT"
 POM="$REPO/scripts/kafka/pom.xml"
 VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$POM")"
-KDIR="$RUN_DIR/kafka"
+KDIR="$RUN_DIR/${DOCPIPE_KAFKA_NAME:-kafka}"
+ADVERTISED="${DOCPIPE_KAFKA_ADVERTISED:-127.0.0.1:$PORT}"
+DIRECT_PORT="${DOCPIPE_KAFKA_DIRECT_PORT:-}"
 DATA="$KDIR/data"
 PIDFILE="$KDIR/kafka.pid"
 CONFIG="$KDIR/server.properties"
@@ -48,16 +54,24 @@ java_cmd() {
 
 write_config() {
     mkdir -p "$DATA"
+    local listeners="PLAINTEXT://127.0.0.1:$PORT" advertised="PLAINTEXT://$ADVERTISED"
+    local protocols="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT" inter=PLAINTEXT
+    if [[ -n "$DIRECT_PORT" ]]; then
+        inter=DIRECT # the broker's own connections bypass the proxy
+        listeners+=",DIRECT://127.0.0.1:$DIRECT_PORT"
+        advertised+=",DIRECT://127.0.0.1:$DIRECT_PORT"
+        protocols+=",DIRECT:PLAINTEXT"
+    fi
     cat >"$CONFIG" <<EOF
 # Written by scripts/kafka.sh on every start; edit the script, not this file.
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$CPORT
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
+listeners=$listeners,CONTROLLER://127.0.0.1:$CPORT
+advertised.listeners=$advertised,CONTROLLER://127.0.0.1:$CPORT
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+inter.broker.listener.name=$inter
+listener.security.protocol.map=$protocols
 log.dirs=$DATA
 # One node: every internal topic has one replica, or the group and
 # transaction coordinators never become available.

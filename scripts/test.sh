@@ -9,8 +9,9 @@
 #      run ctest again, failing on any leak report too,
 #   5. build the libFuzzer harnesses with clang in build-fuzz/ and run each
 #      for FUZZ_SECONDS (default 20) seconds (scripts/fuzz.sh),
-#   6. stop the services this run started (the SASL broker test_sasl starts
-#      included); ones it reused keep running.
+#   6. stop the services this run started (the SASL broker test_sasl
+#      starts, toxiproxy and its broker, which test_netfaults starts, and
+#      the cluster test_cluster starts, too); ones it reused keep running.
 #
 #   scripts/test.sh [CTEST_ARGS...]   e.g. scripts/test.sh -L unit
 #
@@ -94,6 +95,15 @@ use_service tika
 # when it does not answer: one that was not running now is stopped at the end.
 scripts/kafka-sasl.sh status >/dev/null 2>&1 || STARTED+=(kafka-sasl)
 source scripts/env.sh
+# test_netfaults starts toxiproxy and a broker of its own
+# (scripts/toxiproxy.sh): built here, stopped at the end unless they were
+# running before.
+if scripts/toxiproxy.sh status >/dev/null 2>&1; then
+    say "reusing the running toxiproxy"
+else
+    STARTED+=(toxiproxy)
+fi
+step "build toxiproxy (.cache/)" scripts/toxiproxy.sh build || true
 
 # tests/system/test_cluster starts the three-broker cluster
 # (scripts/kafka-cluster.sh, the same jars as kafka.sh) when none answers:
