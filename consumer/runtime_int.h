@@ -66,6 +66,7 @@ typedef struct dp_slot {
     dp_err verdict;              /* handler's verdict in the current pass */
     int64_t defer_ms;            /* with verdict retryable: no budget spent */
     int64_t retry_min_ms;        /* a service asked us to wait this long */
+    int64_t leave_ms;            /* dp_batch_leave: not handled, no effect */
     char *error;
     dp_err dlq_category;
     int64_t first_failure_ms, last_failure_ms;
