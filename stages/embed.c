@@ -467,8 +467,13 @@ static dp_err embed_handle(void *state, dp_batch *b, char *err, size_t errlen)
         for (size_t q = 0; q < nleft && !after_left; q++)
             after_left = left_parts[q] == rec->partition;
         if (after_left || (k >= 0 && jobs[k].not_sent)) {
+            /* At most 5 s: the next pass asks the limiter again, which keeps
+             * the wait reported (dp_service_status, `docpipe wait`: "at its
+             * rate limit") for as long as it lasts. */
             int64_t wait = k >= 0 && jobs[k].retry_after_ms > 0 ? jobs[k].retry_after_ms
                                                                : 100;
+            if (wait > 5000)
+                wait = 5000;
             dp_batch_leave(b, i, wait);
             if (!after_left && nleft < 256)
                 left_parts[nleft++] = rec->partition;
