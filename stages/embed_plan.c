@@ -10,7 +10,8 @@
  *
  * Fair shares: every batch is written to upload_pipeline.embed_batch_plan,
  * and only the first ones are published, at most embed_window_tokens
- * estimated tokens (at least one batch); gather publishes the next ones as
+ * estimated tokens (at least one batch; by default ten seconds of
+ * embed_tpm); gather publishes the next ones as
  * these are recorded (gather.c).  A document of 400 batches then holds a
  * few of them in embed's partitions at a time, not all 400 ahead of every
  * document submitted after it (docs/design.md, "Fair shares and bounded
@@ -29,6 +30,14 @@
 /* failed_embedding: `docpipe retry` plans a failed document's batches again. */
 static const char *const plan_from[] = {"chunks_stored", "failed_embedding", NULL};
 
+long dp_embed_window_tokens(const dp_config *cfg)
+{
+    if (cfg->embed_window_tokens != 0)
+        return cfg->embed_window_tokens;
+    long w = (long)cfg->embed_tpm / 6;
+    return w > 0 ? w : 1;
+}
+
 /* Writes the document's plan (its batches, their sizes, which are released
  * now) and returns how many of the first batches are released now. */
 static dp_err write_plan(PGconn *db, const char *doc, int first_ord,
@@ -42,7 +51,7 @@ static dp_err write_plan(PGconn *db, const char *doc, int first_ord,
         long long t = 0;
         for (size_t c = start; c < ends[k]; c++)
             t += (long long)tokens[c];
-        if (window <= 0 || rel == 0 || (rel == k && held + t <= window)) {
+        if (window < 0 || rel == 0 || (rel == k && held + t <= window)) {
             rel = k + 1;
             held += t;
         }
@@ -126,7 +135,7 @@ static dp_err plan_handle(void *state, dp_batch *b, char *err, size_t errlen)
         size_t start = 0, released = nb;
         if (e == DP_OK)
             e = write_plan(db, doc, first_ord, tokens, ends, nb,
-                           ds->cfg->embed_window_tokens, &released, err, errlen);
+                           dp_embed_window_tokens(ds->cfg), &released, err, errlen);
         for (size_t k = 0; e == DP_OK && k < released; k++) {
             dp_field f[] = {DP_FS("document_id", doc),
                             DP_FS("job_id", dp_msg_str(m, "job_id")),

@@ -40,7 +40,7 @@ static dp_err release_next(dp_docstage *ds, dp_batch *b, size_t i, avro_value_t 
 {
     gather_state *gs = ds->impl;
     char window[24];
-    snprintf(window, sizeof(window), "%d", ds->cfg->embed_window_tokens);
+    snprintf(window, sizeof(window), "%ld", dp_embed_window_tokens(ds->cfg));
     const char *params[2] = {doc, window};
     PGresult *res = dp_pg_execp(dp_batch_db(b),
         "WITH held AS (SELECT coalesce(sum(p.tokens), 0) AS tokens"
@@ -52,7 +52,7 @@ static dp_err release_next(dp_docstage *ds, dp_batch *b, size_t i, avro_value_t 
         "   row_number() OVER (ORDER BY p.batch_index) AS rn"
         "   FROM upload_pipeline.embed_batch_plan p"
         "   WHERE p.document_id = $1::uuid AND NOT p.released),"
-        " pick AS (SELECT next.batch_index FROM next, held WHERE $2::bigint <= 0"
+        " pick AS (SELECT next.batch_index FROM next, held WHERE $2::bigint < 0"
         "   OR held.tokens + next.cum <= $2::bigint OR (held.tokens = 0 AND next.rn = 1)),"
         " upd AS (UPDATE upload_pipeline.embed_batch_plan p SET released = true"
         "   FROM pick WHERE p.document_id = $1::uuid AND p.batch_index = pick.batch_index"
