@@ -143,6 +143,15 @@ static const dp_config_entry dp_config_table[] = {
      "Most reply bytes one embed instance holds at once (KB); further replies wait,"
      " unread, until earlier ones are stored. Bounds memory whatever embed_inflight"
      " and embed_encoding are."},
+    {"embed_pass_ms", CT_INT, F(embed_pass_ms), "60000", 100, 3600000,
+     "Longest time one embed pass sends requests (then the rest of its batch waits"
+     " for the next pass); also at most a quarter of max.poll.interval.ms and of"
+     " idle_txn_timeout_ms, whichever is less."},
+    {"embed_window_tokens", CT_INT, F(embed_window_tokens), "0", -1, 1000000000,
+     "Most estimated tokens of one document's embedding batches released and not"
+     " yet embedded (at least one batch); further ones are released as these are"
+     " gathered, so documents share the rate limit fairly. 0: ten seconds of"
+     " embed_tpm (15000 at its default); -1: all at once."},
     {"tika_url", CT_STR, F(tika_url), "http://127.0.0.1:39998", 0, 0,
      "Base URL of the Apache Tika server used by the parse stage."},
     {"tika_timeout_ms", CT_INT, F(tika_timeout_ms), "120000", 100, 600000,

@@ -64,6 +64,8 @@ typedef struct dp_config {
     int embed_tpm;
     int embed_timeout_ms;
     int embed_buffer_kb;
+    int embed_pass_ms;
+    int embed_window_tokens;
     char *tika_url;
     int tika_timeout_ms;
     int tika_concurrency;

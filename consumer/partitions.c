@@ -181,6 +181,7 @@ void dp_part_apply_deferrals(dp_runtime *rt)
                                                                   : RD_KAFKA_OFFSET_BEGINNING;
         rd_kafka_topic_partition_list_add(all, rt->stage->input_topic, p)->offset = at;
         if (pt->paused_until_ms) {
+            pt->paused_by_assign = 1;
             rd_kafka_topic_partition_list_add(paused, rt->stage->input_topic, p);
             if (pt->paused_until_ms > 0)
                 pt->paused_until_ms = -pt->paused_until_ms; /* negative: applied */
@@ -235,13 +236,28 @@ void dp_part_resume_at(dp_runtime *rt, rd_kafka_topic_partition_list_t *l)
     }
     if (seek->cnt) {
         rd_kafka_error_t *e = rd_kafka_seek_partitions(rt->consumer, seek, 5000);
-        for (int i = 0; !e && i < seek->cnt; i++)
+        for (int i = 0; !e && i < seek->cnt; i++) {
+            dp_part *pt = dp_part_get(rt, seek->elems[i].partition);
+            int by_assign = pt->paused_by_assign;
+            pt->paused_by_assign = 0;
+            /* A partition paused as it was assigned has nothing polled
+             * past its assigned offset, which the seek only repeats; its
+             * fetcher may still be starting (librdkafka answers
+             * "Erroneous state"), and it resumes at that offset all the
+             * same: no reason to rejoin the group. */
+            if (by_assign && seek->elems[i].err == RD_KAFKA_RESP_ERR__STATE) {
+                dp_log(DP_LOG_DEBUG, NULL, "resuming partition %d at its assigned"
+                       " offset %" PRId64 " (seek: %s)", (int)seek->elems[i].partition,
+                       seek->elems[i].offset, rd_kafka_err2str(seek->elems[i].err));
+                continue;
+            }
             if (seek->elems[i].err) {
                 dp_log(DP_LOG_WARN, NULL, "resuming partition %d at offset %" PRId64
                        ": %s; rejoining the group", (int)seek->elems[i].partition,
                        seek->elems[i].offset, rd_kafka_err2str(seek->elems[i].err));
                 rt->rejoin = 1;
             }
+        }
         if (e) {
             dp_log(DP_LOG_WARN, NULL, "resuming partitions: %s; rejoining the group",
                    rd_kafka_error_string(e));

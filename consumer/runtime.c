@@ -72,6 +72,11 @@ void dp_batch_defer(dp_batch *b, size_t i, int64_t ms, const char *fmt, ...)
     s->error = strdup(msg);
 }
 
+void dp_batch_leave(dp_batch *b, size_t i, int64_t ms)
+{
+    b->live[i]->leave_ms = ms > 0 ? ms : 1;
+}
+
 void dp_batch_retry_in(dp_batch *b, size_t i, int64_t ms)
 {
     if (ms > b->live[i]->retry_min_ms)
@@ -165,6 +170,40 @@ dp_err dp_rt_db_ensure(dp_runtime *rt, char *err, size_t errlen)
 static int settle_failures(dp_runtime *rt, dp_batch *b)
 {
     int any = 0;
+    /* Records left by the handler (dp_batch_leave): a suffix of their
+     * partition's records goes back to the partition, and the pass stands;
+     * one left before a record that was handled cannot (that record's
+     * offset could not be committed without it), so it is deferred and
+     * the pass runs again. */
+    for (size_t i = 0; i < b->n; i++) {
+        dp_slot *s = b->live[i];
+        if (s->leave_ms <= 0 || s->verdict != DP_OK)
+            continue;
+        int suffix = 1;
+        for (size_t k = 0; k < b->n && suffix; k++) {
+            dp_slot *o = b->live[k];
+            suffix = !(o->rec.partition == s->rec.partition &&
+                       o->rec.offset > s->rec.offset && o->leave_ms <= 0);
+        }
+        if (!suffix) {
+            s->verdict = DP_ERR_RETRYABLE;
+            s->defer_ms = s->leave_ms;
+            free(s->error);
+            s->error = strdup("left by the handler before a record it handled");
+        }
+    }
+    for (size_t i = 0; i < b->n; i++) {
+        dp_slot *s = b->live[i];
+        if (s->leave_ms <= 0 || s->verdict != DP_OK || s->state == RS_DROPPED)
+            continue;
+        dp_log_ctx ctx = dp_rt_slot_ctx(rt, s);
+        dp_log(DP_LOG_DEBUG, &ctx, "record left for a later pass (%" PRId64 " ms)",
+               s->leave_ms);
+        rt->stats.left++;
+        dp_part_defer_from(rt, s, s->leave_ms);
+    }
+    for (size_t i = 0; i < b->n; i++)
+        b->live[i]->leave_ms = 0;
     for (size_t i = 0; i < b->n; i++) {
         dp_slot *s = b->live[i];
         if (s->verdict == DP_OK)
@@ -425,6 +464,10 @@ static batch_result settle(dp_runtime *rt, size_t from, size_t to)
             goto out;
         goto retry;
     }
+    /* Again, without the records the passes deferred or left (dropped
+     * now): a mark moved past one of them would take it, fetched again,
+     * for a copy of itself. */
+    dp_dedup_pass(rt, from, to);
     if (DP_FAULT(rt->stage->name, "after-handler")) {
         e = dp_errf(DP_ERR_RETRYABLE, err, sizeof(err), "fault point after-handler");
         goto rollback;
@@ -806,14 +849,14 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
             (json_int_t)rt->t_commit, "nudges", (json_int_t)rt->nudges,
             "early_nudges", (json_int_t)rt->early_nudges),
             "time spent settling batches");
-    dp_logj(DP_LOG_INFO, &ctx, json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}",
+    dp_logj(DP_LOG_INFO, &ctx, json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}",
             "batches", (json_int_t)s.batches, "records", (json_int_t)s.records,
             "duplicates", (json_int_t)s.duplicates, "dead_letters",
             (json_int_t)s.dead_letters, "retries", (json_int_t)s.retries,
             "fenced", (json_int_t)s.fenced, "offset_gaps", (json_int_t)s.gaps,
             "aborted_upstream", (json_int_t)s.aborted, "undecided_deferrals",
             (json_int_t)s.undecided, "producer_resets",
-            (json_int_t)s.producer_resets), "stage stopped");
+            (json_int_t)s.producer_resets, "left", (json_int_t)s.left), "stage stopped");
     if (rt->consumer_fatal)
         return dp_errf(DP_ERR_PERMANENT, err, errlen, "%s", rt->fatal_error);
     return DP_OK;

@@ -66,6 +66,7 @@ typedef struct dp_slot {
     dp_err verdict;              /* handler's verdict in the current pass */
     int64_t defer_ms;            /* with verdict retryable: no budget spent */
     int64_t retry_min_ms;        /* a service asked us to wait this long */
+    int64_t leave_ms;            /* dp_batch_leave: not handled, no effect */
     char *error;
     dp_err dlq_category;
     int64_t first_failure_ms, last_failure_ms;
@@ -108,6 +109,9 @@ typedef struct dp_part {
     int64_t first_failure_ms, last_failure_ms;
     char last_error[512];
     int64_t paused_until_ms;     /* 0: running; >0 to apply; <0 applied */
+    int paused_by_assign;        /* paused as it was assigned at its retry
+                                    offset (dp_part_apply_deferrals): nothing
+                                    polled from it since */
     int64_t first_seen;          /* first offset polled, -1: none yet */
     int64_t next_poll;           /* offset after the last one polled, -1: none */
     int64_t replay_until;        /* offsets below are replays, -1: none */

@@ -69,6 +69,14 @@ void dp_batch_retry_in(dp_batch *b, size_t i, int64_t ms);
 void dp_batch_defer(dp_batch *b, size_t i, int64_t ms, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* Record i was not handled in this pass and left no effect (e.g. a pass
+ * bounded in time stopped before it): the others commit without it, and
+ * it is fetched again after ms, its retry budget unspent.  Only the
+ * records after it in its partition may be left with it (a suffix of the
+ * partition's records in the batch); a record left before one that was
+ * handled makes it an ordinary dp_batch_defer (the pass runs again). */
+void dp_batch_leave(dp_batch *b, size_t i, int64_t ms);
+
 /* Queues an output of record i for topic; key and value are copied.  The
  * runtime publishes it only if the batch commits, with headers naming its
  * source and a deterministic event id. */

@@ -25,6 +25,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+
+#include <librdkafka/rdkafka.h>
 
 #include "breaker.h"
 #include "clock.h"
@@ -45,6 +48,7 @@ typedef struct embed_state {
     dp_embed_client *client;
     dp_buf vec;      /* binary real[] parameter */
     dp_buf ids, shas;
+    int64_t pass_ms;  /* longest a pass sends (pass_budget_ms) */
 } embed_state;
 
 typedef struct embed_item {
@@ -267,6 +271,105 @@ static void store_done(dp_embed_job *job, void *arg)
     x->items[k].ids = x->items[k].texts = NULL;
 }
 
+/* Whether record i's job, as read without a lock (peek_jobs), would let
+ * dp_docstage_ready go on: only those are sent.  A record of an upstream
+ * batch is handed to the handler only once that batch committed, so the
+ * unlocked read already sees what it wrote; the lock is taken after the
+ * calls, and what it finds then decides (see embed_handle). */
+static int worth_sending(const dp_record *rec, PGresult *jobs, const char *doc)
+{
+    for (int r = 0; jobs && r < PQntuples(jobs); r++) {
+        if (strcasecmp(PQgetvalue(jobs, r, 0), doc) != 0)
+            continue;
+        const char *status = PQgetvalue(jobs, r, 1);
+        long gen = strtol(PQgetvalue(jobs, r, 2), NULL, 10);
+        if (rec->replay)
+            return dp_status_in(status, embed_from) ||
+                   dp_doc_replay_restarts(status, embed_from);
+        return rec->generation == gen && dp_status_in(status, embed_from);
+    }
+    return 0;
+}
+
+/* The jobs of the batch's documents, read without locking them. */
+static dp_err peek_jobs(PGconn *db, dp_batch *b, PGresult **out, char *err,
+                        size_t errlen)
+{
+    dp_buf ids = {0};
+    dp_buf_append(&ids, "{", 1);
+    for (size_t i = 0; i < dp_batch_count(b); i++)
+        dp_buf_appendf(&ids, "%s%s", i ? "," : "",
+                       dp_msg_str(dp_docstage_msg(b, i), "document_id"));
+    dp_buf_append(&ids, "}", 1);
+    const char *params[1] = {ids.data};
+    PGresult *res = dp_pg_execp(db,
+        "SELECT document_id, status, generation FROM upload_pipeline.upload_jobs"
+        " WHERE document_id = ANY ($1::uuid[])", 1, NULL, params, NULL, NULL, 0);
+    dp_buf_free(&ids);
+    dp_err e = dp_pg_check(db, res, PGRES_TUPLES_OK, "read job states", err, errlen);
+    *out = e ? NULL : res;
+    return e;
+}
+
+/* The batch's records, round robin over their partitions and in offset
+ * order within each: the requests of a pass cut short by its deadline are
+ * then a prefix of every partition's records, and the rest a suffix the
+ * runtime can take back (dp_batch_leave).  Writes count indices to order. */
+static void fair_order(dp_batch *b, size_t *order)
+{
+    size_t count = dp_batch_count(b), n = 0;
+    char *taken = calloc(count + 1, 1);
+    while (n < count) {
+        int32_t done_parts[64];
+        size_t nd = 0;
+        for (size_t i = 0; i < count; i++) {
+            if (taken[i])
+                continue;
+            int32_t p = dp_batch_record(b, i)->partition;
+            int seen = 0;
+            for (size_t k = 0; k < nd && !seen; k++)
+                seen = done_parts[k] == p;
+            if (seen)
+                continue;
+            /* this partition's lowest offset not taken yet */
+            size_t best = i;
+            for (size_t j = i + 1; j < count; j++)
+                if (!taken[j] && dp_batch_record(b, j)->partition == p &&
+                    dp_batch_record(b, j)->offset < dp_batch_record(b, best)->offset)
+                    best = j;
+            taken[best] = 1;
+            order[n++] = best;
+            if (nd < 64)
+                done_parts[nd++] = p;
+            else
+                break;
+        }
+    }
+    free(taken);
+}
+
+/* The pass's bound on sending: embed_pass_ms, and a quarter of the
+ * consumer's max.poll.interval.ms and of the idle-transaction timeout, so
+ * that the pass plus the answers in flight at its end stay well within
+ * both (docs/design.md, "Fair shares and bounded passes"). */
+static int64_t pass_budget_ms(const dp_config *cfg)
+{
+    int64_t ms = cfg->embed_pass_ms;
+    int64_t poll = 300000;
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    char kerr[256], v[64];
+    size_t vlen = sizeof(v);
+    if (dp_config_apply_kafka(cfg, conf, 0, kerr, sizeof(kerr)) == DP_OK &&
+        rd_kafka_conf_get(conf, "max.poll.interval.ms", v, &vlen) == RD_KAFKA_CONF_OK)
+        poll = strtoll(v, NULL, 10);
+    rd_kafka_conf_destroy(conf);
+    if (poll / 4 < ms)
+        ms = poll / 4;
+    if (cfg->idle_txn_timeout_ms / 4 < ms)
+        ms = cfg->idle_txn_timeout_ms / 4;
+    return ms > 100 ? ms : 100;
+}
+
 static dp_err embed_handle(void *state, dp_batch *b, char *err, size_t errlen)
 {
     dp_docstage *ds = state;
@@ -275,36 +378,45 @@ static dp_err embed_handle(void *state, dp_batch *b, char *err, size_t errlen)
     size_t count = dp_batch_count(b), n = 0;
     embed_item *items = calloc(count + 1, sizeof(*items));
     dp_embed_job *jobs = calloc(count + 1, sizeof(*jobs));
-    dp_err e = DP_OK;
+    size_t *order = calloc(count + 1, sizeof(*order));
+    long *job_of = malloc((count + 1) * sizeof(*job_of)); /* record -> job, -1 */
+    dp_err e = DP_OK, run = DP_OK;
     int64_t t_start = dp_clock_mono_ms(NULL), t_sent = 0, t_answered = 0;
     store_ctx x = {0};
+    PGresult *peek = NULL;
 
-    for (size_t i = 0; i < count; i++) {
+    /* No row lock while the service is called: the jobs are read without
+     * one, the requests go out, and only then are the jobs locked and
+     * moved (dp_docstage_ready, below), for the few ms to the commit.
+     * Other embed instances and gather working on the same documents do
+     * not wait for this pass's calls. */
+    if ((e = peek_jobs(db, b, &peek, err, errlen)))
+        goto out;
+    fair_order(b, order);
+    for (size_t o = 0; o < count; o++) {
+        size_t i = order[o];
         avro_value_t *m = dp_docstage_msg(b, i);
         const char *doc = dp_msg_str(m, "document_id");
-        int go;
-        if ((e = dp_docstage_ready(ds, b, i, doc, embed_from, &go, err, errlen)))
-            goto out;
-        if (!go)
+        job_of[i] = -1;
+        if (!worth_sending(dp_batch_record(b, i), peek, doc))
             continue;
         long long count_in = dp_msg_long(m, "count");
-        if (count_in <= 0) {
-            dp_batch_fail(b, i, DP_ERR_PERMANENT, "embed %s: batch names %lld chunks",
-                          doc, count_in);
-            continue;
-        }
+        if (count_in <= 0)
+            continue; /* failed below, once its job is locked */
         /* The texts are read by prepare_job, when the request is sent. */
         items[n].rec = i;
         jobs[n].n = (size_t)count_in;
+        job_of[i] = (long)n;
         n++;
     }
-    if (n == 0)
-        goto out;
+    PQclear(peek);
 
     dp_breaker *br = dp_embed_client_breaker(st->client);
     x = (store_ctx){db, ds, b, items, jobs, n, DP_OK, 0, 0, err, errlen};
     t_sent = dp_clock_mono_ms(NULL);
-    dp_err run = dp_embed_run_hooks(st->client, jobs, n, prepare_job, store_done, &x);
+    if (n > 0)
+        run = dp_embed_run_until(st->client, jobs, n, prepare_job, store_done, &x,
+                                 t_sent + st->pass_ms);
     store_wait(&x);
     t_answered = dp_clock_mono_ms(NULL);
     if ((e = x.e))
@@ -314,6 +426,8 @@ static dp_err embed_handle(void *state, dp_batch *b, char *err, size_t errlen)
      * run: only then is a retryable failure the record's own. */
     int answered = 0, failed = 0;
     for (size_t k = 0; k < n; k++) {
+        if (jobs[k].not_sent)
+            continue;
         if (!jobs[k].texts && jobs[k].result == DP_ERR_PERMANENT)
             continue; /* its chunks were missing: nothing was asked */
         failed |= jobs[k].result == DP_ERR_RETRYABLE;
@@ -334,14 +448,65 @@ static dp_err embed_handle(void *state, dp_batch *b, char *err, size_t errlen)
         e = dp_errf(DP_ERR_RETRYABLE, err, errlen,
                     "embedding service unavailable (breaker %s): %s",
                     dp_breaker_state_name(dp_breaker_state_now(br)),
-                    jobs[0].error);
+                    n ? jobs[0].error : "");
         goto out;
     }
-    for (size_t k = 0; k < n; k++) {
-        size_t i = items[k].rec;
+    /* Now the jobs are locked (the first dp_docstage_ready reads them all),
+     * in the same order.  Once a record of a partition is left for a later
+     * pass, so are the ones after it: a partition goes back as a suffix. */
+    int32_t left_parts[256];
+    size_t nleft = 0;
+    for (size_t o = 0; o < count; o++) {
+        size_t i = order[o];
+        const dp_record *rec = dp_batch_record(b, i);
         avro_value_t *m = dp_docstage_msg(b, i);
         const char *doc = dp_msg_str(m, "document_id");
         const char *corr = dp_msg_str(m, "correlation_id");
+        long k = job_of[i];
+        int after_left = 0;
+        for (size_t q = 0; q < nleft && !after_left; q++)
+            after_left = left_parts[q] == rec->partition;
+        if (after_left || (k >= 0 && jobs[k].not_sent)) {
+            /* At most 5 s: the next pass asks the limiter again, which keeps
+             * the wait reported (dp_service_status, `docpipe wait`: "at its
+             * rate limit") for as long as it lasts. */
+            int64_t wait = k >= 0 && jobs[k].retry_after_ms > 0 ? jobs[k].retry_after_ms
+                                                               : 100;
+            if (wait > 5000)
+                wait = 5000;
+            dp_batch_leave(b, i, wait);
+            if (!after_left && nleft < 256)
+                left_parts[nleft++] = rec->partition;
+            continue;
+        }
+        int go;
+        if ((e = dp_docstage_ready(ds, b, i, doc, embed_from, &go, err, errlen)))
+            goto out;
+        if (!go) {
+            if (k >= 0 && jobs[k].result == DP_OK) {
+                /* Its vectors were stored, and the job moved on meanwhile
+                 * (a replay, a failure elsewhere): the pass is undone and
+                 * tried again, when the unlocked read sees the move. */
+                dp_batch_retry_after(b, 500);
+                e = dp_errf(DP_ERR_RETRYABLE, err, errlen,
+                            "embed %s: the job moved while its batch was embedded", doc);
+                goto out;
+            }
+            continue;
+        }
+        long long count_in = dp_msg_long(m, "count");
+        if (count_in <= 0) {
+            dp_batch_fail(b, i, DP_ERR_PERMANENT, "embed %s: batch names %lld chunks",
+                          doc, count_in);
+            continue;
+        }
+        if (k < 0) {
+            /* Not sent: the unlocked read saw the job in another state than
+             * the lock now does.  Another pass will embed it. */
+            dp_batch_defer(b, i, 100, "embed %s: job state changed before its lock",
+                           doc);
+            continue;
+        }
         if (jobs[k].result != DP_OK) {
             dp_batch_fail(b, i, jobs[k].result, "embed %s batch %lld: %s", doc,
                           (long long)dp_msg_long(m, "batch_index"), jobs[k].error);
@@ -372,6 +537,8 @@ out:
                 (json_int_t)(t_end - t_answered)), "embedded a Kafka batch");
     }
     free_items(items, jobs, n);
+    free(order);
+    free(job_of);
     return e;
 }
 
@@ -384,6 +551,7 @@ dp_err dp_embed_open(const dp_config *cfg, dp_stage *stage, char *err,
         free(st);
         return e;
     }
+    st->pass_ms = pass_budget_ms(cfg);
     dp_docstage_spec spec = {"embed", "embed-batches", "EmbedBatch", "embedded",
                              "failed_embedding", 512, embed_handle};
     e = dp_docstage_init(cfg, &spec, st, stage, err, errlen);

@@ -29,6 +29,7 @@
 #include "chunker.h"
 #include "http_alive.h"
 #include "ids.h"
+#include "clock.h"
 #include "log.h"
 
 struct buf {
@@ -845,6 +846,13 @@ dp_err dp_embed_run_hooks(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
                           dp_embed_prepare_fn prepare, dp_embed_done_fn done,
                           void *arg)
 {
+    return dp_embed_run_until(c, jobs, njobs, prepare, done, arg, 0);
+}
+
+dp_err dp_embed_run_until(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
+                          dp_embed_prepare_fn prepare, dp_embed_done_fn done,
+                          void *arg, int64_t deadline_ms)
+{
     pthread_mutex_lock(&c->run_mu);
     for (size_t i = 0; i < njobs; i++) {
         jobs[i].vectors = NULL;
@@ -853,8 +861,11 @@ dp_err dp_embed_run_hooks(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
         jobs[i].result = DP_OK;
         jobs[i].http_status = 0;
         jobs[i].retry_after_ms = -1;
+        jobs[i].not_sent = 0;
         jobs[i].error[0] = '\0';
     }
+    int stopped = 0;        /* the deadline: send nothing more */
+    int64_t stopped_wait = 0; /* then, the limiter's wait for jobs[next] */
 
     int msgs_left = 0;      /* finished transfers not yet read from multi */
     size_t next = 0;        /* first job not started */
@@ -866,12 +877,17 @@ dp_err dp_embed_run_hooks(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
 
     for (;;) {
         int64_t wait_ms = -1;
-        while (!cut && !probe_out && next < njobs && running < c->inflight) {
+        while (!cut && !stopped && !probe_out && next < njobs &&
+               running < c->inflight) {
             dp_embed_job *job = &jobs[next];
             if (job->n == 0) {
                 job->dim = c->dim;
                 next++;
                 continue;
+            }
+            if (deadline_ms > 0 && dp_clock_mono_ms(NULL) >= deadline_ms) {
+                stopped = 1;
+                break;
             }
             if (dp_breaker_state_now(c->breaker) == DP_BREAKER_OPEN) {
                 cut = 1;
@@ -890,6 +906,11 @@ dp_err dp_embed_run_hooks(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
             if (w > 0) {
                 dp_service_throttled(c->svc);
                 wait_ms = w;
+                if (deadline_ms > 0 && dp_clock_mono_ms(NULL) + w >= deadline_ms) {
+                    /* Admitted only after the deadline: left for later. */
+                    stopped = 1;
+                    stopped_wait = w;
+                }
                 break;
             }
             int is_probe = 0;
@@ -905,7 +926,7 @@ dp_err dp_embed_run_hooks(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
                 probe_out = is_probe;
             }
         }
-        if (cut || (next >= njobs && running == 0))
+        if (cut || (next >= njobs && running == 0) || (stopped && running == 0))
             break;
 
         int timeout = 1000;
@@ -952,6 +973,16 @@ dp_err dp_embed_run_hooks(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
     }
     free(pending);
 
+    if (stopped && !cut) {
+        for (; next < njobs; next++) {
+            dp_embed_job *job = &jobs[next];
+            job->not_sent = 1;
+            job->retry_after_ms = stopped_wait;
+            job->result = dp_errf(DP_ERR_RETRYABLE, job->error, sizeof(job->error),
+                                  "embeddings: not sent, the pass's time is up%s",
+                                  stopped_wait ? " (held by the rate limit)" : "");
+        }
+    }
     if (cut) {
         for (int i = 0; i < c->inflight; i++) {
             struct slot *s = &c->slots[i];

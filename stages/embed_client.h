@@ -70,6 +70,10 @@ typedef struct dp_embed_job {
     int64_t retry_after_ms;     /* out: from Retry-After (seconds or HTTP date), -1 if none;
                                    for jobs refused by an open breaker, the time until
                                    it lets a probe through */
+    int not_sent;               /* out: 1 if a bounded run (dp_embed_run_until)
+                                   ended before sending it: result
+                                   DP_ERR_RETRYABLE, retry_after_ms when
+                                   the rate limiter would admit it */
     char error[512];            /* out */
 } dp_embed_job;
 
@@ -115,6 +119,15 @@ typedef int (*dp_embed_prepare_fn)(dp_embed_job *job, void *arg);
 dp_err dp_embed_run_hooks(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
                           dp_embed_prepare_fn prepare, dp_embed_done_fn done,
                           void *arg);
+
+/* dp_embed_run_hooks bounded in time: no request leaves at or after
+ * deadline_ms (dp_clock_mono_ms), nor one the rate limiter would admit only
+ * after it, so a run lasts until the deadline plus the answers then in
+ * flight (embed_timeout_ms at most).  The jobs are sent in order; those not
+ * sent, a suffix, get not_sent = 1.  deadline_ms 0: no bound. */
+dp_err dp_embed_run_until(dp_embed_client *c, dp_embed_job *jobs, size_t njobs,
+                          dp_embed_prepare_fn prepare, dp_embed_done_fn done,
+                          void *arg, int64_t deadline_ms);
 
 /* What the client makes of a 2xx reply body for job (its vectors, shas and
  * result, as after a request).  Used for every reply; callable on its own

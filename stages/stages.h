@@ -30,6 +30,11 @@ dp_err dp_stages_open(const dp_config *cfg, const char *name, dp_stage *stage,
                       char *err, size_t errlen);
 void dp_stages_close(const char *name, dp_stage *stage);
 
+/* The estimated tokens of a document's embedding batches released and not
+ * yet gathered (embed_plan.c, gather.c): embed_window_tokens, or when it is
+ * 0 ten seconds of embed_tpm; -1 (all at once) when it is -1. */
+long dp_embed_window_tokens(const dp_config *cfg);
+
 /* Topic name helper: malloc'd "<prefix><suffix>". */
 char *dp_topic_name(const dp_config *cfg, const char *suffix);
 

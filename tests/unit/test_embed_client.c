@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "embed_client.h"
 #include "ids.h"
 #include "unit/support_embedserver.h"
@@ -595,6 +596,46 @@ Test(embed_client, a_full_rate_window_makes_jobs_wait_not_fail)
     cr_log_info("6 jobs at 2 requests per (1 s) minute: %.3f s", took);
     cr_assert_eq(server_requests(), 6);
     jobs_free(jobs, 6);
+    dp_embed_client_free(c);
+    server_stop();
+}
+
+/* A run bounded by a deadline sends only what the rate limit admits before
+ * it: the jobs the limiter would hold past the deadline are not sent (a
+ * suffix, not_sent, with the wait), so an embed pass never outlasts its
+ * bound waiting for the limit.  Without the bound the same run would wait
+ * a whole minute for the third job. */
+Test(embed_client, a_bounded_run_leaves_what_the_rate_limit_holds_past_its_deadline)
+{
+    server_start(NULL);
+    dp_config cfg = cfg_for(base_url, 1536, 8);
+    cfg.embed_tpm = 100; /* each job below is 40 tokens: two fit a minute */
+    dp_embed_client *c = client_for(&cfg);
+    char text[161];
+    memset(text, 'x', 160);
+    text[160] = '\0';
+    const char *texts[] = {text};
+    dp_embed_job jobs[5];
+    for (int i = 0; i < 5; i++)
+        jobs[i] = job_of(texts, 1);
+    double t0 = test_now_s();
+    dp_err rc = dp_embed_run_until(c, jobs, 5, NULL, NULL, NULL,
+                                   dp_clock_mono_ms(NULL) + 5000);
+    double took = test_now_s() - t0;
+    cr_assert_eq(rc, DP_OK);
+    for (int i = 0; i < 2; i++)
+        cr_assert(jobs[i].result == DP_OK && !jobs[i].not_sent, "job %d: %s", i,
+                  jobs[i].error);
+    for (int i = 2; i < 5; i++) {
+        cr_assert(jobs[i].not_sent, "job %d was sent", i);
+        cr_assert_eq(jobs[i].result, DP_ERR_RETRYABLE);
+        cr_assert(jobs[i].retry_after_ms > 5000, "job %d: wait %lld ms", i,
+                  (long long)jobs[i].retry_after_ms);
+    }
+    cr_assert_eq(server_requests(), 2, "the service got exactly the jobs sent");
+    /* It did not wait for the limit: the limiter's wait is past the deadline. */
+    cr_assert(took < 30.0, "took %.2f s", took);
+    jobs_free(jobs, 5);
     dp_embed_client_free(c);
     server_stop();
 }
