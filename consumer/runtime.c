@@ -464,8 +464,8 @@ static batch_result settle(dp_runtime *rt, size_t from, size_t to)
             goto out;
         goto retry;
     }
-    /* Again, without the records the passes deferred or left (dropped
-     * now): a mark moved past one of them would take it, fetched again,
+    /* Again, without the records the passes deferred, left or dropped for
+     * a retry: a mark moved past one of them would take it, fetched again,
      * for a copy of itself. */
     dp_dedup_pass(rt, from, to);
     if (DP_FAULT(rt->stage->name, "after-handler")) {
@@ -473,10 +473,7 @@ static batch_result settle(dp_runtime *rt, size_t from, size_t to)
         goto rollback;
     }
 
-    /* Every live record is ok.  The marks again, without the records the
-     * passes dropped (deferred, or waiting for a retry): a mark past one
-     * of them would make it a copy when it comes back. */
-    dp_dedup_pass(rt, from, to);
+    /* Every live record is ok. */
     int64_t attempt = dp_attempt_new_id();
     if ((e = plan_advance(rt, from, to, adv, 64, &nadv, err, sizeof(err))))
         goto rollback;

@@ -640,13 +640,16 @@ Test(embed_client, a_bounded_run_leaves_what_the_rate_limit_holds_past_its_deadl
     server_stop();
 }
 
-Test(embed_client, tokens_are_estimated_as_len_over_4_per_text)
+Test(embed_client, tokens_are_estimated_per_text_with_the_chunkers_count)
 {
+    /* tokens.h: a letter run costs one per 4 letters, a 2-byte UTF-8
+     * character one: 2 + 1 + 4. */
     const char *texts[] = {"abcdefgh", "abc", "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9"};
     dp_embed_job j = job_of(texts, 3);
-    cr_assert_eq(dp_embed_job_tokens(&j), 2 + 0 + 1, "code points, not bytes");
+    cr_assert_eq(dp_embed_job_tokens(&j), 2 + 1 + 4, "summed over the texts");
     j.n = 2;
-    texts[0] = "ab";
+    texts[0] = "";
+    texts[1] = "";
     cr_assert_eq(dp_embed_job_tokens(&j), 1, "at least one per request");
 }
 
