@@ -96,6 +96,15 @@ no_leaks() {
 }
 
 scripts/deps.sh
+# The servers the tests start listen on fixed loopback ports (39000-39999:
+# Kafka, the cluster, the SASL broker, toxiproxy, Tika; 55432-55599:
+# PostgreSQL) inside Linux's ephemeral range, where any outgoing connection
+# may hold one for a moment: toxiproxy once failed to open its proxy port
+# so. Keep the kernel from handing them out (root only; best effort).
+if [[ -w /proc/sys/net/ipv4/ip_local_reserved_ports ]]; then
+    echo 39000-39999,55432-55599 >/proc/sys/net/ipv4/ip_local_reserved_ports ||
+        say "could not reserve the test ports"
+fi
 use_service postgres
 use_service kafka
 use_service tika
