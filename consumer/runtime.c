@@ -422,6 +422,10 @@ static batch_result settle(dp_runtime *rt, size_t from, size_t to)
             goto out;
         goto retry;
     }
+    /* Again, now that records behind a retryable failure (or a deferral)
+     * have left the batch: the marks must not move past them, or their
+     * retry would take them for copies already acted on and skip them. */
+    dp_dedup_pass(rt, from, to);
     if (DP_FAULT(rt->stage->name, "after-handler")) {
         e = dp_errf(DP_ERR_RETRYABLE, err, sizeof(err), "fault point after-handler");
         goto rollback;
