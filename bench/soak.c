@@ -321,6 +321,11 @@ static void stop_all(void)
 
 static PGconn *db;
 
+static void no_notices(void *arg, const char *message)
+{
+    (void)arg, (void)message; /* "terminating connection due to immediate shutdown" */
+}
+
 /* One value of a query (text, copied into out); -1 if it failed (the
  * server restarting, say: the connection is made again next time). */
 static int q1(char *out, size_t n, const char *sql, const char *p1)
@@ -331,6 +336,7 @@ static int q1(char *out, size_t n, const char *sql, const char *p1)
         db = PQconnectdb(dburl);
         if (PQstatus(db) != CONNECTION_OK)
             return -1;
+        PQsetNoticeProcessor(db, no_notices, NULL);
     }
     const char *params[1] = {p1};
     PGresult *r = PQexecParams(db, sql, p1 ? 1 : 0, NULL, params, NULL, NULL, 0);
