@@ -5,13 +5,14 @@
 #   scripts/kafka.sh start            start it, or reuse one that answers
 #   scripts/kafka.sh stop             stop the broker this tree started
 #   scripts/kafka.sh status           exit 0 when the broker answers
+#   scripts/kafka.sh kill             SIGKILL the broker this tree started (the soak)
 #   scripts/kafka.sh topic NAME N     create topic NAME with N partitions
 #
 # The broker's jars are the dependency closure of scripts/kafka/pom.xml,
 # resolved once by Maven into $CACHE_DIR/kafka-<version>-<hash>/jars.
 # State: .run/kafka/{server.properties,data,server.log,stdout.log,kafka.pid}.
 # Environment: DOCPIPE_BROKER_PORT (39092), DOCPIPE_CONTROLLER_PORT
-# (39093), KAFKA_HEAP_OPTS (1 GiB). The version is the pom's kafka.version.
+# (39093), KAFKA_HEAP_OPTS (1 GiB), DOCPIPE_RUN_DIR (lib.sh). The version is the pom's kafka.version.
 # A second broker of the same tree (scripts/toxiproxy.sh starts one) takes
 # DOCPIPE_KAFKA_NAME (its folder under .run, "kafka"), DOCPIPE_KAFKA_ADVERTISED
 # (host:port the listener advertises, e.g. a proxy's; its own by default) and
@@ -167,6 +168,18 @@ stop() {
     fi
 }
 
+# A crash: SIGKILL to the broker's whole session, no clean shutdown; start
+# recovers its logs.
+kill_broker() {
+    dp_pid_alive "$PIDFILE" kafka.Kafka || die "no broker of this tree runs"
+    local pid
+    pid=$(<"$PIDFILE")
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid"
+    dp_wait 30 "broker pid $pid to go" bash -c "! kill -0 $pid" || die "broker pid $pid still runs"
+    rm -f "$PIDFILE"
+    say "broker (pid $pid) killed"
+}
+
 status() {
     if answers; then
         say "Kafka answers on $BOOTSTRAP"
@@ -196,6 +209,7 @@ case "${1:-}" in
     start) start ;;
     stop) stop ;;
     status) status ;;
+    kill) kill_broker ;;
     topic) shift; topic "$@" ;;
-    *) echo "usage: $0 start|stop|status|topic NAME PARTITIONS" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop|status|kill|topic NAME PARTITIONS" >&2; exit 2 ;;
 esac

@@ -5,12 +5,13 @@
 #   - resolve a small pom's dependency closure into a cached jar folder once,
 #   - start a Java server detached in its own session with a pid file, and
 #     stop it by that pid (the whole session, SIGTERM then SIGKILL).
-# Runtime state lives under $REPO/.run, caches under $REPO/.cache unless
+# Runtime state lives under $REPO/.run (DOCPIPE_RUN_DIR: elsewhere, e.g. a
+# second set of servers on other ports beside the first), caches under $REPO/.cache unless
 # DOCPIPE_CACHE_DIR says otherwise; Maven keeps its own local repository
 # (~/.m2 by default) so a fresh clone on the same machine downloads nothing.
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-RUN_DIR="$REPO/.run"
+RUN_DIR="${DOCPIPE_RUN_DIR:-$REPO/.run}"
 CACHE_DIR="${DOCPIPE_CACHE_DIR:-$REPO/.cache}"
 
 say() { printf '%s: %s\n' "${DP_NAME:-docpipe}" "$*" >&2; }

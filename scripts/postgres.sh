@@ -5,6 +5,8 @@
 #   scripts/postgres.sh start       initdb once, start it (or reuse), create db docpipe
 #   scripts/postgres.sh stop        stop the cluster this tree started
 #   scripts/postgres.sh status      exit 0 when it accepts connections
+#   scripts/postgres.sh crash       stop it in immediate mode (no checkpoint:
+#                                   crash recovery at the next start; the soak)
 #   scripts/postgres.sh psql [ARGS] psql into db docpipe as user postgres
 #
 # Where the cluster lives: initdb and the server refuse to run as root, so as
@@ -13,7 +15,7 @@
 # repo under /root, say) the cluster goes to /tmp/docpipe-pg-<hash of repo
 # path> and .run/pg is a symlink to it. Trust authentication: fine
 # for a loopback-only test server, never for anything else.
-# Environment: DOCPIPE_PG_PORT (55432).
+# Environment: DOCPIPE_PG_PORT (55432), DOCPIPE_RUN_DIR (lib.sh).
 set -euo pipefail
 DP_NAME=postgres.sh
 # shellcheck source=lib.sh
@@ -22,7 +24,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 PORT="${DOCPIPE_PG_PORT:-55432}"
 PGBIN="${DOCPIPE_PG_BIN:-/usr/lib/postgresql/15/bin}"
 DB=docpipe
-TMP_BASE="/tmp/docpipe-pg-$(dp_short_hash "$REPO")"
+TMP_BASE="/tmp/docpipe-pg-$(dp_short_hash "$REPO${DOCPIPE_RUN_DIR:+:$RUN_DIR}")"
 
 # Run a command as the cluster's owner: postgres when we are root (from /,
 # since postgres may not be allowed into the current folder).
@@ -130,6 +132,16 @@ stop() {
     fi
 }
 
+# Immediate mode: the postmaster SIGQUITs its backends and exits without a
+# checkpoint, as if the machine had failed; start replays the WAL.
+crash() {
+    choose_base
+    ours_running || die "no cluster of this tree runs in $DATA"
+    say "stopping PostgreSQL in immediate mode ($DATA)"
+    as_owner "$PGBIN/pg_ctl" -D "$DATA" -m immediate -w -t 60 stop >/dev/null
+    say "PostgreSQL stopped (immediate)"
+}
+
 status() {
     if ready; then
         say "PostgreSQL answers on 127.0.0.1:$PORT"
@@ -143,6 +155,7 @@ case "${1:-}" in
     start) start ;;
     stop) stop ;;
     status) status ;;
+    crash) crash ;;
     psql) shift; exec "$PGBIN/psql" -X -h 127.0.0.1 -p "$PORT" -U postgres -d "$DB" "$@" ;;
-    *) echo "usage: $0 start|stop|status|psql [ARGS]" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop|status|crash|psql [ARGS]" >&2; exit 2 ;;
 esac

@@ -87,6 +87,12 @@ struct config {
     long max_inputs;
     long max_input_tokens;
     bool quiet;
+    const char *fail_mix_text;
+    struct fail_mix {     /* --fail-mix, parsed: drawn once per request */
+        int n;
+        long status[8];
+        double rate[8];
+    } fail_mix;
     struct knobs knobs;   /* the knobs as started */
 };
 
@@ -140,6 +146,11 @@ static const struct option_def option_defs[] = {
     {"retry-after-s", "DOCPIPE_EMBED_SERVER_RETRY_AFTER_S", OPT_LONG,
      KNOB(retry_after_s), "0", 0, 86400, true,
      "send 'Retry-After: N' with 429 and 503 failures; 0 = no header"},
+    {"fail-mix", "DOCPIPE_EMBED_SERVER_FAIL_MIX", OPT_STR, CFG(fail_mix_text), NULL,
+     0, 0, false,
+     "several failures at once, STATUS:SHARE,... (e.g. 500:0.10,429:0.02): each "
+     "request fails with one of them by its share (together at most 1), "
+     "429 and 503 with retry-after-s"},
     {"timeout-rate", "DOCPIPE_EMBED_SERVER_TIMEOUT_RATE", OPT_DOUBLE,
      KNOB(timeout_rate), "0", 0, 1, true,
      "share of requests accepted and then left unanswered for timeout-ms"},
@@ -210,6 +221,44 @@ static bool knobs_check(const struct knobs *k, char *err, size_t errlen)
     if (k->fail_status != 0 && (k->fail_status < 400 || k->fail_status > 599)) {
         snprintf(err, errlen, "fail_status must be 0 or a status in [400, 599], got %ld",
                  k->fail_status);
+        return false;
+    }
+    return true;
+}
+
+/* "500:0.10,429:0.02" into mix; false with err filled on error. */
+static bool fail_mix_parse(const char *text, struct fail_mix *mix, char *err,
+                           size_t errlen)
+{
+    double sum = 0;
+    mix->n = 0;
+    for (const char *p = text; *p;) {
+        char *end;
+        errno = 0;
+        long status = strtol(p, &end, 10);
+        if (errno || end == p || *end != ':' || status < 400 || status > 599) {
+            snprintf(err, errlen, "fail-mix: expected STATUS:SHARE with a status in "
+                     "[400, 599] at '%s'", p);
+            return false;
+        }
+        p = end + 1;
+        double rate = strtod(p, &end);
+        if (errno || end == p || (*end && *end != ',') || !(rate >= 0 && rate <= 1)) {
+            snprintf(err, errlen, "fail-mix: expected a share in [0, 1] at '%s'", p);
+            return false;
+        }
+        if (mix->n == (int)(sizeof(mix->status) / sizeof(mix->status[0]))) {
+            snprintf(err, errlen, "fail-mix: at most %d statuses",
+                     (int)(sizeof(mix->status) / sizeof(mix->status[0])));
+            return false;
+        }
+        mix->status[mix->n] = status;
+        mix->rate[mix->n++] = rate;
+        sum += rate;
+        p = *end ? end + 1 : end;
+    }
+    if (sum > 1 + 1e-9) {
+        snprintf(err, errlen, "fail-mix: the shares add up to %g, more than 1", sum);
         return false;
     }
     return true;
@@ -291,7 +340,9 @@ static int config_load(struct config *cfg, int argc, char **argv)
         fprintf(stderr, "docpipe-embedserver: unexpected argument '%s'\n", argv[optind]);
         return 1;
     }
-    if (!knobs_check(&cfg->knobs, err, sizeof(err))) {
+    if (!knobs_check(&cfg->knobs, err, sizeof(err)) ||
+        (cfg->fail_mix_text &&
+         !fail_mix_parse(cfg->fail_mix_text, &cfg->fail_mix, err, sizeof(err)))) {
         fprintf(stderr, "docpipe-embedserver: %s\n", err);
         return 1;
     }
@@ -866,7 +917,18 @@ static struct reply embeddings_handle(struct server *s, struct MHD_Connection *c
     double rate = s->knobs.fail_rate;
     long retry_after = s->knobs.retry_after_s;
     pthread_mutex_unlock(&s->lock);
-    if (in_window || (status && fault_uniform(s) < rate)) {
+    if (!in_window && !(status && fault_uniform(s) < rate))
+        status = 0;
+    if (!status && !in_window && s->cfg.fail_mix.n) {
+        /* One draw picks at most one status of the mix by its share. */
+        double u = fault_uniform(s), acc = 0;
+        for (int i = 0; i < s->cfg.fail_mix.n && !status; i++) {
+            acc += s->cfg.fail_mix.rate[i];
+            if (u < acc)
+                status = s->cfg.fail_mix.status[i];
+        }
+    }
+    if (in_window || status) {
         if (!status)
             status = 503;
         injected = true;

@@ -9,6 +9,7 @@
  * tools/ next to this test executable.
  */
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <curl/curl.h>
 #include <jansson.h>
 #include <math.h>
@@ -555,6 +556,61 @@ Test(embedserver, fail_rate_fails_about_that_share_of_requests)
     /* Binomial(100, 0.5): outside [20, 80] is a six-sigma event. */
     cr_assert(failed >= 20 && failed <= 80, "%d of 100 failed", failed);
     server_stop();
+}
+
+Test(embedserver, fail_mix_fails_with_several_statuses_each_by_its_share)
+{
+    const char *args[] = {"--fail-mix", "500:0.10,429:0.02", "--retry-after-s", "3", NULL};
+    server_start(args);
+    int n500 = 0, n429 = 0, n200 = 0;
+    for (int i = 0; i < 1000; i++) {
+        struct response r = http("POST", "/v1/embeddings",
+                                 "{\"model\":\"m\",\"input\":\"x\",\"dimensions\":2}");
+        cr_assert(r.status == 200 || r.status == 500 || r.status == 429,
+                  "request %d -> %ld", i, r.status);
+        if (r.status == 429)
+            cr_assert_str_eq(r.retry_after, "3", "a 429 of the mix says when to come back");
+        if (r.status == 500)
+            cr_assert_str_eq(r.retry_after, "", "Retry-After only goes with 429 and 503");
+        n500 += r.status == 500;
+        n429 += r.status == 429;
+        n200 += r.status == 200;
+        response_free(&r);
+    }
+    /* Binomial(1000, 0.10): mean 100, sd 9.5; (1000, 0.02): mean 20, sd 4.4.
+     * The bounds are over five sigma away. */
+    cr_assert(n500 >= 50 && n500 <= 150, "%d of 1000 answered 500", n500);
+    cr_assert(n429 >= 2 && n429 <= 45, "%d of 1000 answered 429", n429);
+    cr_assert_eq(n200 + n500 + n429, 1000);
+
+    struct response r = http("GET", "/admin/stats", NULL);
+    cr_assert_eq(stat_of(r.json, "failures", "500"), n500, "stats count the mix's 500s");
+    cr_assert_eq(stat_of(r.json, "failures", "429"), n429, "and its 429s");
+    response_free(&r);
+    server_stop();
+}
+
+Test(embedserver, fail_mix_that_is_malformed_or_over_one_is_refused_at_start)
+{
+    char path[4096];
+    embedserver_path(path, sizeof(path));
+    const char *bad[] = {"500", "500:x", "302:0.1", "500:0.7,429:0.4", "500:0.1;429:0.1",
+                         "500:-0.1"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+            int null = open("/dev/null", O_WRONLY);
+            dup2(null, 1);
+            dup2(null, 2);
+            execl(path, path, "--port", "0", "--fail-mix", bad[i], (char *)NULL);
+            _exit(127);
+        }
+        int st = 0;
+        cr_assert_eq(waitpid(pid, &st, 0), pid);
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 2, "--fail-mix %s: usage error, exit %d", bad[i],
+                  WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+    }
 }
 
 Test(embedserver, fail_for_ms_fails_everything_for_a_while_then_recovers)
