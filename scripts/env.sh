@@ -16,11 +16,12 @@ DOCPIPE_DATABASE_URL="${DOCPIPE_DATABASE_URL:-postgresql://postgres@127.0.0.1:${
 DOCPIPE_TIKA_URL="${DOCPIPE_TIKA_URL:-http://127.0.0.1:${DOCPIPE_TIKA_PORT:-39998}}"
 export DOCPIPE_BROKERS DOCPIPE_DATABASE_URL DOCPIPE_TIKA_URL
 
-# The broker's jars, once scripts/kafka.sh fetched them: test_lag runs
+# The broker's jars (kafka-<version>-*, not kafka-sasl-*: an older Kafka for
+# the SASL test), once scripts/kafka.sh fetched them: test_lag runs
 # Kafka's own consumer-group command from them. (Not DOCPIPE_KAFKA_*:
 # docpipe hands those to librdkafka.)
 if [[ -z "${DOCPIPE_TEST_KAFKA_JARS:-}" ]]; then
-    for _dp_done in "${DOCPIPE_CACHE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.cache}"/kafka-*/.complete; do
+    for _dp_done in "${DOCPIPE_CACHE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.cache}"/kafka-[0-9]*/.complete; do
         if [[ -f "$_dp_done" ]]; then
             DOCPIPE_TEST_KAFKA_JARS="${_dp_done%/.complete}/jars"
         fi
