@@ -74,9 +74,9 @@ static void kafka_jars(char *out, size_t len)
     const char *cache = getenv("DOCPIPE_CACHE_DIR");
     char pattern[1200];
     if (cache && *cache)
-        snprintf(pattern, sizeof(pattern), "%s/kafka-*/.complete", cache);
+        snprintf(pattern, sizeof(pattern), "%s/kafka-[0-9]*/.complete", cache);
     else
-        snprintf(pattern, sizeof(pattern), "%s/.cache/kafka-*/.complete", T.srcdir);
+        snprintf(pattern, sizeof(pattern), "%s/.cache/kafka-[0-9]*/.complete", T.srcdir);
     glob_t g;
     int found = glob(pattern, 0, NULL, &g) == 0 && g.gl_pathc > 0;
     if (found) { /* the last in name order: the newest version */
