@@ -6,7 +6,9 @@
  * every process, so pipeline tests can assert on stored embeddings.  Around
  * that sit fault switches (latency, failing status codes, failure windows,
  * hung requests) that tests set at start or flip at runtime through
- * /admin/faults, and counters in /admin/stats to check what a client did.
+ * /admin/faults, and counters in /admin/stats to check what a client did
+ * (requests, inputs, tokens: docpipe's estimate of the texts received, what
+ * a provider's token limit counts).
  *
  * Design:
  *  - libmicrohttpd in thread-per-connection mode.  A request that sleeps
