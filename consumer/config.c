@@ -137,6 +137,11 @@ static const dp_config_entry dp_config_table[] = {
      "Client-side limit of embedding requests per minute."},
     {"embed_tpm", CT_INT, F(embed_tpm), "90000", 1, 1000000000,
      "Client-side limit of estimated embedding tokens per minute."},
+    {"embed_rate_scope", CT_STR, F(embed_rate_scope), "shared", 0, 0,
+     "Who embed_rpm and embed_tpm bound together: shared (every embed instance and"
+     " `docpipe search` calling the same embed_url, embed_model and API key, through"
+     " PostgreSQL; each process alone while PostgreSQL does not answer) or process"
+     " (each process by itself)."},
     {"embed_timeout_ms", CT_INT, F(embed_timeout_ms), "60000", 100, 600000,
      "Timeout of one embedding request."},
     {"embed_buffer_kb", CT_INT, F(embed_buffer_kb), "2048", 64, 1048576,
@@ -470,6 +475,10 @@ dp_err dp_config_load(dp_config *cfg, char *err, size_t errlen)
         return dp_errf(DP_ERR_PERMANENT, err, errlen,
                        "setting embed_encoding: '%s' is neither float nor base64",
                        cfg->embed_encoding);
+    if (strcmp(cfg->embed_rate_scope, "shared") && strcmp(cfg->embed_rate_scope, "process"))
+        return dp_errf(DP_ERR_PERMANENT, err, errlen,
+                       "setting embed_rate_scope: '%s' is neither shared nor process",
+                       cfg->embed_rate_scope);
     iconv_t cd = iconv_open("UTF-8", cfg->text_fallback_charset);
     if (cd == (iconv_t)-1)
         return dp_errf(DP_ERR_PERMANENT, err, errlen,

@@ -62,6 +62,7 @@ typedef struct dp_config {
     int embed_inflight;
     int embed_rpm;
     int embed_tpm;
+    char *embed_rate_scope;   /* shared | process */
     int embed_timeout_ms;
     int embed_buffer_kb;
     int embed_pass_ms;

@@ -15,6 +15,16 @@
  *
  * Memory grows with the requests admitted in the last minute (16 bytes
  * each), not with the configured limits.  Thread-safe (one mutex).
+ *
+ * Shared (dp_ratelimit_share): the same rule over a log in PostgreSQL
+ * (upload_pipeline.rate_limit_take, schemas/sql/0015) that every process
+ * using the same key consults, so that N processes together stay within the
+ * limit.  The limiter keeps a connection of its own in autocommit, never
+ * inside a caller's transaction, and holds no lock between calls.  While
+ * PostgreSQL does not answer (within DP_RATELIMIT_SHARED_TIMEOUT_MS), the
+ * local window decides alone, with this process's shared admissions in it,
+ * and the shared log is tried again every DP_RATELIMIT_SHARED_RETRY_MS: a
+ * process then keeps to the limit by itself, N of them to N times it.
  */
 #ifndef DP_RATELIMIT_H
 #define DP_RATELIMIT_H
@@ -37,6 +47,19 @@ int64_t dp_ratelimit_try(dp_ratelimit *rl, int tokens);
 
 /* What the last 60 s hold (for health output); either pointer may be NULL. */
 void dp_ratelimit_usage(dp_ratelimit *rl, int64_t *requests, int64_t *tokens);
+
+#define DP_RATELIMIT_SHARED_TIMEOUT_MS 2000
+#define DP_RATELIMIT_SHARED_RETRY_MS 5000
+
+/* Shares the limit with every process that shares it under `key` in the
+ * PostgreSQL database at conninfo (the connection is made at the first
+ * dp_ratelimit_try).  key must not hold a secret: it is stored in rows.
+ * -1 if out of memory. */
+int dp_ratelimit_share(dp_ratelimit *rl, const char *conninfo, const char *key);
+
+/* 1 if the last decision came from the shared log, 0 if from the local
+ * window (not shared, or the fallback while PostgreSQL does not answer). */
+int dp_ratelimit_shared_ok(dp_ratelimit *rl);
 
 /* Tests: replace the clock (NULL restores CLOCK_MONOTONIC). */
 void dp_ratelimit_set_clock(dp_ratelimit *rl, int64_t (*now_ms)(void *arg), void *arg);

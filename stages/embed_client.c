@@ -31,6 +31,7 @@
 #include "ids.h"
 #include "clock.h"
 #include "log.h"
+#include "redact.h"
 
 struct buf {
     CURL *easy;  /* whose reply this is: its Content-Length sizes p */
@@ -82,6 +83,27 @@ static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static CURLcode curl_init_rc;
 
 static void curl_init(void) { curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT); }
+
+int dp_embed_rate_key(const dp_config *cfg, char *out, size_t outlen)
+{
+    const char *url = cfg->embed_url ? cfg->embed_url : "";
+    char shown[400];
+    dp_redact_url(url, shown, sizeof(shown));
+    size_t n = strlen(shown);
+    while (n && shown[n - 1] == '/')
+        shown[--n] = '\0';
+    /* The account is the API key: 16 hex digits of its SHA-256 tell keys
+     * apart without revealing one. */
+    char hex[DP_SHA256_HEX_SIZE] = "none";
+    const char *k = cfg->embed_api_key ? cfg->embed_api_key : "";
+    if (*k && dp_sha256_hex(k, strlen(k), hex) != DP_OK)
+        return -1;
+    if (*k)
+        hex[16] = '\0';
+    int w = snprintf(out, outlen, "embeddings %s %s key:%s", shown,
+                     cfg->embed_model ? cfg->embed_model : "", hex);
+    return w < 0 || (size_t)w >= outlen ? -1 : 0;
+}
 
 dp_err dp_embed_client_new(const dp_config *cfg, dp_embed_client **out, char *err,
                            size_t errlen)
@@ -144,6 +166,15 @@ dp_err dp_embed_client_new(const dp_config *cfg, dp_embed_client **out, char *er
         !c->rl) {
         dp_embed_client_free(c);
         return dp_errf(DP_ERR_RETRYABLE, err, errlen, "out of memory");
+    }
+    if (cfg->embed_rate_scope && strcmp(cfg->embed_rate_scope, "shared") == 0 &&
+        cfg->database_url && *cfg->database_url) {
+        char key[600];
+        if (dp_embed_rate_key(cfg, key, sizeof(key)) != 0 ||
+            dp_ratelimit_share(c->rl, cfg->database_url, key) != 0) {
+            dp_embed_client_free(c);
+            return dp_errf(DP_ERR_RETRYABLE, err, errlen, "out of memory");
+        }
     }
     /* Keep a connection per slot alive between runs. */
     curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, (long)c->inflight);

@@ -16,7 +16,10 @@
  *    texts of dp_embed_estimate_tokens (the chunker's conservative estimate,
  *    tokens.h), at least 1 per request; the original
  *    client's TPM window counted a flat ~100 per text, which overcounts short
- *    chunks 4x.  A full window makes jobs wait, never fail.
+ *    chunks 4x.  A full window makes jobs wait, never fail.  With
+ *    embed_rate_scope shared (the default) the window is shared through
+ *    PostgreSQL by every process calling the same service, model and key
+ *    (dp_embed_rate_key), so N embed instances together keep to the limit.
  *  - circuit breaker "embeddings" (breaker.h): a refused call fails at once.
  *  - classification of the outcome (dp_embed_job.result):
  *      DP_OK            200 with n vectors of embed_dim numbers;
@@ -78,13 +81,19 @@ typedef struct dp_embed_job {
 } dp_embed_job;
 
 /* Reads embed_url, embed_model, embed_api_key, embed_dim, embed_inflight,
- * embed_rpm, embed_tpm, embed_timeout_ms, breaker_threshold and
- * breaker_reset_ms (copied: cfg may be freed afterwards). */
+ * embed_rpm, embed_tpm, embed_rate_scope (with database_url),
+ * embed_timeout_ms, breaker_threshold and breaker_reset_ms (copied: cfg may be freed afterwards). */
 dp_err dp_embed_client_new(const dp_config *cfg, dp_embed_client **out, char *err,
                            size_t errlen);
 void dp_embed_client_free(dp_embed_client *c);
 dp_breaker *dp_embed_client_breaker(dp_embed_client *c);
 dp_ratelimit *dp_embed_client_ratelimit(dp_embed_client *c);
+
+/* The key the client's rate limit is shared under when embed_rate_scope is
+ * shared: "embeddings <embed_url without password> <embed_model>
+ * key:<16 hex digits of the API key's SHA-256, or none>".  -1 if it does
+ * not fit outlen. */
+int dp_embed_rate_key(const dp_config *cfg, char *out, size_t outlen);
 
 /* Whether the service is up at all: GET {embed_url}/v1/models answers below
  * 500 (see http_alive.h).  Asked when every request of a run failed

@@ -6,7 +6,9 @@
  * every process, so pipeline tests can assert on stored embeddings.  Around
  * that sit fault switches (latency, failing status codes, failure windows,
  * hung requests) that tests set at start or flip at runtime through
- * /admin/faults, and counters in /admin/stats to check what a client did.
+ * /admin/faults, and counters in /admin/stats to check what a client did
+ * (requests, inputs, tokens: docpipe's estimate of the texts received, what
+ * a provider's token limit counts).
  *
  * Design:
  *  - libmicrohttpd in thread-per-connection mode.  A request that sleeps
@@ -564,6 +566,7 @@ static void buf_base64_floats(struct buf *b, const float *v, long dim)
 struct stats {
     long requests;        /* POST /v1/embeddings received */
     long inputs;          /* texts embedded in 200 replies */
+    long tokens;          /* docpipe's estimate (tokens.h) of valid requests' texts */
     long in_flight, in_flight_max;
     long timeouts;        /* requests left hanging on purpose */
     long responses[600];  /* embeddings replies by status */
@@ -671,8 +674,9 @@ static json_t *stats_json(struct server *s)
         if (st.failures[code])
             json_object_set_new(failures, key, json_integer(st.failures[code]));
     }
-    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:o, s:o, s:f}", "requests",
+    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:o, s:o, s:f}", "requests",
                      (json_int_t)st.requests, "inputs", (json_int_t)st.inputs,
+                     "tokens", (json_int_t)st.tokens,
                      "in_flight", (json_int_t)st.in_flight, "in_flight_max",
                      (json_int_t)st.in_flight_max, "timeouts", (json_int_t)st.timeouts,
                      "responses", responses, "failures", failures, "uptime_s",
@@ -805,6 +809,7 @@ static struct reply embeddings_handle_body(struct server *s, const char *body,
     json_t *texts = json_is_string(input) ? json_pack("[O]", input) : json_incref(input);
     bool base64 = false;
     long dim = default_dim;
+    long request_tokens = 0;
 
     if (!json_is_string(model) || !json_string_length(model)) {
         r = reply_bad_request("you must provide a model parameter");
@@ -840,7 +845,11 @@ static struct reply embeddings_handle_body(struct server *s, const char *body,
                             " length of the input.", s->cfg.max_input_tokens, tokens, i);
             goto out;
         }
+        request_tokens += (long)tokens;
     }
+    pthread_mutex_lock(&s->lock);
+    s->stats.tokens += request_tokens; /* what a provider's token limit counts */
+    pthread_mutex_unlock(&s->lock);
     if (fmt && !json_is_null(fmt)) {
         const char *f = json_string_value(fmt);
         if (f && !strcmp(f, "base64"))
