@@ -177,6 +177,36 @@ void dp_fetch_take(dp_runtime *rt, rd_kafka_message_t *m)
     rd_kafka_message_destroy(m);
     s->msg = NULL;
 }
+/*
+ * The backstop for a partition that stopped fetching.  A partition we run
+ * (not paused on our side), behind its log end, from which nothing was
+ * polled for STALL_MS while the consumer was idle, is stuck: librdkafka
+ * should be fetching it.  It happened twice under chaos (a partition
+ * resumed after a record's retry never delivered again; the cause is not
+ * known), and nothing else would ever notice: every other partition kept
+ * going.  The remedy is the one that always works: rejoin the group, claim
+ * again, and fetch from the committed offsets.  A warning names it.
+ */
+static void watch_stall(dp_runtime *rt, dp_part *pt, int32_t partition, int64_t next,
+                        int64_t log_end)
+{
+    int64_t t = dp_rt_mono_ms();
+    if (!pt->stall_since_ms || pt->stall_at != next) {
+        pt->stall_at = next;
+        pt->stall_since_ms = t;
+        return;
+    }
+    if (t - pt->stall_since_ms < STALL_MS || rt->rejoin)
+        return;
+    dp_log_ctx ctx = {rt->stage->name, NULL, rt->stage->input_topic, partition, next};
+    dp_logj(DP_LOG_WARN, &ctx, json_pack("{s:I,s:I}", "stalled_ms",
+            (json_int_t)(t - pt->stall_since_ms), "log_end", (json_int_t)log_end),
+            "partition polled nothing while behind its log end; rejoining the"
+            " group to fetch it again");
+    rt->stats.stalls++;
+    pt->stall_since_ms = 0;
+    rt->rejoin = 1;
+}
 void dp_fetch_nudge(dp_runtime *rt)
 {
     int64_t t = dp_rt_mono_ms();
@@ -194,8 +224,12 @@ void dp_fetch_nudge(dp_runtime *rt)
         for (int i = 0; i < l->cnt; i++) {
             dp_part *pt = dp_part_get(rt, l->elems[i].partition);
             int64_t next = pt->next_poll >= 0 ? pt->next_poll : pt->committed;
-            if (!l->elems[i].err && next >= 0 && l->elems[i].offset > next)
+            if (!l->elems[i].err && next >= 0 && l->elems[i].offset > next) {
                 lagging = 1;
+                watch_stall(rt, pt, l->elems[i].partition, next, l->elems[i].offset);
+            } else {
+                pt->stall_since_ms = 0;
+            }
         }
     }
     rd_kafka_topic_partition_list_destroy(l);

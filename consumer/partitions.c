@@ -221,7 +221,11 @@ rd_kafka_topic_partition_list_t *dp_part_running(dp_runtime *rt, int64_t offset)
  */
 void dp_part_resume_at(dp_runtime *rt, rd_kafka_topic_partition_list_t *l)
 {
-    rd_kafka_resume_partitions(rt->consumer, l);
+    /* A resume librdkafka does not carry out (the partition stays paused
+     * there while we take it for running): what the stall watch
+     * (dp_fetch_nudge) must catch. */
+    if (!DP_FAULT(rt->stage->name, "lost-resume"))
+        rd_kafka_resume_partitions(rt->consumer, l);
     rd_kafka_topic_partition_list_t *seek = rd_kafka_topic_partition_list_new(l->cnt);
     for (int i = 0; i < l->cnt; i++) {
         dp_part *pt = dp_part_get(rt, l->elems[i].partition);

@@ -846,14 +846,15 @@ dp_err dp_runtime_run(dp_runtime *rt, volatile sig_atomic_t *stop, char *err,
             (json_int_t)rt->t_commit, "nudges", (json_int_t)rt->nudges,
             "early_nudges", (json_int_t)rt->early_nudges),
             "time spent settling batches");
-    dp_logj(DP_LOG_INFO, &ctx, json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}",
+    dp_logj(DP_LOG_INFO, &ctx, json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}",
             "batches", (json_int_t)s.batches, "records", (json_int_t)s.records,
             "duplicates", (json_int_t)s.duplicates, "dead_letters",
             (json_int_t)s.dead_letters, "retries", (json_int_t)s.retries,
             "fenced", (json_int_t)s.fenced, "offset_gaps", (json_int_t)s.gaps,
             "aborted_upstream", (json_int_t)s.aborted, "undecided_deferrals",
             (json_int_t)s.undecided, "producer_resets",
-            (json_int_t)s.producer_resets, "left", (json_int_t)s.left), "stage stopped");
+            (json_int_t)s.producer_resets, "left", (json_int_t)s.left, "stalls",
+            (json_int_t)s.stalls), "stage stopped");
     if (rt->consumer_fatal)
         return dp_errf(DP_ERR_PERMANENT, err, errlen, "%s", rt->fatal_error);
     return DP_OK;

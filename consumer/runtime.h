@@ -35,6 +35,7 @@ typedef struct dp_runtime_stats {
     uint64_t undecided;      /* records deferred: their attempt still open */
     uint64_t producer_resets; /* producers recreated after a fatal error */
     uint64_t left;           /* records a bounded pass left for a later one */
+    uint64_t stalls;         /* partitions found not fetching (rejoined) */
 } dp_runtime_stats;
 
 dp_err dp_runtime_new(const dp_config *cfg, const dp_stage *stage,

@@ -32,6 +32,9 @@
 #define NUDGE_LAGGING_MS 1   /* see dp_fetch_nudge() */
 #define NUDGE_IDLE_MS 250
 #define NUDGE_WAIT_MS 50     /* longest wait for the watermarks: the wake-up is the point */
+#define STALL_MS 20000       /* a running partition behind its log end that
+                                polls nothing this long is fetched again
+                                (dp_fetch_nudge) */
 
 #define HDR_STREAM "docpipe-stream"
 #define HDR_SEQ "docpipe-seq"
@@ -115,6 +118,8 @@ typedef struct dp_part {
     int64_t first_seen;          /* first offset polled, -1: none yet */
     int64_t next_poll;           /* offset after the last one polled, -1: none */
     int64_t replay_until;        /* offsets below are replays, -1: none */
+    int64_t stall_at;            /* next_poll when it was last seen lagging */
+    int64_t stall_since_ms;      /* since then, 0: not lagging */
     dp_mark *marks;
     int nmarks;
 } dp_part;
