@@ -184,8 +184,11 @@ void dp_fetch_take(dp_runtime *rt, rd_kafka_message_t *m)
  * should be fetching it.  It happened twice under chaos (a partition
  * resumed after a record's retry never delivered again; the cause is not
  * known), and nothing else would ever notice: every other partition kept
- * going.  The remedy is the one that always works: rejoin the group, claim
- * again, and fetch from the committed offsets.  A warning names it.
+ * going.  First the assignment is made again at the offsets expected next,
+ * which restarts every fetcher and costs nothing if the stall was only a
+ * very slow link; if the partition still polls nothing, the instance
+ * rejoins the group and claims again, which always works (the offsets are
+ * in PostgreSQL).  A warning names each step.
  */
 static void watch_stall(dp_runtime *rt, dp_part *pt, int32_t partition, int64_t next,
                         int64_t log_end)
@@ -194,18 +197,28 @@ static void watch_stall(dp_runtime *rt, dp_part *pt, int32_t partition, int64_t 
     if (!pt->stall_since_ms || pt->stall_at != next) {
         pt->stall_at = next;
         pt->stall_since_ms = t;
+        pt->stall_refetched = 0;
         return;
     }
     if (t - pt->stall_since_ms < STALL_MS || rt->rejoin)
         return;
     dp_log_ctx ctx = {rt->stage->name, NULL, rt->stage->input_topic, partition, next};
+    int refetch = !pt->stall_refetched;
     dp_logj(DP_LOG_WARN, &ctx, json_pack("{s:I,s:I}", "stalled_ms",
             (json_int_t)(t - pt->stall_since_ms), "log_end", (json_int_t)log_end),
-            "partition polled nothing while behind its log end; rejoining the"
-            " group to fetch it again");
+            refetch ? "partition polled nothing while behind its log end; assigning"
+                      " it again to restart its fetch"
+                    : "partition still polls nothing; rejoining the group to fetch"
+                      " it again");
     rt->stats.stalls++;
-    pt->stall_since_ms = 0;
-    rt->rejoin = 1;
+    pt->stall_since_ms = t;
+    if (refetch) {
+        pt->stall_refetched = 1;
+        dp_part_refetch(rt);
+    } else {
+        pt->stall_since_ms = 0;
+        rt->rejoin = 1;
+    }
 }
 void dp_fetch_nudge(dp_runtime *rt)
 {

@@ -271,6 +271,44 @@ void dp_part_resume_at(dp_runtime *rt, rd_kafka_topic_partition_list_t *l)
     }
     rd_kafka_topic_partition_list_destroy(seek);
 }
+void dp_part_refetch(dp_runtime *rt)
+{
+    rd_kafka_topic_partition_list_t *all = rd_kafka_topic_partition_list_new(rt->nparts);
+    rd_kafka_topic_partition_list_t *paused = rd_kafka_topic_partition_list_new(rt->nparts);
+    for (int p = 0; p < rt->nparts; p++) {
+        dp_part *pt = &rt->parts[p];
+        if (!pt->assigned)
+            continue;
+        int64_t at = pt->paused_until_ms && pt->retry_offset >= 0 ? pt->retry_offset
+                     : pt->next_poll >= 0 ? pt->next_poll
+                     : pt->committed >= 0 ? pt->committed
+                     : strcmp(rt->cfg->offset_reset, "latest") == 0 ? RD_KAFKA_OFFSET_END
+                                                                  : RD_KAFKA_OFFSET_BEGINNING;
+        rd_kafka_topic_partition_list_add(all, rt->stage->input_topic, p)->offset = at;
+        if (pt->paused_until_ms) {
+            rd_kafka_topic_partition_list_add(paused, rt->stage->input_topic, p);
+            if (pt->paused_until_ms > 0)
+                pt->paused_until_ms = -pt->paused_until_ms; /* applied now */
+            pt->paused_by_assign = 1;
+        }
+    }
+    rd_kafka_resp_err_t ke = rd_kafka_assign(rt->consumer, all);
+    if (ke == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        /* A pause outlives the assignment: the running ones are resumed. */
+        rd_kafka_topic_partition_list_t *run = dp_part_running(rt, RD_KAFKA_OFFSET_INVALID);
+        rd_kafka_resume_partitions(rt->consumer, run);
+        rd_kafka_topic_partition_list_destroy(run);
+        if (paused->cnt)
+            ke = rd_kafka_pause_partitions(rt->consumer, paused);
+    }
+    if (ke) {
+        dp_log(DP_LOG_WARN, NULL, "assigning partitions again failed (%s); rejoining",
+               rd_kafka_err2str(ke));
+        rt->rejoin = 1;
+    }
+    rd_kafka_topic_partition_list_destroy(all);
+    rd_kafka_topic_partition_list_destroy(paused);
+}
 void dp_part_resume_due(dp_runtime *rt)
 {
     int64_t t = dp_rt_mono_ms();

@@ -120,6 +120,7 @@ typedef struct dp_part {
     int64_t replay_until;        /* offsets below are replays, -1: none */
     int64_t stall_at;            /* next_poll when it was last seen lagging */
     int64_t stall_since_ms;      /* since then, 0: not lagging */
+    int stall_refetched;         /* assigned again for this stall already */
     dp_mark *marks;
     int nmarks;
 } dp_part;
@@ -218,6 +219,9 @@ void dp_part_apply_deferrals(dp_runtime *rt);
 rd_kafka_topic_partition_list_t *dp_part_running(dp_runtime *rt, int64_t offset);
 void dp_part_resume_at(dp_runtime *rt, rd_kafka_topic_partition_list_t *l);
 void dp_part_resume_due(dp_runtime *rt);
+/* The assignment made again at the offsets expected next (paused
+ * partitions at their retry, paused again): every fetch restarts. */
+void dp_part_refetch(dp_runtime *rt);
 void dp_part_rejoin(dp_runtime *rt);
 void dp_part_out_of_range(dp_runtime *rt, int32_t p, const char *why);
 void dp_part_check_epochs(dp_runtime *rt);
