@@ -123,11 +123,16 @@ static void start(const char *name, const char *const *extra_env)
 
     snprintf(env_storage, sizeof(env_storage), "DOCPIPE_STORAGE_DIR=%s", storage);
     static char env_db[600];
-    /* PostgreSQL through its proxy: the same URL on port 39476. */
-    const char *port = strstr(T.dburl, ":55432");
-    cr_assert(port, "DOCPIPE_DATABASE_URL %s is not on port 55432", T.dburl);
+    /* PostgreSQL through its proxy (scripts/toxiproxy.sh points it at
+     * DOCPIPE_PG_PORT, 55432 by default): the same URL on port 39476. */
+    char pg_port[16];
+    snprintf(pg_port, sizeof(pg_port), ":%s",
+             getenv("DOCPIPE_PG_PORT") && *getenv("DOCPIPE_PG_PORT")
+                 ? getenv("DOCPIPE_PG_PORT") : "55432");
+    const char *port = strstr(T.dburl, pg_port);
+    cr_assert(port, "DOCPIPE_DATABASE_URL %s is not on port %s", T.dburl, pg_port + 1);
     snprintf(env_db, sizeof(env_db), "DOCPIPE_DATABASE_URL=%.*s:39476%s",
-             (int)(port - T.dburl), T.dburl, port + 6);
+             (int)(port - T.dburl), T.dburl, port + strlen(pg_port));
     static const char *env[32];
     const char *base[] = {env_storage, env_db,
         "DOCPIPE_BROKERS=" KAFKA_PROXIED,
