@@ -299,6 +299,7 @@ void dp_part_resume_due(dp_runtime *rt)
         dp_part *pt = &rt->parts[p];
         if (pt->paused_until_ms < 0 && -pt->paused_until_ms <= t) {
             pt->paused_until_ms = 0;
+            pt->paused_by_assign = 0; /* no seek follows (dp_part_resume_at) */
             pt->next_poll = pt->retry_offset >= 0 ? pt->retry_offset : pt->committed;
             rd_kafka_topic_partition_list_add(l, rt->stage->input_topic, p);
         }
