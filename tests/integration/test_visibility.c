@@ -591,12 +591,14 @@ Test(visibility, test_replay_killed_before_commit_changes_nothing)
  * attempt still open) in one partition at once: the partition is paused
  * for both, and both must come back.  Partition 0: the retrying record
  * before the deferred one; partition 1: the deferred one first, and the
- * retrying one behind it.  Each wait re-assigns the partitions while
- * another one's wait ends, the interleaving that left a partition paused
- * for good (a resume racing librdkafka's start of the re-assigned
- * partition was dropped, or its seek failed and forced a rejoin).  Every
- * record is acted on once the attempt commits, each once, every offset
- * moves on, and no partition is claimed again.
+ * retrying one behind it.  The retrying record comes back (before the
+ * dedup marks were computed again after the handler it was taken for a
+ * copy of itself and passed by).  Each wait re-assigns the partitions
+ * while another one's wait ends: a resume racing librdkafka's start of the
+ * re-assigned partition was lost, or its seek failed and forced a rejoin
+ * (docs/reliability.md).  Every record is acted on once the attempt
+ * commits, each once, every offset moves on, and no partition is claimed
+ * again.
  */
 Test(visibility, test_a_retry_and_a_deferral_in_one_partition_both_come_back)
 {
