@@ -6,8 +6,10 @@
  * and assigns them at the stored offsets; a revocation drops the batch
  * being built.  A record that fails retryably, or is deferred, halts its
  * partition: the records after it in the batch leave it, the partition is
- * paused and rewound to it, and resumed when due.  Every resume is followed
- * by a seek to the offset expected next (dp_part_resume_at).  An idle owner checks
+ * paused and rewound to it, and resumed when due by a new assignment at it
+ * (dp_part_resume_due).  Other resumes (after a batch-wide wait) are
+ * followed by a seek to the offset expected next (dp_part_resume_at).  An
+ * idle owner checks
  * its epochs now and then (a replay took the partition), and a position no
  * longer in the log resumes at the earliest record kept.
  */
@@ -152,22 +154,14 @@ void dp_part_defer_from(dp_runtime *rt, dp_slot *s, int64_t ms)
             o->state = RS_DROPPED;
     }
 }
-/* Rewinds every partition whose record waits for a retry, and pauses it.
- *
- * The rewind is a re-assignment of every partition we own at the offset its
- * next record must have: the retrying record for a waiting partition, the
- * committed offset for the others (everything polled from them is settled,
- * so nothing is skipped or repeated).  An assignment discards whatever was
- * fetched before it, which a seek of a paused partition does not promise. */
-void dp_part_apply_deferrals(dp_runtime *rt)
+/* Assigns every partition we own again, at the offset its next record
+ * must have: the retrying record for a waiting partition, which is paused
+ * again; for the others the one after the last record polled (what was
+ * polled is settled, or in the batch being built), else the committed
+ * one.  An assignment discards whatever was fetched before it, which a
+ * seek of a paused partition does not promise. */
+static void rewind_all(dp_runtime *rt)
 {
-    int any = 0;
-    for (int p = 0; p < rt->nparts; p++)
-        if (rt->parts[p].assigned && rt->parts[p].paused_until_ms > 0 &&
-            rt->parts[p].retry_offset >= 0)
-            any = 1;
-    if (!any || rt->rejoin)
-        return;
     rd_kafka_topic_partition_list_t *all = rd_kafka_topic_partition_list_new(rt->nparts);
     rd_kafka_topic_partition_list_t *paused = rd_kafka_topic_partition_list_new(rt->nparts);
     for (int p = 0; p < rt->nparts; p++) {
@@ -175,6 +169,7 @@ void dp_part_apply_deferrals(dp_runtime *rt)
         if (!pt->assigned)
             continue;
         int64_t at = pt->paused_until_ms && pt->retry_offset >= 0 ? pt->retry_offset
+                     : pt->next_poll >= 0 ? pt->next_poll
                      : pt->committed >= 0 ? pt->committed
                      : pt->first_seen >= 0 ? pt->first_seen
                      : strcmp(rt->cfg->offset_reset, "latest") == 0 ? RD_KAFKA_OFFSET_END
@@ -188,7 +183,7 @@ void dp_part_apply_deferrals(dp_runtime *rt)
         }
     }
     rd_kafka_resp_err_t ke = rd_kafka_assign(rt->consumer, all);
-    if (ke == RD_KAFKA_RESP_ERR_NO_ERROR)
+    if (ke == RD_KAFKA_RESP_ERR_NO_ERROR && paused->cnt)
         ke = rd_kafka_pause_partitions(rt->consumer, paused);
     if (ke) {
         dp_log(DP_LOG_ERROR, NULL, "rewinding partitions for a retry failed: %s",
@@ -197,6 +192,28 @@ void dp_part_apply_deferrals(dp_runtime *rt)
     }
     rd_kafka_topic_partition_list_destroy(all);
     rd_kafka_topic_partition_list_destroy(paused);
+}
+void dp_part_refetch(dp_runtime *rt)
+{
+    /* A pause outlives an assignment: the running ones are resumed first
+     * (before the assignment's ops, see dp_part_resume_due). */
+    rd_kafka_topic_partition_list_t *run = dp_part_running(rt, RD_KAFKA_OFFSET_INVALID);
+    rd_kafka_resume_partitions(rt->consumer, run);
+    rd_kafka_topic_partition_list_destroy(run);
+    rewind_all(rt);
+}
+/* Rewinds every partition whose record waits for a retry, and pauses it
+ * (rewind_all). */
+void dp_part_apply_deferrals(dp_runtime *rt)
+{
+    int any = 0;
+    for (int p = 0; p < rt->nparts; p++)
+        if (rt->parts[p].assigned && rt->parts[p].paused_until_ms > 0 &&
+            rt->parts[p].retry_offset >= 0)
+            any = 1;
+    if (!any || rt->rejoin)
+        return;
+    rewind_all(rt);
 }
 /* The partitions assigned and running (not waiting for a record's retry),
  * each with the given offset. */
@@ -271,59 +288,44 @@ void dp_part_resume_at(dp_runtime *rt, rd_kafka_topic_partition_list_t *l)
     }
     rd_kafka_topic_partition_list_destroy(seek);
 }
-void dp_part_refetch(dp_runtime *rt)
-{
-    rd_kafka_topic_partition_list_t *all = rd_kafka_topic_partition_list_new(rt->nparts);
-    rd_kafka_topic_partition_list_t *paused = rd_kafka_topic_partition_list_new(rt->nparts);
-    for (int p = 0; p < rt->nparts; p++) {
-        dp_part *pt = &rt->parts[p];
-        if (!pt->assigned)
-            continue;
-        int64_t at = pt->paused_until_ms && pt->retry_offset >= 0 ? pt->retry_offset
-                     : pt->next_poll >= 0 ? pt->next_poll
-                     : pt->committed >= 0 ? pt->committed
-                     : strcmp(rt->cfg->offset_reset, "latest") == 0 ? RD_KAFKA_OFFSET_END
-                                                                  : RD_KAFKA_OFFSET_BEGINNING;
-        rd_kafka_topic_partition_list_add(all, rt->stage->input_topic, p)->offset = at;
-        if (pt->paused_until_ms) {
-            rd_kafka_topic_partition_list_add(paused, rt->stage->input_topic, p);
-            if (pt->paused_until_ms > 0)
-                pt->paused_until_ms = -pt->paused_until_ms; /* applied now */
-            pt->paused_by_assign = 1;
-        }
-    }
-    rd_kafka_resp_err_t ke = rd_kafka_assign(rt->consumer, all);
-    if (ke == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        /* A pause outlives the assignment: the running ones are resumed. */
-        rd_kafka_topic_partition_list_t *run = dp_part_running(rt, RD_KAFKA_OFFSET_INVALID);
-        rd_kafka_resume_partitions(rt->consumer, run);
-        rd_kafka_topic_partition_list_destroy(run);
-        if (paused->cnt)
-            ke = rd_kafka_pause_partitions(rt->consumer, paused);
-    }
-    if (ke) {
-        dp_log(DP_LOG_WARN, NULL, "assigning partitions again failed (%s); rejoining",
-               rd_kafka_err2str(ke));
-        rt->rejoin = 1;
-    }
-    rd_kafka_topic_partition_list_destroy(all);
-    rd_kafka_topic_partition_list_destroy(paused);
-}
+/*
+ * The partitions whose record's retry is due: resumed, then every
+ * partition is assigned again (rewind_all), these at their retrying record.
+ *
+ * Not a resume and a seek after rewind_all's assignment.  librdkafka 2.0.2
+ * serves an assignment on its own thread, which starts each partition with
+ * ops of a new version; a resume this thread creates meanwhile can reach
+ * the partition after them, is then taken for outdated and dropped without
+ * a word, and the seek that follows succeeds: the partition stayed paused
+ * for good (docs/reliability.md).  A deferral or a retry on any partition
+ * re-assigns them all, so another partition's retry falling due just then
+ * was enough.  Resumed before the assignment, the resume's op comes before
+ * every op the assignment makes; a pause after it that is dropped the same
+ * way (a partition still waiting) lets records through that fetch takes
+ * for rewound and drops, and the next rewind_all assigns it afresh.
+ */
 void dp_part_resume_due(dp_runtime *rt)
 {
     int64_t t = dp_rt_mono_ms();
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(rt->nparts);
     for (int p = 0; p < rt->nparts; p++) {
         dp_part *pt = &rt->parts[p];
         if (pt->paused_until_ms < 0 && -pt->paused_until_ms <= t) {
-            rd_kafka_topic_partition_list_t *l =
-                rd_kafka_topic_partition_list_new(1);
-            rd_kafka_topic_partition_list_add(l, rt->stage->input_topic, p)->offset =
-                pt->retry_offset >= 0 ? pt->retry_offset : -1;
             pt->paused_until_ms = 0;
-            dp_part_resume_at(rt, l);
-            rd_kafka_topic_partition_list_destroy(l);
+            pt->paused_by_assign = 0; /* no seek follows (dp_part_resume_at) */
+            pt->next_poll = pt->retry_offset >= 0 ? pt->retry_offset : pt->committed;
+            rd_kafka_topic_partition_list_add(l, rt->stage->input_topic, p);
         }
     }
+    if (l->cnt && !rt->rejoin) {
+        /* Fault point lost-resume: a resume librdkafka does not carry out
+         * (the partition stays paused there while we take it for running),
+         * what the stall watch (dp_fetch_nudge) must catch. */
+        if (!DP_FAULT(rt->stage->name, "lost-resume"))
+            rd_kafka_resume_partitions(rt->consumer, l);
+        rewind_all(rt);
+    }
+    rd_kafka_topic_partition_list_destroy(l);
 }
 void dp_part_rejoin(dp_runtime *rt)
 {
