@@ -8,7 +8,7 @@
 #   4. build in build-asan/ with -DDOCPIPE_SANITIZE=ON (ASan + UBSan) and
 #      run ctest again, failing on any leak report too,
 #   5. build the libFuzzer harnesses with clang in build-fuzz/ and run each
-#      for FUZZ_SECONDS (default 20) seconds (scripts/fuzz.sh),
+#      for FUZZ_SECONDS (default 10 here, 20 in scripts/fuzz.sh) seconds,
 #   6. stop the services this run started (the SASL broker test_sasl
 #      starts, toxiproxy and its broker, which test_netfaults starts, and
 #      the cluster test_cluster starts, too); ones it reused keep running.
@@ -149,7 +149,8 @@ if [[ "${DOCPIPE_SKIP_ASAN:-0}" != 1 ]]; then
 fi
 
 if [[ "${DOCPIPE_SKIP_FUZZ:-0}" != 1 ]]; then
-    step "fuzz (build-fuzz/)" scripts/fuzz.sh || true
+    # 10 s a harness here (FUZZ_SECONDS); longer runs: scripts/fuzz.sh alone.
+    FUZZ_SECONDS="${FUZZ_SECONDS:-10}" step "fuzz (build-fuzz/)" scripts/fuzz.sh || true
 fi
 
 say "summary:"

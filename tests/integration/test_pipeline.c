@@ -352,8 +352,12 @@ Test(pipeline, test_200_mixed_documents_complete_with_expected_chunks_and_vector
     long long vectors_all = q("SELECT count(*) FROM upload_pipeline.document_chunks v"
                               " JOIN upload_pipeline.upload_jobs j USING (document_id)"
                               " WHERE j.user_id = '%s'", user);
-    cr_assert(seq < 2 * vectors_all, "rows of the chunk and vector buffers read by"
-              " sequential scans: %lld, for %lld vectors", seq, vectors_all);
+    /* Table statistics count every session's queries: tests running
+     * beside this one (the sanitizer pass) make them meaningless. */
+    int own_stats = !getenv("DOCPIPE_TEST_SHARED_STATS");
+    cr_assert(!own_stats || seq < 2 * vectors_all, "rows of the chunk and vector"
+              " buffers read by sequential scans: %lld, for %lld vectors", seq,
+              vectors_all);
     /* Vectors are never compressed (model output does not compress;
      * trying costs CPU), and ANALYZE skips them
      * (element statistics of 1536 floats a row), in both tables. */
@@ -386,8 +390,8 @@ Test(pipeline, test_200_mixed_documents_complete_with_expected_chunks_and_vector
     long long ud = tenv_scalar(&T, upd_docs) - upd_docs0;
     long long hd = tenv_scalar(&T, hot_docs) - hot_docs0;
     cr_assert(uj >= 5 * n && ud >= 5 * n, "updates: jobs %lld, documents %lld", uj, ud);
-    cr_assert(5 * hj >= 3 * uj && 4 * hd >= 3 * ud, "HOT updates: jobs %lld of %lld,"
-              " documents %lld of %lld", hj, uj, hd, ud);
+    cr_assert(!own_stats || (5 * hj >= 3 * uj && 4 * hd >= 3 * ud), "HOT updates: jobs"
+              " %lld of %lld, documents %lld of %lld", hj, uj, hd, ud);
     for (int i = 0; i < n; i++)
         tdoc_free(&docs[i]);
 }
