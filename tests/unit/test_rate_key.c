@@ -80,5 +80,6 @@ Test(rate_key, embed_rate_scope_is_shared_by_default_and_checked)
     cr_assert_eq(dp_config_load(&c, err, sizeof(err)), DP_ERR_PERMANENT);
     cr_assert_not_null(strstr(err, "embed_rate_scope"), "%s", err);
     cr_assert_not_null(strstr(err, "cluster"), "%s", err);
+    dp_config_free(&c); /* a failed load is freed too (config.h) */
     unsetenv("DOCPIPE_EMBED_RATE_SCOPE");
 }
