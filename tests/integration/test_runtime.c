@@ -391,6 +391,28 @@ Test(runtime, test_duplicate_upstream_outputs_are_skipped_by_event_id)
     cr_assert_eq(tenv_scalar(&T, sql), 1019, "watermark stored");
 }
 
+/* n demo records of one upstream stream (docpipe.up/in/0, seqs seq0..),
+ * all with one key: one partition, in order. */
+static void produce_one_stream(const char *topic, const char *const *bodies, int n,
+                               int seq0, const char *idprefix)
+{
+    extern int dp_test_demo_encode(const char *srcdir, const char *id, long seq,
+                                   const char *body, void **buf, size_t *len,
+                                   char *err, size_t errlen);
+    for (int i = 0; i < n; i++) {
+        char seq[32], id[64], err[256];
+        snprintf(seq, sizeof(seq), "%d:0", seq0 + i);
+        snprintf(id, sizeof(id), "%s-%d", idprefix, i);
+        void *buf;
+        size_t len;
+        cr_assert_eq(dp_test_demo_encode(T.srcdir, id, i, bodies[i], &buf, &len, err,
+                                         sizeof(err)), 0, "%s", err);
+        const char *h[] = {"docpipe-stream", "docpipe.up/in/0", "docpipe-seq", seq, NULL};
+        tenv_produce(&T, topic, "same-key", buf, len, h);
+        free(buf);
+    }
+}
+
 Test(runtime, test_a_retrying_record_is_not_taken_for_a_copy_of_the_records_behind_it)
 {
     tenv_setup(&T, "retrymark");
@@ -400,21 +422,7 @@ Test(runtime, test_a_retrying_record_is_not_taken_for_a_copy_of_the_records_behi
     char topic[256];
     snprintf(topic, sizeof(topic), "%sdemo.in", T.prefix);
     const char *bodies[] = {"payload", "fail:retry-until:2", "payload"};
-    for (int i = 0; i < 3; i++) {
-        char seq[32], id[32], err[256];
-        snprintf(seq, sizeof(seq), "%d:0", 500 + i);
-        snprintf(id, sizeof(id), "rec-%d", i);
-        void *buf;
-        size_t len;
-        extern int dp_test_demo_encode(const char *srcdir, const char *id, long seq,
-                                       const char *body, void **buf, size_t *len,
-                                       char *err, size_t errlen);
-        cr_assert_eq(dp_test_demo_encode(T.srcdir, id, i, bodies[i], &buf, &len, err,
-                                         sizeof(err)), 0, "%s", err);
-        const char *h[] = {"docpipe-stream", "docpipe.up/in/0", "docpipe-seq", seq, NULL};
-        tenv_produce(&T, topic, "same-key", buf, len, h);
-        free(buf);
-    }
+    produce_one_stream(topic, bodies, 3, 500, "rec");
     const char *env[] = {"DOCPIPE_RETRY_BASE_MS=200", NULL};
     char log[512];
     logpath(log, sizeof(log), "A");
@@ -437,21 +445,7 @@ Test(runtime, test_a_partition_that_stops_fetching_is_fetched_again)
     char topic[256];
     snprintf(topic, sizeof(topic), "%sdemo.in", T.prefix);
     const char *bodies[] = {"fail:retry-until:2", "payload", "payload"};
-    for (int i = 0; i < 3; i++) {
-        char seq[32], id[32], err[256];
-        snprintf(seq, sizeof(seq), "%d:0", 700 + i);
-        snprintf(id, sizeof(id), "stall-%d", i);
-        void *buf;
-        size_t len;
-        extern int dp_test_demo_encode(const char *srcdir, const char *id, long seq,
-                                       const char *body, void **buf, size_t *len,
-                                       char *err, size_t errlen);
-        cr_assert_eq(dp_test_demo_encode(T.srcdir, id, i, bodies[i], &buf, &len, err,
-                                         sizeof(err)), 0, "%s", err);
-        const char *h[] = {"docpipe-stream", "docpipe.up/in/0", "docpipe-seq", seq, NULL};
-        tenv_produce(&T, topic, "same-key", buf, len, h);
-        free(buf);
-    }
+    produce_one_stream(topic, bodies, 3, 700, "stall");
     const char *env[] = {"DOCPIPE_RETRY_BASE_MS=200", "DOCPIPE_FAULT=demo:lost-resume:fail:1",
                          NULL};
     char log[512];
